@@ -1,0 +1,134 @@
+"""The `newsclf` command: root app, global options, and the one error boundary (`main`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Sequence
+
+import typer
+
+from newsclf import __version__
+from newsclf.cli import _output
+from newsclf.errors import NewsclfError
+
+# Global flags work anywhere before `--` (`newsclf data prepare --demo --json`): main() lifts them
+# out of argv before Typer parses it; the root options below document them in --help.
+GLOBAL_FLAGS = {"--json": "json", "--quiet": "quiet", "-q": "quiet", "--debug": "debug"}
+
+app = typer.Typer(
+    name="newsclf",
+    help=(
+        "Fine-tune a fake-news classifier, locally or on Google Cloud.\n\n"
+        "Try it offline in a minute or two:  newsclf train --demo"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals leak secrets into CI logs
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"newsclf {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    json_: bool = typer.Option(False, "--json", help="Print exactly one JSON document on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and results; no progress."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks (also NEWSCLF_DEBUG=1)."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """Fine-tune a fake-news classifier, locally or on Google Cloud."""
+
+
+def _register() -> None:
+    from newsclf.cli import config as config_cli
+    from newsclf.cli import data as data_cli
+
+    app.add_typer(data_cli.app, name="data")
+    app.add_typer(config_cli.app, name="config")
+
+
+_register()
+
+
+def _split_globals(argv: list[str]) -> tuple[list[str], dict[str, bool]]:
+    flags: dict[str, bool] = {}
+    rest: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        if arg in GLOBAL_FLAGS:
+            flags[GLOBAL_FLAGS[arg]] = True
+        else:
+            rest.append(arg)
+    return rest, flags
+
+
+def _command_name(args: list[str]) -> str:
+    """`data prepare` from argv, by walking the command tree (used in the JSON envelope)."""
+    cmd = typer.main.get_command(app)
+    names = []
+    for arg in args:
+        sub = getattr(cmd, "commands", {}).get(arg)
+        if sub is None:
+            if arg.startswith("-"):
+                continue
+            break
+        names.append(arg)
+        cmd = sub
+    return " ".join(names)
+
+
+def _is_usage_error(e: BaseException) -> bool:
+    # Typer's vendored click raises UsageError/BadParameter (exit code 2) in non-standalone mode
+    return hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return its exit code: 0 ok, 1 error, 2 usage, 130 interrupted."""
+    args, flags = _split_globals(list(sys.argv[1:] if argv is None else argv))
+    debug = flags.get("debug", False) or os.environ.get("NEWSCLF_DEBUG", "") not in ("", "0", "false")
+    _output.reset(json=flags.get("json", False), quiet=flags.get("quiet", False), debug=debug)
+    _output.state.command = _command_name(args)
+    _output.route_logging()
+    try:
+        rv = app(args=args, prog_name="newsclf", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except NewsclfError as e:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        code = e.exit_code
+        _output.emit_error(str(e), code)
+    except KeyboardInterrupt:
+        code = 130
+        _output.emit_error("Interrupted", code)
+    except typer.Abort:
+        code = 1
+        _output.emit_error("Aborted", code)
+    except Exception as e:
+        if _is_usage_error(e):
+            code = e.exit_code  # type: ignore[attr-defined]
+            if _output.state.json:
+                _output.emit_error(e.format_message(), code)  # type: ignore[attr-defined]
+            else:
+                e.show()  # type: ignore[attr-defined]
+        else:
+            if debug:
+                raise
+            code = 1
+            _output.emit_error(
+                f"{type(e).__name__}: {e} (unexpected; rerun with --debug for the traceback and report it)",
+                code,
+            )
+    _output.finish(code)
+    return code

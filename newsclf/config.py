@@ -1,0 +1,144 @@
+"""Settings: flag > environment (NEWSCLF_*) > .env > default."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "NEWSCLF_"
+ENV_FILE = ".env"
+
+
+class Settings(BaseSettings):
+    """Everything newsclf can be configured with; `newsclf config show` prints it."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=ENV_FILE,
+        env_file_encoding="utf-8",
+        extra="ignore",  # unknown NEWSCLF_* names are reported by unknown_variables()
+    )
+
+    # paths
+    data_dir: Path = Path("data")  # raw/ and processed/ live under it
+    models_dir: Path = Path("models")  # one folder per training run, plus `latest`
+
+    # training defaults (chosen for 2 CPU cores; a GPU is picked up automatically)
+    base_model: str = ""  # empty: the packaged all-MiniLM-L6-v2 (offline)
+    max_length: int = 256  # tokens kept per article (title first)
+    epochs: float = 3.0  # upper bound; early stopping usually ends sooner
+    batch_size: int = 16  # per device
+    lr: float = 5e-5  # small encoders like a higher rate than BERT-base
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1  # fraction of steps spent warming up the lr
+    patience: int = 2  # evaluations without macro-F1 gain before stopping
+    seed: int = 42
+    wandb_project: str = "newsclf"
+    wandb_entity: str | None = None
+    wandb_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("NEWSCLF_WANDB_API_KEY", "WANDB_API_KEY")
+    )
+
+    # Google Cloud
+    gcp_project: str | None = None  # falls back to the ADC project
+    region: str = "europe-west1"
+    zone: str = "europe-west1-b"
+    zones: str = ""  # comma-separated fallback zones for capacity errors; empty: the region's b,c,d
+    bucket: str | None = None  # gs://BUCKET holds data/, runs/, builds/
+    artifact_repo: str = "newsclf"  # Artifact Registry docker repository
+    image: str | None = None  # training image; default REGION-docker.pkg.dev/PROJECT/REPO/newsclf-train
+    vm_name: str = "newsclf-train"
+    machine_type: str = "n1-standard-8"
+    disk_gb: int = 100
+    max_hours: float = 6.0  # the VM stops itself after this long, whatever happens
+    vm_image_project: str = "deeplearning-platform-release"
+    vm_image_family: str = "common-cu128-ubuntu-2204-nvidia-570"
+    wandb_secret: str | None = None  # Secret Manager secret holding the W&B key, for VMs
+    compute_api_endpoint: str | None = None  # e.g. http://127.0.0.1:8080 for a local stand-in
+    cloudbuild_api_endpoint: str | None = None
+
+    debug: bool = False  # show tracebacks
+
+
+SECRET_FIELDS = frozenset({"wandb_api_key"})
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The resolved settings, read once per process (tests call get_settings.cache_clear())."""
+    from pydantic import ValidationError
+
+    from newsclf.errors import ConfigError
+
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        err = e.errors()[0]
+        name = str(err["loc"][0]) if err["loc"] else "?"
+        raise ConfigError(
+            f"Invalid setting {ENV_PREFIX}{name.upper()}: {err['msg']}; fix it in the environment or .env"
+        ) from None
+    for name, close in unknown_variables():
+        hint = f"; did you mean {close}?" if close else ""
+        log.warning("Unknown setting %s is ignored%s", name, hint)
+    return settings
+
+
+def _env_names(name: str, field: Any) -> list[str]:
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return [str(c) for c in alias.choices]
+    return [ENV_PREFIX + name.upper()]
+
+
+def _dotenv_values(path: str | os.PathLike[str] = ENV_FILE) -> dict[str, str]:
+    from dotenv import dotenv_values
+
+    if not Path(path).is_file():
+        return {}
+    return {k.upper(): v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def describe(settings: Settings | None = None) -> list[dict[str, Any]]:
+    """Each setting with its value (secrets masked), its variable name and where it came from."""
+    settings = settings or get_settings()
+    dotenv = _dotenv_values()
+    rows = []
+    for name, field in Settings.model_fields.items():
+        names = _env_names(name, field)
+        source = "default"
+        for env in names:
+            if env in os.environ:
+                source = f"env {env}"
+                break
+            if env in dotenv:
+                source = f".env {env}"
+                break
+        value = getattr(settings, name)
+        if name in SECRET_FIELDS:
+            value = "********" if value is not None else None
+        elif isinstance(value, Path):
+            value = str(value)
+        rows.append({"name": name, "variable": names[0], "value": value, "source": source})
+    return rows
+
+
+def unknown_variables() -> list[tuple[str, str | None]]:
+    """NEWSCLF_* names in the environment or .env that match no setting, with the closest valid one."""
+    valid = {ENV_PREFIX + n.upper() for n in Settings.model_fields}
+    seen = [k for k in os.environ if k.startswith(ENV_PREFIX)]
+    seen += [k for k in _dotenv_values() if k.startswith(ENV_PREFIX) and k not in seen]
+    out = []
+    for key in sorted(set(seen) - valid):
+        close = difflib.get_close_matches(key.upper(), sorted(valid), n=1, cutoff=0.6)
+        out.append((key, close[0] if close else None))
+    return out

@@ -1,0 +1,62 @@
+"""Shared fixtures: the CLI through its real entry point, and settings isolated per test."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ISOT_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "isot-sample"
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self) -> dict:
+        return json.loads(self.stdout)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Each test runs in its own directory with no NEWSCLF_* variables and fresh settings."""
+    from newsclf.config import get_settings
+
+    for key in list(os.environ):
+        if key.startswith("NEWSCLF_") or key in ("WANDB_API_KEY",):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `newsclf ARGS...` in-process through main(), the real error boundary."""
+    from newsclf.cli import main
+    from newsclf.config import get_settings
+
+    def run(*args: str) -> CliResult:
+        get_settings.cache_clear()
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def isot_sample() -> Path:
+    if not (ISOT_SAMPLE / "Fake.csv").is_file():
+        pytest.skip(f"ISOT sample not found at {ISOT_SAMPLE}")
+    return ISOT_SAMPLE
