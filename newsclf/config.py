@@ -25,6 +25,7 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX,
         env_file=ENV_FILE,
         env_file_encoding="utf-8",
+        env_ignore_empty=True,  # `NEWSCLF_BUCKET=` in .env means unset
         extra="ignore",  # unknown NEWSCLF_* names are reported by unknown_variables()
     )
 

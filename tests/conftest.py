@@ -60,3 +60,31 @@ def isot_sample() -> Path:
     if not (ISOT_SAMPLE / "Fake.csv").is_file():
         pytest.skip(f"ISOT sample not found at {ISOT_SAMPLE}")
     return ISOT_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory):
+    """A real fake-gcs-server for the session; tests point STORAGE_EMULATOR_HOST at `.url`."""
+    from tests.gcs_emulator import FakeGCS
+
+    server = FakeGCS(tmp_path_factory.mktemp("fake-gcs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gcs(fake_gcs, monkeypatch):
+    """STORAGE_EMULATOR_HOST set, and a fresh empty bucket named in NEWSCLF_BUCKET; yields a client."""
+    import uuid
+
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake_gcs.url)
+    monkeypatch.setenv("NEWSCLF_GCP_PROJECT", "test-project")
+    bucket = f"b-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("NEWSCLF_BUCKET", bucket)
+    client = storage.Client(project="test-project", credentials=AnonymousCredentials())
+    client.create_bucket(bucket)
+    client.test_bucket = bucket  # type: ignore[attr-defined]
+    return client
