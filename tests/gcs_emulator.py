@@ -30,13 +30,16 @@ def free_port() -> int:
 
 
 class FakeGCS:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, backend: str = "memory") -> None:
+        """backend "filesystem" keeps objects as plain files under `.root/<bucket>/<name>`."""
         self.port = port or free_port()
+        self.root = Path(workdir) / "objects"
+        storage = ["-backend", "memory"] if backend == "memory" else ["-backend", backend, "-filesystem-root", str(self.root)]
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(workdir) / "fake-gcs-server.log"
         self._logf = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [str(binary()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
+            [str(binary()), "-scheme", "http", *storage, "-host", "127.0.0.1",
              "-port", str(self.port), "-public-host", f"127.0.0.1:{self.port}", "-log-level", "warn"],
             stdout=self._logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )

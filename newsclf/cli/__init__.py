@@ -48,11 +48,22 @@ def root(
 
 
 def _register() -> None:
+    from newsclf.cli import cloud as cloud_cli
     from newsclf.cli import config as config_cli
     from newsclf.cli import data as data_cli
+    from newsclf.cli import job as job_cli
+    from newsclf.cli import models as models_cli
+    from newsclf.cli import train as train_cli
 
+    app.command("train")(train_cli.train)
+    app.command("evaluate")(train_cli.evaluate)
+    app.command("predict")(train_cli.predict)
     app.add_typer(data_cli.app, name="data")
+    app.add_typer(cloud_cli.app, name="cloud")
+    app.add_typer(models_cli.app, name="models")
     app.add_typer(config_cli.app, name="config")
+    # train options pass through to `newsclf train`'s own parser
+    app.command("job", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(job_cli.job)
 
 
 _register()
@@ -102,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rv = app(args=args, prog_name="newsclf", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
+        if code == 130:  # Typer turns Ctrl-C into a plain exit 130
+            _output.emit_error("Interrupted", code)
     except NewsclfError as e:
         if debug:
             import traceback

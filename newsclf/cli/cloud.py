@@ -1,0 +1,504 @@
+"""`newsclf cloud`: build the training image and run training on Compute Engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from newsclf.cli import _output
+
+app = typer.Typer(help="Build the training image and train on a Compute Engine VM.", no_args_is_help=True)
+
+
+# -- build -----------------------------------------------------------------------------------------
+
+
+@app.command("build")
+def build(
+    source: Path = typer.Option(
+        Path("."), "--source", help="Project directory holding the Dockerfile (default: the current one)."
+    ),
+    project: str | None = typer.Option(None, "--project", help="Google Cloud project (default: NEWSCLF_GCP_PROJECT)."),
+    bucket: str | None = typer.Option(
+        None, "--bucket", help="Bucket for the source and logs (default: NEWSCLF_BUCKET)."
+    ),
+    wait: bool = typer.Option(
+        True, "--wait/--no-wait", help="Follow the build log to the end (--no-wait: print the build id and return)."
+    ),
+) -> None:
+    """Build the training image with Cloud Build and push it to Artifact Registry.
+
+    Packs the project (minus what .dockerignore and .gcloudignore exclude) into
+    gs://BUCKET/builds/<sha256>.tar.gz, skipping the upload when that archive is
+    already there, builds the Dockerfile on Cloud Build and pushes
+    REGION-docker.pkg.dev/PROJECT/REPO/newsclf-train tagged with the source hash
+    and `latest`. The build log streams to stderr; the image and its digest are
+    printed at the end.
+
+    Examples:
+
+      newsclf cloud build --project my-project --bucket my-bucket
+
+      newsclf cloud build --no-wait --json
+    """
+    import sys
+
+    from newsclf.cloud.build import BuildFailedError, submit_build
+    from newsclf.config import get_settings
+
+    settings = get_settings()
+    if bucket:
+        settings = settings.model_copy(update={"bucket": bucket})
+    streaming = not (_output.state.json or _output.state.quiet)
+
+    def show_line(line: str) -> None:
+        sys.stderr.write(line + "\n")  # raw: build logs are not rich markup
+        sys.stderr.flush()
+
+    try:
+        result = submit_build(
+            settings, source_dir=source, project=project, wait=wait, on_log=show_line if streaming else None
+        )
+    except BuildFailedError as e:
+        if not streaming:  # the log was not shown as it came: show how it ended
+            for line in e.result.log_tail:
+                show_line(line)
+        raise
+
+    data = result.to_dict()
+    if not wait:
+        if result.log_url:
+            _output.info(f"Follow it at {result.log_url}")
+
+        def render_started(console) -> None:
+            console.print(result.build_id, highlight=False)
+
+        _output.emit(data, render_started)
+        return
+
+    def render(console) -> None:
+        console.print(f"Image   {result.image}", highlight=False)
+        console.print(f"Digest  {result.digest or 'unknown'}", highlight=False)
+        console.print(f"Built in {_build_took(result.duration_s)} (Cloud Build {result.build_id})", highlight=False)
+
+    _output.emit(data, render)
+
+
+def _build_took(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown time"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+# -- run, status, logs, stop (Compute Engine) ------------------------------------------------------
+
+POLL_HELP = "Seconds between polls of the VM, its serial port and the run's status."
+DETACH_HINT = "Re-attach: newsclf cloud logs {run} --follow · stop it: newsclf cloud stop"
+
+
+def _compute(bucket: str | None = None, *, need_bucket: bool = True):  # -> (settings, project, clients, store)
+    from newsclf.cloud import compute
+    from newsclf.config import get_settings
+
+    settings = get_settings()
+    if bucket:
+        settings = settings.model_copy(update={"bucket": bucket})
+    project = compute.project_id(settings)
+    store = None
+    if need_bucket or settings.bucket:
+        name = compute.require_bucket(settings)
+        clients = compute.make_clients(settings)
+        store = compute.RunStore(clients.storage_client(), name)
+    else:
+        clients = compute.make_clients(settings)
+    return settings, project, clients, store
+
+
+def _money(usd: float | None) -> str:
+    return "?" if usd is None else f"${usd:,.2f}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _follow_run(clients, project: str, vm, run_id: str, store, *, poll_s: float, to_stdout: bool, lines: list[str]):
+    """Stream the run's job lines (stdout or stderr) with a status line on a terminal; None on Ctrl-C."""
+    import contextlib
+    import sys
+
+    from newsclf.cloud import compute
+
+    line_console = _output.stdout() if to_stdout else _output.stderr()
+    show_lines = (to_stdout and not _output.state.json) or (not to_stdout and not _output.state.quiet)
+    live = None
+    if _output.show_progress():
+        status_console = line_console if line_console.file.isatty() else _output.stderr()
+        live = status_console.status(f"Waiting for VM {vm.name}…", spinner="dots")
+    try:
+        with live if live is not None else contextlib.nullcontext():
+            for event in compute.follow(clients, project, vm, run_id, store, poll_s=poll_s):
+                if isinstance(event, compute.JobLine):
+                    lines.append(event.text)
+                    if show_lines:
+                        line_console.print(event.text, markup=False, emoji=False, highlight=False, soft_wrap=True)
+                        line_console.file.flush()
+                elif isinstance(event, compute.Tick) and live is not None:
+                    phase = f" · {event.phase}" if event.phase else ""
+                    live.update(
+                        f"VM {event.vm_status} · {_duration(event.elapsed_s)} · est. {_money(event.cost_usd)}{phase}"
+                    )
+                elif isinstance(event, compute.Outcome):
+                    return event
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        return None
+    return None
+
+
+def _finish_run(outcome, *, lines: list[str] | None = None) -> None:
+    """Show how the run ended and exit with the job's code."""
+    data = outcome.to_dict()
+    if lines is not None:
+        data["lines"] = lines
+
+    def render(console) -> None:
+        vm_state = outcome.vm_status or "deleted"
+        console.print(f"Run {outcome.run_id} {outcome.state} (VM {outcome.vm_name}: {vm_state})", highlight=False)
+        test = (outcome.metrics or {}).get("test") or {}
+        if test:
+            parts = [f"{k} {test[k]:.4f}" for k in ("accuracy", "macro_f1", "precision", "recall") if k in test]
+            console.print("Test    " + "  ".join(parts), highlight=False)
+        if outcome.model_uri:
+            console.print(f"Model   {outcome.model_uri}", highlight=False)
+            console.print(f"Pull it: newsclf models pull {outcome.run_id}", highlight=False)
+        if outcome.state != "succeeded":
+            console.print(f"Log     newsclf cloud logs {outcome.run_id}", highlight=False)
+
+    _output.emit(data, render, exit_code=outcome.exit_code)
+    if outcome.state == "succeeded" and outcome.vm_status not in (None, "TERMINATED", "STOPPED", "SUSPENDED"):
+        _output.info(f"VM {outcome.vm_name} is still {outcome.vm_status}: stop it with `newsclf cloud stop`")
+    if outcome.exit_code:
+        import sys
+
+        sys.stderr.write(f"Error: run {outcome.run_id} {outcome.state}: {outcome.error}\n")
+        raise typer.Exit(outcome.exit_code)
+
+
+def _detached(run_id: str, vm, *, interrupted: bool) -> None:
+    data = {"run_id": run_id, "state": "detached", "vm": vm.name, "zone": vm.zone}
+    if interrupted:
+        _output.warn(f"Detached from run {run_id}: it keeps running on VM {vm.name} ({vm.zone})")
+    if not _output.state.quiet:
+        _output.stderr().print(DETACH_HINT.format(run=run_id), highlight=False)
+
+    def render(console) -> None:
+        console.print(run_id, highlight=False)
+
+    _output.emit(data, render, exit_code=130 if interrupted else 0)
+    if interrupted:
+        raise typer.Exit(130)
+
+
+@app.command("run")
+def run(
+    train_args: list[str] | None = typer.Argument(
+        None, metavar="-- TRAIN_OPTIONS", help="Options for `newsclf job` (as for `newsclf train`), after `--`.",
+        show_default=False,
+    ),
+    machine_type: str | None = typer.Option(None, "--machine-type", help="Machine type (default: NEWSCLF_MACHINE_TYPE)."),
+    gpu: str | None = typer.Option(None, "--gpu", metavar="TYPE:N", help="GPUs to attach, e.g. nvidia-tesla-t4:1."),
+    spot: bool | None = typer.Option(None, "--spot/--no-spot", help="Use a spot VM (cheaper, can be preempted).", show_default=False),
+    disk_gb: int | None = typer.Option(None, "--disk-gb", help="Boot disk size (default: NEWSCLF_DISK_GB)."),
+    zone: str | None = typer.Option(None, "--zone", help="Zone to try first (default: NEWSCLF_ZONE)."),
+    max_hours: float | None = typer.Option(
+        None, "--max-hours", help="The VM stops itself after this long, whatever happens (default: NEWSCLF_MAX_HOURS)."
+    ),
+    image: str | None = typer.Option(None, "--image", help="Training image (default: what `cloud build` pushed)."),
+    keep_vm: bool = typer.Option(False, "--keep-vm", help="Leave the VM running when the job ends."),
+    detach: bool = typer.Option(False, "--detach", help="Start the run and return; follow it later with `cloud logs`."),
+    force: bool = typer.Option(False, "--force", help="Stop the VM's current job to start this run."),
+    resume: str | None = typer.Option(
+        None, "--resume", metavar="RUN_ID", help="Restart an interrupted run; it resumes from its checkpoints."
+    ),
+    wandb_key_in_metadata: bool = typer.Option(
+        False, "--wandb-key-in-metadata",
+        help="Opt-in: hand your W&B key to the VM in instance metadata (readable by project members). "
+        "Prefer NEWSCLF_WANDB_SECRET (a Secret Manager secret).",
+    ),
+    bucket: str | None = typer.Option(None, "--bucket", help="Bucket name or gs:// URL (default: NEWSCLF_BUCKET)."),
+    poll_interval: float = typer.Option(5.0, "--poll-interval", min=0.05, help=POLL_HELP),
+) -> None:
+    """Train on a Compute Engine VM: create or restart it, follow the job, stop the VM.
+
+    The VM (NEWSCLF_VM_NAME) pulls the training image, runs `newsclf job` on
+    gs://BUCKET/data/processed, writes the run to gs://BUCKET/runs/RUN_ID/ and
+    powers itself off; it never runs longer than --max-hours. Capacity or
+    quota errors move on to the region's other zones. The job's log streams
+    here; Ctrl-C detaches (the job keeps running). The exit code is the job's.
+
+    Examples:
+
+      newsclf cloud run --gpu nvidia-tesla-t4:1 --spot -- --epochs 2
+
+      newsclf cloud run --detach && newsclf cloud logs --follow
+    """
+    from newsclf.cloud import compute
+    from newsclf.errors import InputError
+    from newsclf.runs import new_run_id
+
+    settings, project, clients, store = _compute(bucket)
+    if image:
+        settings = settings.model_copy(update={"image": image})
+    train = list(train_args or [])
+    if resume:
+        state = compute.run_state(store, resume)
+        if state in compute.FINAL_RUN_STATES:
+            raise InputError(f"Run {resume} already {state}: nothing to resume (start a new one without --resume)")
+        if not train:
+            vm = compute.find_vm(clients, project, settings.vm_name)
+            if vm is not None and vm.run_id == resume:
+                train = [a for a in vm.metadata.get(compute.META_TRAIN_ARGS, "").split("\n") if a]
+    explicit = frozenset(
+        name
+        for name, value in (("machine_type", machine_type), ("gpu", gpu), ("spot", spot), ("zone", zone))
+        if value is not None
+    )
+    wandb_key = None
+    if wandb_key_in_metadata:
+        if settings.wandb_api_key is None:
+            raise InputError("--wandb-key-in-metadata needs a W&B key: set WANDB_API_KEY")
+        wandb_key = settings.wandb_api_key.get_secret_value()
+    req = compute.RunRequest(
+        run_id=resume or new_run_id(),
+        bucket=store.bucket,
+        image=compute.default_image(settings, project),
+        vm_name=settings.vm_name,
+        zone=zone or settings.zone,
+        machine_type=machine_type or settings.machine_type,
+        gpu=compute.parse_gpu(gpu),
+        spot=bool(spot),
+        disk_gb=disk_gb if disk_gb is not None else settings.disk_gb,
+        max_hours=max_hours if max_hours is not None else settings.max_hours,
+        keep_vm=keep_vm,
+        force=force,
+        train_args=train,
+        zones=settings.zones,
+        wandb_secret=settings.wandb_secret,
+        wandb_key=wandb_key,
+        explicit=explicit,
+    )
+    started = compute.start_run(clients, project, req, store=store, poll_s=poll_interval)
+    vm = started.vm
+    hourly = vm.hourly_usd
+    _output.info(
+        f"Run {req.run_id} on VM {vm.name} in {vm.zone} ({vm.hardware()}, est. {_money(hourly)}/h, "
+        f"stops itself after {req.max_hours:g} h)"
+    )
+    if detach:
+        _detached(req.run_id, vm, interrupted=False)
+        return
+    lines: list[str] = []
+    outcome = _follow_run(clients, project, vm, req.run_id, store, poll_s=poll_interval, to_stdout=False, lines=lines)
+    if outcome is None:
+        _detached(req.run_id, vm, interrupted=True)
+        return
+    _finish_run(outcome)
+
+
+@app.command("status")
+def status(
+    zone: str | None = typer.Option(None, "--zone", help="Only this zone (default: every zone of the project)."),
+) -> None:
+    """Show newsclf's VMs: state, hardware, uptime, estimated cost and current run.
+
+    Costs come from a small built-in price table: an estimate, not a bill.
+
+    Examples:
+
+      newsclf cloud status
+
+      newsclf cloud status --json
+    """
+    from newsclf.cloud import compute
+    from newsclf.errors import CloudError
+
+    settings, project, clients, store = _compute(need_bucket=False)
+    vms = compute.list_vms(clients, project, zone)
+    rows = []
+    for vm in vms:
+        run_state = None
+        if vm.run_id and (vm.bucket or store is not None):
+            try:
+                vm_store = store if store is not None and store.bucket == vm.bucket else compute.RunStore(
+                    clients.storage_client(), vm.bucket or store.bucket
+                )
+                run_state = compute.run_state(vm_store, vm.run_id)
+            except CloudError as e:
+                _output.warn(f"Cannot read the state of run {vm.run_id}: {e}")
+        hourly = vm.hourly_usd
+        uptime = vm.uptime_s()
+        rows.append(
+            {
+                "name": vm.name,
+                "zone": vm.zone,
+                "state": vm.status,
+                "machine_type": vm.machine_type,
+                "gpus": vm.gpus,
+                "gpu_type": vm.gpu_type,
+                "spot": vm.spot,
+                "uptime_s": round(uptime),
+                "est_usd_per_hour": hourly if vm.status in compute.ACTIVE_STATES else 0.0,
+                "est_usd_so_far": round(hourly * uptime / 3600, 4) if hourly is not None else None,
+                "run_id": vm.run_id,
+                "run_state": run_state,
+            }
+        )
+    data = {"project": project, "vms": rows, "costs": "estimates from a built-in price table, not a bill"}
+
+    def render(console) -> None:
+        if not rows:
+            console.print(f"No newsclf VMs in project {project}: start one with `newsclf cloud run`", highlight=False)
+            return
+        from rich.table import Table
+
+        if not console.is_terminal:
+            console.width = max(console.width, 200)  # a pipe gets whole cells, not "newsc…"
+        table = Table("VM", "zone", "state", "machine", "GPUs", "spot", "uptime", "est. $/h", "est. so far", "run", "run state", box=None)
+        for r in rows:
+            gpus = f"{r['gpus']} x {r['gpu_type']}" if r["gpu_type"] else (str(r["gpus"]) if r["gpus"] else "-")
+            table.add_row(
+                r["name"], r["zone"], r["state"], r["machine_type"], gpus, "yes" if r["spot"] else "no",
+                _duration(r["uptime_s"]) if r["uptime_s"] else "-", _money(r["est_usd_per_hour"]),
+                _money(r["est_usd_so_far"]), r["run_id"] or "-", r["run_state"] or "-",
+            )
+        console.print(table)
+        console.print("Costs are estimates from a built-in price table, not a bill.", style="dim", highlight=False)
+
+    _output.emit(data, render)
+
+
+@app.command("logs")
+def logs(
+    run: str | None = typer.Argument(None, help="Run id (default: the VM's current run)."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming a running job until it ends."),
+    bucket: str | None = typer.Option(None, "--bucket", help="Bucket name or gs:// URL (default: NEWSCLF_BUCKET)."),
+    poll_interval: float = typer.Option(5.0, "--poll-interval", min=0.05, help=POLL_HELP),
+) -> None:
+    """Print a run's log: live from the VM while it runs, else from gs://BUCKET/runs/RUN/logs/.
+
+    With --follow, re-attach to a running job (after Ctrl-C or --detach) and exit
+    with its exit code when it ends.
+
+    Examples:
+
+      newsclf cloud logs --follow
+
+      newsclf cloud logs 20261127-071500-1a2b3c
+    """
+    from newsclf.cloud import compute
+    from newsclf.errors import InputError
+
+    settings, project, clients, store = _compute(bucket)
+    vm = compute.find_vm(clients, project, settings.vm_name)
+    run_id = run or (vm.run_id if vm else None)
+    if not run_id:
+        raise InputError(
+            f"No run given and no VM {settings.vm_name}: pass a run id (list them with `newsclf models list`)"
+        )
+    state = compute.run_state(store, run_id)
+    live = (
+        vm is not None and vm.run_id == run_id and vm.status in compute.ACTIVE_STATES
+        and state not in compute.FINAL_RUN_STATES
+    )
+    if live and follow:
+        lines: list[str] = []
+        outcome = _follow_run(clients, project, vm, run_id, store, poll_s=poll_interval, to_stdout=True, lines=lines)
+        if outcome is None:
+            _detached(run_id, vm, interrupted=True)
+            return
+        _finish_run(outcome, lines=lines)
+        return
+    if live:
+        lines = compute.serial_snapshot(clients, project, vm, run_id)
+        source = "serial"
+        _output.info(f"Run {run_id} is still running on VM {vm.name}: add --follow to keep watching")
+    else:
+        lines = compute.run_log(store, run_id)
+        source = "bucket"
+        if not lines:
+            if state is None:
+                raise InputError(
+                    f"No run {run_id} in gs://{store.bucket}/runs/: list the runs with `newsclf models list`"
+                )
+            _output.info(f"No log uploaded for run {run_id} yet ({store.logs_uri(run_id)})")
+    data = {"run_id": run_id, "state": state, "source": source, "lines": lines}
+
+    def render(console) -> None:
+        for line in lines:
+            console.print(line, markup=False, emoji=False, highlight=False, soft_wrap=True)
+
+    _output.emit(data, render)
+
+
+@app.command("stop")
+def stop(
+    delete: bool = typer.Option(False, "--delete", help="Delete the VM (and its boot disk) once stopped."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    poll_interval: float = typer.Option(2.0, "--poll-interval", min=0.05, help="Seconds between polls of the VM."),
+) -> None:
+    """Stop the training VM and wait until it is really stopped; --delete removes it.
+
+    Stopping a VM in the middle of a job interrupts it: resume it later with
+    `newsclf cloud run --resume RUN_ID`. Already stopped: nothing to do.
+
+    Examples:
+
+      newsclf cloud stop
+
+      newsclf cloud stop --delete --yes
+    """
+    import sys
+
+    from newsclf.cloud import compute
+    from newsclf.errors import InputError
+
+    settings, project, clients, store = _compute(need_bucket=False)
+    vm = compute.find_vm(clients, project, settings.vm_name)
+    if vm is None:
+        data = {"vm": settings.vm_name, "zone": None, "before": None, "after": None, "deleted": False}
+        _output.emit(data, lambda c: c.print(f"No VM {settings.vm_name} in project {project}: nothing to stop", highlight=False))
+        return
+    if vm.status in compute.DOWN_STATES and not delete:
+        data = {"vm": vm.name, "zone": vm.zone, "before": vm.status, "after": vm.status, "deleted": False}
+        _output.emit(data, lambda c: c.print(f"VM {vm.name} ({vm.zone}) is already stopped", highlight=False))
+        return
+    busy = False
+    if vm.status in compute.ACTIVE_STATES and vm.run_id:
+        try:
+            busy = compute.run_state(store, vm.run_id) not in compute.FINAL_RUN_STATES
+        except Exception:  # no bucket access: assume the worst and ask
+            busy = True
+    if (busy or delete) and not yes:
+        what = f"{'Delete' if delete else 'Stop'} VM {vm.name} ({vm.zone})"
+        if busy:
+            what += f", interrupting run {vm.run_id}"
+        if sys.stdin.isatty() and not _output.state.json:
+            typer.confirm(what + "?", abort=True)
+        else:
+            raise InputError(f"{what}: pass --yes to confirm")
+    result = compute.stop_vm(clients, project, vm, delete=delete, poll_s=poll_interval)
+    data = {"vm": result.name, "zone": result.zone, "before": result.before, "after": result.after, "deleted": result.deleted}
+
+    def render(console) -> None:
+        if result.deleted:
+            console.print(f"Deleted VM {result.name} ({result.zone})", highlight=False)
+        else:
+            console.print(f"Stopped VM {result.name} ({result.zone}): {result.after}", highlight=False)
+        if busy:
+            console.print(f"Resume run {vm.run_id} later with: newsclf cloud run --resume {vm.run_id}", highlight=False)
+
+    _output.emit(data, render)

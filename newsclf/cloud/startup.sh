@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2329  # on_exit/on_term (and what they call) run from `trap`
+# newsclf training VM: run one `newsclf job` in the training image, upload its log, power off.
+#
+# Compute Engine runs this as root at every boot (the startup-script metadata), so it is safe to
+# re-run: a run with a final status.json in the bucket is not run again, and an interrupted run
+# (spot preemption, reboot) starts again and `newsclf job` resumes it from runs/ID/checkpoints.
+# The job's output goes to the serial port as `newsclf-job[RUN_ID]: ...` (what `newsclf cloud run`
+# shows) and this script's progress as `newsclf-vm[RUN_ID]: ...`.
+# Secrets (the access token, the W&B key) never reach argv, the serial port, the log or the image.
+# Tests point the NEWSCLF_* / STORAGE_EMULATOR_HOST variables below at local stand-ins.
+set -euo pipefail
+
+META_URL="${NEWSCLF_METADATA_URL:-http://metadata.google.internal/computeMetadata/v1}"
+SERIAL="${NEWSCLF_SERIAL_DEVICE:-/dev/ttyS0}"
+STORAGE_URL="${STORAGE_EMULATOR_HOST:-https://storage.googleapis.com}"
+SECRETS_URL="${NEWSCLF_SECRETMANAGER_URL:-https://secretmanager.googleapis.com}"
+WORK="${NEWSCLF_WORKDIR:-/var/lib/newsclf}"
+CONTAINER=newsclf-job
+
+RUN_ID="?"
+STARTED_AT="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+LOG_NAME="vm-$(date -u +%Y%m%dT%H%M%SZ).log"
+LOG="$WORK/$LOG_NAME"
+SETTLED=0   # 1 once the run's outcome is in the bucket (or there is nothing to do)
+UPLOAD=1    # 0: nothing worth uploading (the run had already finished)
+STOPPING=0  # 1 when the VM is shutting down under us (stop, preemption): the run resumes later
+
+meta() { curl -fsS --retry 5 --retry-connrefused -H 'Metadata-Flavor: Google' "$META_URL/$1"; }
+attr() { meta "instance/attributes/$1" 2>/dev/null || true; }  # a missing attribute reads as empty
+
+json_field() {  # json_field KEY < JSON: prints the value, or nothing for bad JSON / a missing key
+  python3 -c 'import json, sys
+try:
+    value = json.load(sys.stdin).get(sys.argv[1])
+except (ValueError, AttributeError):
+    value = None
+print("" if value is None else value)' "$1"
+}
+
+token() { meta instance/service-accounts/default/token | json_field access_token; }
+
+gcurl() {  # curl with the VM's access token, handed over as curl config on stdin: never in argv
+  local tok
+  tok="$(token)"
+  printf 'header = "Authorization: Bearer %s"\n' "$tok" | curl -fsS --retry 3 -K - "$@"
+}
+
+object() { printf '%s' "$1" | sed 's#/#%2F#g'; }  # object name for a JSON API URL path
+gcs_get() { gcurl "$STORAGE_URL/storage/v1/b/$BUCKET/o/$(object "$1")?alt=media"; }
+gcs_put() {  # gcs_put FILE NAME CONTENT_TYPE
+  gcurl -X POST -H "Content-Type: $3" --data-binary "@$1" \
+    "$STORAGE_URL/upload/storage/v1/b/$BUCKET/o?uploadType=media&name=$(object "$2")" >/dev/null
+}
+
+run_status() { gcs_get "runs/$RUN_ID/status.json" 2>/dev/null || true; }
+run_state() { run_status | json_field state; }  # running|succeeded|failed, or empty
+
+say() {  # a progress line: serial port (for `newsclf cloud run`), the run's log, the journal
+  local line="newsclf-vm[$RUN_ID]: $*"
+  printf '%s\n' "$line" >>"$SERIAL" 2>/dev/null || true
+  printf '%s\n' "$line" >>"$LOG" 2>/dev/null || true
+  printf '%s\n' "$line"
+}
+
+preempted() { [[ "$(meta instance/preempted 2>/dev/null || true)" == TRUE ]]; }
+
+write_failed() {  # write_failed EXIT_CODE ERROR: a final status.json, unless the job wrote one
+  local prev
+  prev="$(run_status)"
+  case "$(printf '%s' "$prev" | json_field state)" in succeeded | failed) return 0 ;; esac
+  printf '%s' "$prev" | python3 -c 'import datetime, json, sys
+try:
+    prev = json.load(sys.stdin)
+except ValueError:
+    prev = {}
+now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+print(json.dumps({"state": "failed", "exit_code": int(sys.argv[1]),
+                  "started_at": prev.get("started_at") or sys.argv[3], "finished_at": now,
+                  "error": sys.argv[2]}))' "$1" "$2" "$STARTED_AT" >"$WORK/status.json"
+  gcs_put "$WORK/status.json" "runs/$RUN_ID/status.json" application/json
+}
+
+power_off() {
+  if [[ "$KEEP_VM" == true ]]; then
+    say "keep-vm is set: the VM stays up (stop it with: newsclf cloud stop)"
+    return 0
+  fi
+  say "powering off"
+  shutdown -h now
+}
+
+on_term() {
+  STOPPING=1
+  exit 143
+}
+
+on_exit() {
+  local rc=$?
+  trap - EXIT
+  set +e
+  rm -f "$WORK/job.env"
+  if [[ "$RUN_ID" == "?" ]]; then
+    exit "$rc"
+  fi
+  if [[ "$STOPPING" == 1 ]] || preempted; then
+    say "the VM is stopping; the run resumes from its checkpoints when the VM starts again"
+    gcs_put "$LOG" "runs/$RUN_ID/logs/$LOG_NAME" text/plain
+    exit "$rc"
+  fi
+  if [[ "$SETTLED" != 1 ]]; then
+    say "startup failed (exit $rc) before the job finished"
+    write_failed "$((rc == 0 ? 1 : rc))" "the VM startup script failed (exit $rc); see runs/$RUN_ID/logs/" ||
+      say "could not write runs/$RUN_ID/status.json"
+  fi
+  if [[ "$UPLOAD" == 1 ]]; then
+    gcs_put "$LOG" "runs/$RUN_ID/logs/$LOG_NAME" text/plain || say "could not upload the log"
+  fi
+  power_off
+  exit "$rc"
+}
+
+mkdir -p "$WORK"
+chmod 700 "$WORK"
+
+RUN_ID="$(attr newsclf-run-id)"
+if [[ ! "$RUN_ID" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]]; then
+  RUN_ID="?"
+  echo "newsclf: no valid newsclf-run-id in the instance metadata; nothing to do" >&2
+  exit 0
+fi
+IMAGE="$(attr newsclf-image)"
+BUCKET="$(attr newsclf-bucket)"
+KEEP_VM="$(attr newsclf-keep-vm)"
+GPUS="$(attr newsclf-gpus)"
+WANDB_SECRET="$(attr newsclf-wandb-secret)"
+mapfile -t TRAIN_ARGS < <(attr newsclf-train-args)  # one argument per line
+[[ "$GPUS" =~ ^[0-9]+$ ]] || GPUS=0
+
+trap on_term TERM INT
+trap on_exit EXIT
+
+say "starting run $RUN_ID with $IMAGE"
+if [[ -z "$IMAGE" || -z "$BUCKET" ]]; then
+  say "newsclf-image or newsclf-bucket is missing from the instance metadata"
+  exit 1
+fi
+
+state="$(run_state)"
+case "$state" in
+  succeeded | failed)
+    say "run $RUN_ID already finished ($state): not running it again"
+    SETTLED=1
+    UPLOAD=0
+    exit 0
+    ;;
+  running) say "run $RUN_ID was interrupted: resuming it from its checkpoints" ;;
+esac
+
+GPU_FLAGS=()
+if ((GPUS > 0)); then
+  say "waiting for the NVIDIA driver"
+  for _ in $(seq 1 60); do
+    nvidia-smi >/dev/null 2>&1 && break
+    sleep 10
+  done
+  if ! nvidia-smi >/dev/null 2>&1; then
+    say "no working NVIDIA driver after 10 minutes"
+    exit 1
+  fi
+  GPU_FLAGS=(--gpus all)
+fi
+
+REGISTRY="${IMAGE%%/*}"
+case "$REGISTRY" in
+  *.pkg.dev | *gcr.io)
+    say "logging docker in to $REGISTRY"
+    token | docker login -u oauth2accesstoken --password-stdin "https://$REGISTRY" >>"$LOG" 2>&1
+    ;;
+esac
+
+say "pulling $IMAGE"
+for attempt in 1 2 3; do
+  docker pull --quiet "$IMAGE" >>"$LOG" 2>&1 && break
+  if [[ "$attempt" == 3 ]]; then
+    say "could not pull $IMAGE"
+    exit 1
+  fi
+  sleep 15
+done
+
+ENV_FILE="$WORK/job.env"  # secrets reach the container through this file, never through argv
+(
+  umask 077
+  printf 'PYTHONUNBUFFERED=1\n' >"$ENV_FILE"
+)
+if [[ -n "$WANDB_SECRET" ]]; then
+  secret="$WANDB_SECRET"
+  [[ "$secret" == projects/* ]] || secret="projects/$(meta project/project-id)/secrets/$secret"
+  [[ "$secret" == */versions/* ]] || secret="$secret/versions/latest"
+  say "reading the W&B key from Secret Manager ($secret)"
+  if key="$(gcurl "$SECRETS_URL/v1/$secret:access" | python3 -c 'import base64, json, sys
+print(base64.b64decode(json.load(sys.stdin)["payload"]["data"]).decode().strip())')" && [[ -n "$key" ]]; then
+    printf 'WANDB_API_KEY=%s\n' "$key" >>"$ENV_FILE"
+  else
+    say "could not read the W&B key from $secret: training without W&B"
+  fi
+  unset key
+fi
+wandb_key="$(attr newsclf-wandb-key)"  # explicit opt-in (`cloud run --wandb-key-in-metadata`)
+if [[ -n "$wandb_key" ]]; then
+  printf 'WANDB_API_KEY=%s\n' "$wandb_key" >>"$ENV_FILE"
+fi
+unset wandb_key
+
+docker rm -f "$CONTAINER" >/dev/null 2>&1 || true
+say "running: newsclf job --bucket $BUCKET --run-id $RUN_ID ${TRAIN_ARGS[*]}"
+set +e
+docker run --rm --name "$CONTAINER" --network host --ipc host "${GPU_FLAGS[@]}" --env-file "$ENV_FILE" \
+  "$IMAGE" --bucket "$BUCKET" --run-id "$RUN_ID" "${TRAIN_ARGS[@]}" 2>&1 |
+  tee -a "$LOG" |
+  sed -u -e 's/\r*$//' -e 's/^.*\r//' -e "s/^/newsclf-job[$RUN_ID]: /" >>"$SERIAL"
+rc="${PIPESTATUS[0]}"
+set -e
+rm -f "$ENV_FILE"
+
+state="$(run_state)"
+case "$state" in
+  succeeded | failed) say "job finished: $state (exit $rc)" ;;
+  *)
+    say "the job exited ($rc) without a final status.json"
+    write_failed "$((rc == 0 ? 1 : rc))" "the job exited ($rc) without writing a final status.json"
+    ;;
+esac
+SETTLED=1
+exit 0

@@ -1,0 +1,187 @@
+"""The in-container training job: data from the bucket, training, everything back under runs/<id>/.
+
+status.json moves `running` -> `succeeded` | `failed`. A restarted VM runs the job again with the
+same run id: a succeeded run is left alone, an unfinished one resumes from the checkpoints synced
+to runs/<id>/checkpoints/ at every save.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from newsclf.cloud import layout
+from newsclf.errors import InputError
+
+if TYPE_CHECKING:
+    from google.cloud.storage import Bucket, Client
+
+    from newsclf.train import TrainOptions
+
+log = logging.getLogger(__name__)
+
+RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
+FINAL_STATES = (SUCCEEDED, FAILED)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass
+class JobResult:
+    run_id: str
+    state: str
+    exit_code: int
+    skipped: bool = False  # the run had already succeeded
+    resumed_from: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _checkpoint_sync(client: "Client", bucket: "Bucket", lay: layout.RunLayout, local: Path) -> Any:
+    """A TrainerCallback mirroring the local checkpoints/ folder to runs/<id>/checkpoints/ at every save."""
+    from transformers import TrainerCallback
+
+    from newsclf.cloud import storage
+
+    class CheckpointSync(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+            if not state.is_world_process_zero:
+                return
+            result = storage.upload_dir(client, bucket, local, lay.checkpoints)
+            # the Trainer rotates old checkpoints away locally; drop them remotely too
+            kept = {lay.checkpoints + p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
+            stale = [n for n in storage.list_objects(client, bucket, lay.checkpoints) if n not in kept]
+            for name in stale:
+                bucket.blob(name).delete(retry=storage.retry_policy())
+            log.info(
+                "Checkpoint at step %d synced to %s (%d files uploaded, %d removed)",
+                state.global_step, layout.uri(bucket.name, lay.checkpoints), result.files_transferred, len(stale),
+            )
+
+    return CheckpointSync()
+
+
+def _fetch_data(client: "Client", bucket: "Bucket", workdir: Path, seed: int) -> Path:
+    """data/processed from the bucket, or data/raw (Fake.csv + True.csv) prepared here."""
+    from newsclf.cloud import storage
+    from newsclf.data import Source, check_processed, prepare_dataset
+
+    processed = workdir / "data" / "processed"
+    listing = storage.list_objects(client, bucket, layout.data_prefix("processed"))
+    if listing:
+        storage.download_prefix(client, bucket, layout.data_prefix("processed"), processed, listing=listing)
+        check_processed(processed)
+        log.info("Pulled %s", layout.uri(bucket.name, layout.data_prefix("processed")))
+        return processed
+    raw = workdir / "data" / "raw"
+    storage.download_prefix(client, bucket, layout.data_prefix("raw"), raw)
+    fake, true = raw / "Fake.csv", raw / "True.csv"
+    if not (fake.is_file() and true.is_file()):
+        raise InputError(
+            f"No dataset in gs://{bucket.name}/data/: run `newsclf data prepare ...` then `newsclf data push` "
+            "(or push Fake.csv and True.csv with `newsclf data push --raw DIR`)"
+        )
+    log.info("No processed data in the bucket: preparing data/raw/Fake.csv + True.csv")
+    prepare_dataset(Source.isot(fake, true), processed, seed=seed, force=True)
+    return processed
+
+
+def _fetch_checkpoints(client: "Client", bucket: "Bucket", lay: layout.RunLayout, local: Path) -> bool:
+    from newsclf.cloud import storage
+
+    listing = storage.list_objects(client, bucket, lay.checkpoints)
+    if not listing:
+        return False
+    storage.download_prefix(client, bucket, lay.checkpoints, local, listing=listing)
+    return any(p.is_dir() for p in local.glob("checkpoint-*"))
+
+
+def _publish(client: "Client", bucket: "Bucket", lay: layout.RunLayout, run_dir: Path) -> None:
+    """Upload the finished run (model/, run.json, logs/; metrics.json last)."""
+    from newsclf.cloud import storage
+
+    # a VM stopped in the middle of an earlier upload left a partial model/: it is replaced, since
+    # the run only counts as complete once metrics.json is there
+    if storage.read_json(bucket, lay.metrics) is None:
+        for name in storage.list_objects(client, bucket, lay.model):
+            bucket.blob(name).delete(retry=storage.retry_policy())
+        config = bucket.get_blob(lay.config)
+        if config is not None:
+            config.delete(retry=storage.retry_policy())
+    storage.push_run(client, bucket, run_dir)
+
+
+def run_job(
+    client: "Client",
+    bucket_name: str,
+    run_id: str,
+    options: "TrainOptions",
+    workdir: Path,
+    *,
+    callbacks: tuple = (),
+) -> JobResult:
+    """Run (or resume, or skip) training run `run_id`, keeping its state in gs://bucket/runs/<run_id>/.
+
+    Never raises for a training failure: it is recorded in status.json and returned (exit_code 1).
+    """
+    from newsclf.cloud import storage
+    from newsclf.train import run_training
+
+    lay = layout.RunLayout(run_id)
+    bucket = client.bucket(bucket_name)
+    previous = storage.read_json(bucket, lay.status) or {}
+    if previous.get("state") == SUCCEEDED:
+        log.info("Run %s already succeeded at %s: nothing to do", run_id, previous.get("finished_at"))
+        return JobResult(run_id, SUCCEEDED, 0, skipped=True, metrics=previous.get("metrics") or {})
+
+    status: dict[str, Any] = {
+        "run_id": run_id,
+        "state": RUNNING,
+        "exit_code": None,
+        "started_at": _now(),
+        "finished_at": None,
+        "attempt": int(previous.get("attempt") or 0) + 1,
+        "host": socket.gethostname(),
+        "error": None,
+    }
+    storage.write_json(bucket, lay.status, status)
+    resumed_from = None
+    try:
+        workdir = Path(workdir)
+        options.data_dir = _fetch_data(client, bucket, workdir, options.seed)
+        options.models_dir = workdir / "models"
+        run_dir = options.models_dir / run_id
+        checkpoints = run_dir / "checkpoints"
+        if _fetch_checkpoints(client, bucket, lay, checkpoints):
+            resumed_from = layout.uri(bucket_name, lay.checkpoints)
+            log.info("Resuming from the checkpoints in %s", resumed_from)
+        sync = _checkpoint_sync(client, bucket, lay, checkpoints)
+        result = run_training(
+            options,
+            run_dir=run_dir,
+            resume_from=run_dir if resumed_from else None,
+            callbacks=[sync, *callbacks],
+        )
+        _publish(client, bucket, lay, result.run_dir)
+    except BaseException as e:
+        interrupted = isinstance(e, (KeyboardInterrupt, SystemExit))
+        message = "interrupted" if interrupted else (str(e) or type(e).__name__).splitlines()[0]
+        status.update(state=FAILED, exit_code=130 if interrupted else 1, finished_at=_now(), error=message)
+        try:
+            storage.write_json(bucket, lay.status, status)
+        except Exception as write_error:  # the original failure matters more
+            log.warning("Could not record the failure in status.json: %s", write_error)
+        if interrupted:
+            raise
+        return JobResult(run_id, FAILED, 1, resumed_from=resumed_from, error=message)
+    summary = {k: result.metrics.get(k) for k in ("best_validation", "test")}
+    status.update(state=SUCCEEDED, exit_code=0, finished_at=_now(), metrics=summary)
+    storage.write_json(bucket, lay.status, status)
+    log.info("Run %s succeeded: model in %s", run_id, layout.uri(bucket_name, lay.model))
+    return JobResult(run_id, SUCCEEDED, 0, resumed_from=resumed_from, metrics=result.metrics)

@@ -1,0 +1,156 @@
+"""Inference: load a trained run once, classify many texts fast (length-sorted batches, dynamic padding)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from newsclf.errors import InputError
+from newsclf.runs import MODEL_WEIGHTS, RUN_CONFIG
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 32
+MAX_POSITIONS = 512  # BERT-family limit when a run records no max_length
+
+
+def read_texts(source: str | Path, *, stdin: io.TextIOBase | None = None) -> list[str]:
+    """Inputs from a file: .csv (a `text` column, optional `title`), .jsonl (objects with `text`,
+    or strings), anything else one text per line; `-` reads lines from stdin."""
+    from newsclf.data import article_text
+
+    name = str(source)
+    if name == "-":
+        lines = (stdin or sys.stdin).read().splitlines()
+        texts = [article_text(None, line) for line in lines if line.strip()]
+        if not texts:
+            raise InputError("stdin has no texts: pipe one text per line, e.g. `cat articles.txt | newsclf predict -`")
+        return texts
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(f"{path} not found: pass an existing .txt, .csv or .jsonl file to --file")
+    suffix = path.suffix.lower()
+    try:
+        raw = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text: convert it, e.g. `iconv -t utf-8 {path}`") from None
+    if suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(raw, newline=""))
+        columns = reader.fieldnames or []
+        if "text" not in columns:
+            raise InputError(
+                f"{path} has no column 'text' (found: {', '.join(columns) or 'none'}): "
+                "name the article column text (an optional title column is used too)"
+            )
+        texts = [article_text(row.get("title"), row["text"] or "") for row in reader]
+    elif suffix in (".jsonl", ".ndjson"):
+        texts = []
+        for i, line in enumerate(raw.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                raise InputError(f"{path} line {i} is not JSON: write one JSON object per line") from None
+            if isinstance(obj, str):
+                texts.append(article_text(None, obj))
+            elif isinstance(obj, dict) and isinstance(obj.get("text"), str):
+                texts.append(article_text(obj.get("title") or None, obj["text"]))
+            else:
+                raise InputError(f'{path} line {i} has no "text" string: write lines like {{"text": "..."}}')
+    else:
+        texts = [article_text(None, line) for line in raw.splitlines() if line.strip()]
+    if not texts:
+        raise InputError(f"{path} has no texts: give one article per line (or rows of a CSV/JSONL file)")
+    return texts
+
+
+def clean_texts(texts: Iterable[str]) -> list[str]:
+    """Texts as the model saw them in training (whitespace normalised, known label leaks removed)."""
+    from newsclf.data import article_text
+
+    return [article_text(None, t) for t in texts]
+
+
+def _max_length(run_dir: Path, tokenizer: Any, config: Any) -> int:
+    try:
+        length = int(json.loads((run_dir / RUN_CONFIG).read_text())["max_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        length = MAX_POSITIONS
+    limits = [length, getattr(config, "max_position_embeddings", MAX_POSITIONS)]
+    if 0 < getattr(tokenizer, "model_max_length", 0) < 100_000:
+        limits.append(tokenizer.model_max_length)
+    return min(limits)
+
+
+class Predictor:
+    """A trained classifier loaded once; `predict_proba` keeps the input order."""
+
+    def __init__(self, run_dir: Path, *, device: str | None = None, max_length: int | None = None):
+        run_dir = Path(run_dir)
+        if not (run_dir / MODEL_WEIGHTS).is_file():
+            raise InputError(
+                f"{run_dir} has no {MODEL_WEIGHTS}: pass a newsclf run directory (or `latest`) to --model"
+            )
+        import torch
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(run_dir)
+            config = AutoConfig.from_pretrained(run_dir)
+            self.model = AutoModelForSequenceClassification.from_pretrained(run_dir, use_safetensors=True)
+        except (OSError, ValueError) as e:
+            raise InputError(f"Cannot load the model in {run_dir} ({e.__class__.__name__}): retrain it, or pick "
+                             "another with --model") from e  # fmt: skip
+        self.run_dir = run_dir
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device).eval()
+        self.labels = [str(config.id2label[i]) for i in range(config.num_labels)]
+        self.max_length = max_length or _max_length(run_dir, self.tokenizer, config)
+
+    def predict_proba(self, texts: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """Class probabilities, shape (len(texts), num_labels), rows in input order."""
+        import torch
+
+        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        if not texts:
+            return out
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        ids = enc["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch: less padding
+        keys = [k for k in enc.keys()]
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                batch = self.tokenizer.pad({k: [enc[k][i] for i in idx] for k in keys}, return_tensors="pt")
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                logits = self.model(**batch).logits.float()
+                out[idx] = torch.softmax(logits, dim=-1).cpu().numpy()
+        return out
+
+    def predict(self, texts: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict[str, Any]]:
+        """One {"index", "label", "probability", "scores"} per text, in input order."""
+        probs = self.predict_proba(texts, batch_size=batch_size)
+        return [
+            {
+                "index": i,
+                "label": self.labels[int(p.argmax())],
+                "probability": round(float(p.max()), 6),
+                "scores": {name: round(float(v), 6) for name, v in zip(self.labels, p)},
+            }
+            for i, p in enumerate(probs)
+        ]
+
+
+def predict_texts(
+    run_dir: Path, texts: Iterable[str], *, batch_size: int = DEFAULT_BATCH_SIZE
+) -> list[dict[str, Any]]:
+    """Convenience: load the model in run_dir and classify texts."""
+    return Predictor(run_dir).predict(list(texts), batch_size=batch_size)

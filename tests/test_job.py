@@ -1,0 +1,126 @@
+"""`newsclf job` end to end against the storage emulator, with a tiny model: run, skip, fail, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_model import tiny_data, tiny_model  # noqa: F401  (fixtures)
+
+RUN = "20261127-120000-abc123"
+
+
+def _train_flags(tiny_model: Path, epochs: int = 2) -> list[str]:
+    return ["--model", str(tiny_model), "--epochs", str(epochs), "--batch-size", "8", "--lr", "3e-3",
+            "--max-length", "64", "--warmup-ratio", "0", "--patience", "9"]  # fmt: skip
+
+
+def _push_data(gcs, tiny_data: Path) -> None:
+    from newsclf.cloud import storage
+
+    storage.upload_dir(gcs, gcs.test_bucket, tiny_data, "data/processed/")
+
+
+def _names(gcs, prefix: str) -> set[str]:
+    return {b.name for b in gcs.list_blobs(gcs.test_bucket, prefix=prefix)}
+
+
+def _status(gcs, run: str = RUN) -> dict:
+    return json.loads(gcs.bucket(gcs.test_bucket).blob(f"runs/{run}/status.json").download_as_bytes())
+
+
+def test_job_trains_publishes_and_model_predicts(cli, gcs, tiny_data, tiny_model, tmp_path):
+    _push_data(gcs, tiny_data)
+    r = cli("--json", "job", "--bucket", gcs.test_bucket, "--run-id", RUN, "--workdir", tmp_path / "work",
+            *_train_flags(tiny_model))  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    doc = r.json
+    assert doc["command"] == "job" and doc["data"]["state"] == "succeeded" and not doc["data"]["skipped"]
+    names = _names(gcs, f"runs/{RUN}/")
+    for name in ("model/model.safetensors", "model/config.json", "model/tokenizer.json", "run.json",
+                 "metrics.json", "status.json"):  # fmt: skip
+        assert f"runs/{RUN}/{name}" in names
+    assert any(n.startswith(f"runs/{RUN}/checkpoints/checkpoint-") for n in names)
+    status = _status(gcs)
+    assert status["state"] == "succeeded" and status["exit_code"] == 0 and status["error"] is None
+    assert status["started_at"] <= status["finished_at"]
+    metrics = json.loads(gcs.bucket(gcs.test_bucket).blob(f"runs/{RUN}/metrics.json").download_as_bytes())
+    assert len(metrics["validation"]) == 2 and "macro_f1" in metrics["test"]
+
+    # the model comes back through `models pull` and predicts
+    pull = cli("--json", "models", "pull", "latest", "--dest", tmp_path / "models")
+    assert pull.exit_code == 0, pull.stderr
+    pred = cli("--json", "predict", "--model", str(tmp_path / "models" / RUN), "officials said in a statement")
+    assert pred.exit_code == 0, pred.stderr
+    rows = pred.json["data"]["predictions"]
+    assert len(rows) == 1 and rows[0]["label"] in ("fake", "real")
+
+    # a second start of the same run (a rebooted VM) does nothing
+    again = cli("--json", "job", "--bucket", gcs.test_bucket, "--run-id", RUN, "--workdir", tmp_path / "w2",
+                *_train_flags(tiny_model))  # fmt: skip
+    assert again.exit_code == 0 and again.json["data"]["skipped"] is True
+    assert _status(gcs) == status
+
+
+def test_job_without_data_records_failure(cli, gcs, tiny_model, tmp_path):
+    r = cli("job", "--run-id", RUN, "--workdir", tmp_path, *_train_flags(tiny_model))
+    assert r.exit_code == 1
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"Error: Run {RUN} failed: No dataset in gs://{gcs.test_bucket}/data/: run `newsclf data prepare")
+    status = _status(gcs)
+    assert status["state"] == "failed" and status["exit_code"] == 1
+    assert status["error"].startswith(f"No dataset in gs://{gcs.test_bucket}/data/")
+    assert f"runs/{RUN}/metrics.json" not in _names(gcs, f"runs/{RUN}/")
+
+
+def test_job_with_bad_model_records_failure(cli, gcs, tiny_data, tmp_path):
+    _push_data(gcs, tiny_data)
+    r = cli("job", "--run-id", RUN, "--workdir", tmp_path, "--model", str(tmp_path / "no-such-model"), "--epochs", "1")
+    assert r.exit_code == 1
+    assert _status(gcs)["state"] == "failed"
+
+
+def test_job_refuses_flags_that_belong_to_local_runs(cli, gcs, tmp_path):
+    r = cli("job", "--run-id", RUN, "--demo")
+    assert r.exit_code == 2
+    assert "--demo cannot be used in a job" in r.stderr
+    assert _names(gcs, "runs/") == set()
+
+
+@pytest.mark.slow
+def test_job_killed_after_first_checkpoint_resumes_from_bucket(cli, gcs, tiny_data, tiny_model, tmp_path):
+    _push_data(gcs, tiny_data)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "newsclf", "job", "--run-id", RUN, "--workdir", str(tmp_path / "vm1"),
+           *_train_flags(tiny_model, epochs=6)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            cwd=tmp_path)  # fmt: skip
+    seen = []
+    deadline = time.time() + 240
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        seen.append(line)
+        if "synced to" in line:  # the first checkpoint is in the bucket: the VM dies now
+            proc.kill()
+            break
+        assert time.time() < deadline, "".join(seen)
+    proc.wait(timeout=30)
+    assert proc.returncode == -9, "".join(seen)
+    assert _status(gcs)["state"] == "running"  # killed -9: nobody recorded anything
+    assert f"runs/{RUN}/metrics.json" not in _names(gcs, f"runs/{RUN}/")
+
+    # the restarted VM: a fresh disk, the same run id
+    r = cli("--json", "job", "--run-id", RUN, "--workdir", tmp_path / "vm2", *_train_flags(tiny_model, epochs=6))
+    assert r.exit_code == 0, r.stderr
+    data = r.json["data"]
+    assert data["resumed_from"] == f"gs://{gcs.test_bucket}/runs/{RUN}/checkpoints/"
+    status = _status(gcs)
+    assert status["state"] == "succeeded" and status["attempt"] == 2
+    metrics = json.loads(gcs.bucket(gcs.test_bucket).blob(f"runs/{RUN}/metrics.json").download_as_bytes())
+    assert [e["epoch"] for e in metrics["validation"]] == [1, 2, 3, 4, 5, 6]

@@ -1,0 +1,559 @@
+"""Cloud Storage mirroring through the real client against a real fake-gcs-server (and a fault-injecting proxy)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.faulty_proxy import Fault, FaultyProxy, gcs_error
+
+BIG = 50 * 1024 * 1024 + 12345  # >= 50 MB, and not a multiple of the upload chunk
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def big_source(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("big") / "big.bin"
+    path.write_bytes(os.urandom(BIG))
+    return path
+
+
+def small_tree(root: Path, n: int, seed: int = 0) -> dict[str, bytes]:
+    """n files of 0..3000 random bytes in nested folders; returns relative path -> bytes."""
+    import random
+
+    rnd = random.Random(seed)
+    files = {}
+    for i in range(n):
+        rel = f"part{i % 7}/sub{i % 3}/file-{i:04d}.txt"
+        files[rel] = rnd.randbytes(0 if i == 0 else rnd.randint(1, 3000))
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(files[rel])
+    return files
+
+
+def processed_dataset(root: Path) -> dict[str, bytes]:
+    root.mkdir(parents=True, exist_ok=True)
+    files = {f"{s}.parquet": os.urandom(2000 + i) for i, s in enumerate(("train", "validation", "test"))}
+    files["manifest.json"] = json.dumps({"rows": 3}).encode()
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    return files
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def same_file(a: Path, b: Path) -> bool:
+    import filecmp
+
+    return a.stat().st_size == b.stat().st_size and filecmp.cmp(a, b, shallow=False)
+
+
+def parts(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.newsclf-part"))
+
+
+def one_error_line(r) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("Error: ")
+    return lines[0]
+
+
+@pytest.fixture
+def proxy(fake_gcs, monkeypatch):
+    """A FaultyProxy in front of the emulator, with STORAGE_EMULATOR_HOST pointing at it."""
+    started = []
+
+    def make(*faults: Fault, **kwargs) -> FaultyProxy:
+        p = FaultyProxy(fake_gcs.url, faults, **kwargs)
+        p.start()
+        started.append(p)
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", p.url)
+        return p
+
+    yield make
+    for p in started:
+        p.stop()
+
+
+def newsclf_subprocess(args: list[str], env_extra: dict[str, str], cwd: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSCLF_")}
+    env.update(env_extra)
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.Popen(
+        [sys.executable, "-m", "newsclf", *args], cwd=cwd, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+# --- round trips --------------------------------------------------------------------------------
+
+
+def test_data_push_pull_roundtrip_skips_unchanged(cli, gcs, tmp_path, big_source):
+    raw = tmp_path / "data" / "raw"
+    small = small_tree(raw, 300)
+    os.link(big_source, raw / "big.bin")
+    processed_dataset(tmp_path / "data" / "processed")
+    expected_bytes = sum(len(v) for v in small.values()) + BIG + sum(
+        p.stat().st_size for p in (tmp_path / "data" / "processed").iterdir()
+    )
+
+    r = cli("data", "push", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr == ""  # no progress bar without a terminal, nothing else on stderr
+    d = r.json["data"]
+    assert (d["files_transferred"], d["files_skipped"], d["bytes"]) == (305, 0, expected_bytes)
+    assert [t["destination"] for t in d["transfers"]] == [f"gs://{gcs.test_bucket}/data/raw/", f"gs://{gcs.test_bucket}/data/processed/"]
+
+    blobs = {b.name: b for b in gcs.list_blobs(gcs.test_bucket)}
+    assert len(blobs) == 305 and blobs["data/raw/big.bin"].size == BIG
+    processed = [b for n, b in blobs.items() if n.startswith("data/processed/")]
+    assert max(processed, key=lambda b: b.generation).name == "data/processed/manifest.json"  # written last
+
+    again = cli("data", "push", "--json").json["data"]
+    assert (again["files_transferred"], again["files_skipped"], again["bytes"]) == (0, 305, 0)
+
+    r = cli("data", "pull", "--dest", "copy", "--json")
+    assert r.exit_code == 0, r.stderr
+    d = r.json["data"]
+    assert (d["files_transferred"], d["files_skipped"], d["bytes"]) == (305, 0, expected_bytes)
+    assert same_file(tmp_path / "copy" / "raw" / "big.bin", big_source)
+    assert {k: v for k, v in tree(tmp_path / "copy" / "raw").items() if k != "big.bin"} == small
+    assert tree(tmp_path / "copy" / "processed") == tree(tmp_path / "data" / "processed")
+    assert parts(tmp_path / "copy") == []
+
+    again = cli("data", "pull", "--dest", "copy", "--json").json["data"]
+    assert (again["files_transferred"], again["files_skipped"], again["bytes"]) == (0, 305, 0)
+
+    # a local file damaged, and an object legitimately replaced by someone else: both come back
+    (tmp_path / "copy" / "raw" / "part1" / "sub1" / "file-0001.txt").write_bytes(b"scribbled over")
+    gcs.bucket(gcs.test_bucket).blob("data/raw/part2/sub2/file-0002.txt").upload_from_string(b"version 2")
+    r = cli("data", "pull", "--raw", "--dest", "copy", "--json")
+    assert r.json["data"]["files_transferred"] == 2 and r.json["data"]["files_skipped"] == 299
+    assert (tmp_path / "copy/raw/part1/sub1/file-0001.txt").read_bytes() == small["part1/sub1/file-0001.txt"]
+    assert (tmp_path / "copy/raw/part2/sub2/file-0002.txt").read_bytes() == b"version 2"
+
+    human = cli("data", "pull", "--processed", "--dest", "copy")
+    assert human.exit_code == 0
+    assert human.stdout == f"gs://{gcs.test_bucket}/data/processed/ -> copy/processed/: 0 transferred, 4 unchanged, 0 bytes in 0.0 s\n"
+
+
+def test_push_only_what_exists_and_explicit_dirs(cli, gcs, tmp_path):
+    r = cli("data", "push")
+    assert r.exit_code == 1
+    assert one_error_line(r) == (
+        "Error: Nothing to push: no data/raw/ or data/processed/; run `newsclf data prepare` first "
+        "or pass --raw/--processed DIR"
+    )
+    small_tree(tmp_path / "elsewhere", 5)
+    r = cli("data", "push", "--raw", "elsewhere", "--json")
+    assert r.exit_code == 0 and r.json["data"]["files_transferred"] == 5
+    r = cli("data", "pull", "--processed")
+    assert r.exit_code == 1
+    assert one_error_line(r) == (
+        f"Error: Nothing under gs://{gcs.test_bucket}/data/processed/: push data there first with `newsclf data push`"
+    )
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "train.parquet").write_bytes(b"x")
+    r = cli("data", "push", "--processed", "half")
+    assert r.exit_code == 1 and "No prepared dataset in half/" in r.stderr
+
+
+# --- integrity ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fs_gcs(tmp_path_factory):
+    """A second emulator that keeps objects as plain files, so a test can corrupt one in the bucket."""
+    from tests.gcs_emulator import FakeGCS
+
+    server = FakeGCS(tmp_path_factory.mktemp("fake-gcs-fs"), backend="filesystem")
+    yield server
+    server.stop()
+
+
+def test_object_corrupted_in_bucket_is_detected_and_local_file_kept(cli, fs_gcs, monkeypatch, tmp_path):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", fs_gcs.url)
+    monkeypatch.setenv("NEWSCLF_BUCKET", "corrupt-me")
+    storage.Client(project="p", credentials=AnonymousCredentials()).create_bucket("corrupt-me")
+    raw = tmp_path / "data" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "a.bin").write_bytes(b"a" * 1000)
+    (raw / "b.bin").write_bytes(b"b" * 1000)
+    assert cli("data", "push").exit_code == 0
+    (tmp_path / "copy" / "raw").mkdir(parents=True)
+    (tmp_path / "copy" / "raw" / "a.bin").write_bytes(b"my old copy")
+
+    # bit rot in the bucket: the bytes change under the crc32c recorded at upload
+    stored = fs_gcs.root / "corrupt-me" / "data" / "raw" / "a.bin"
+    stored.write_bytes(b"a" * 500 + b"A" + b"a" * 499)
+
+    r = cli("data", "pull", "--dest", "copy")
+    assert r.exit_code == 1
+    assert one_error_line(r) == (
+        "Error: gs://corrupt-me/data/raw/a.bin failed its crc32c check (downloaded FOz6JA==, the bucket says "
+        "nxnvag==); copy/raw/a.bin was left as it was: re-run the pull, and if it fails again re-upload it"
+    )
+    assert (tmp_path / "copy" / "raw" / "a.bin").read_bytes() == b"my old copy"
+    assert (tmp_path / "copy" / "raw" / "b.bin").read_bytes() == b"b" * 1000  # the healthy file still arrived
+    assert parts(tmp_path / "copy") == []
+
+
+def test_corruption_in_transit_is_detected(cli, gcs, proxy, tmp_path):
+    raw = tmp_path / "data" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "a.bin").write_bytes(b"a" * 1000)
+    assert cli("data", "push").exit_code == 0
+    p = proxy(Fault("corrupt", methods=("GET",), path="alt=media"))
+    r = cli("--json", "data", "pull", "--dest", "copy")
+    assert r.exit_code == 1
+    line = one_error_line(r)
+    assert line.startswith(f"Error: gs://{gcs.test_bucket}/data/raw/a.bin failed its crc32c check (downloaded ")
+    assert r.json["errors"] == [line.removeprefix("Error: ")]
+    assert not (tmp_path / "copy" / "raw" / "a.bin").exists() and parts(tmp_path / "copy") == []
+    assert [s.fault for s in p.requests("GET") if "alt=media" in s.target] == ["corrupt"]
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_interrupted_pull_leaves_no_complete_looking_file_and_rerun_resumes(
+    cli, gcs, proxy, tmp_path, big_source, how
+):
+    raw = tmp_path / "data" / "raw"
+    small = small_tree(raw, 20)
+    os.link(big_source, raw / "big.bin")
+    assert cli("data", "push").exit_code == 0
+    slow = proxy(throttle_bps=10 * 1024 * 1024)  # ~5 s for the big file: time to interrupt it
+
+    proc = newsclf_subprocess(
+        ["data", "pull", "--dest", "copy"],
+        {"STORAGE_EMULATOR_HOST": slow.url, "NEWSCLF_BUCKET": gcs.test_bucket, "NEWSCLF_GCP_PROJECT": "p"},
+        tmp_path,
+    )
+    deadline = time.time() + 60
+    while True:
+        found = parts(tmp_path / "copy")
+        if found and found[0].stat().st_size >= 8 * 1024 * 1024:
+            break
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "the pull never got going"
+        time.sleep(0.02)
+    proc.send_signal(getattr(signal, how))
+    out, err = proc.communicate(timeout=60)
+    if how == "SIGKILL":
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        assert proc.returncode == 130, (out, err)
+
+    part = parts(tmp_path / "copy")
+    assert [p.name.split(".")[1] for p in part] == ["big"]
+    kept = part[0].stat().st_size
+    assert 8 * 1024 * 1024 <= kept < BIG
+    assert not (tmp_path / "copy" / "raw" / "big.bin").exists()  # nothing complete-looking
+    for rel, data in tree(tmp_path / "copy" / "raw").items():  # whatever has its real name is whole
+        if not rel.endswith(".newsclf-part"):
+            assert data == small[rel]
+
+    r = cli("data", "pull", "--dest", "copy", "--json")  # straight to the emulator this time
+    assert r.exit_code == 0, r.stderr
+    d = r.json["data"]
+    assert d["bytes"] <= BIG - kept + sum(len(v) for v in small.values())  # resumed, not restarted
+    assert same_file(tmp_path / "copy" / "raw" / "big.bin", big_source)
+    assert tree(tmp_path / "copy" / "raw").keys() - {"big.bin"} == small.keys()
+    assert parts(tmp_path / "copy") == []
+
+
+# --- retries and preconditions ------------------------------------------------------------------
+
+
+def test_transient_faults_are_retried_and_nothing_is_lost(cli, gcs, proxy, tmp_path):
+    raw = tmp_path / "data" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "big.bin").write_bytes(os.urandom(20 * 1024 * 1024))  # resumable: 1 POST + 3 PUT chunks
+    for i in range(5):
+        (raw / f"small-{i}.txt").write_bytes(os.urandom(1000 + i))  # multipart: 1 POST each
+    p = proxy(
+        Fault("status", methods=("PUT", "POST"), nth={1}, status=503),
+        Fault("reset", methods=("PUT", "POST"), nth={3}),
+    )
+    r = cli("data", "push", "--json")
+    assert r.exit_code == 0, r.stderr
+    writes = p.requests("PUT", "POST")
+    assert [(i, s.fault) for i, s in enumerate(writes, 1) if s.fault] == [(1, "status"), (3, "reset")]
+    assert writes[0].status == 503 and writes[2].status is None
+    ok = [s for s in writes if s.status in (200, 308)]
+    assert len(ok) == 9 and len(writes) == 11  # every upload request succeeded once, after 2 retries
+    assert sum(1 for s in ok if s.method == "PUT") == 3
+
+    p2 = proxy(
+        Fault("truncate", methods=("GET",), path="big.bin", nth={1}),
+        Fault("status", methods=("GET",), path="small-", nth={2}, status=503),
+    )
+    r = cli("data", "pull", "--dest", "copy", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert r.json["data"]["bytes"] == sum(p.stat().st_size for p in raw.iterdir())  # resumed, nothing twice
+    assert tree(tmp_path / "copy" / "raw") == tree(raw)
+    big_gets = [s for s in p2.requests("GET") if "big.bin" in s.target]
+    assert big_gets[0].fault == "truncate" and big_gets[0].status is None
+    assert big_gets[-1].headers.get("range", "").startswith("bytes=")  # the retry asked for the rest only
+    assert any(s.fault == "status" and s.status == 503 for s in p2.requests("GET"))
+
+
+def test_lost_response_of_create_only_upload_is_not_a_conflict(cli, gcs, proxy, tmp_path):
+    run = make_run(tmp_path / "models", "20260105-000000-eeeeee", f1=0.9)
+    p = proxy(Fault("reset-after", methods=("POST",), nth={1}))
+    r = cli("models", "push", "--json")
+    assert r.exit_code == 0, r.stderr
+    posts = p.requests("POST")
+    assert posts[0].fault == "reset-after" and posts[0].status is None
+    assert 412 in [s.status for s in posts]  # the retry found its own upload already there
+    names = {b.name for b in gcs.list_blobs(gcs.test_bucket)}
+    assert f"runs/{run.name}/metrics.json" in names and f"runs/{run.name}/model/model.safetensors" in names
+
+
+def test_upload_never_overwrites_a_concurrent_change(gcs, tmp_path):
+    from newsclf.cloud.storage import ConflictError, TransferProgress, storage_client, upload_dir
+
+    local = tmp_path / "d"
+    local.mkdir()
+    (local / "a.txt").write_bytes(b"mine, new")
+    bucket = gcs.bucket(gcs.test_bucket)
+    bucket.blob("data/raw/a.txt").upload_from_string(b"old")
+
+    class SomeoneElseWritesMeanwhile(TransferProgress):
+        def plan(self, files, nbytes, skipped):  # after the listing, before the upload
+            bucket.blob("data/raw/a.txt").upload_from_string(b"theirs")
+
+    with pytest.raises(ConflictError) as e:
+        upload_dir(storage_client(), gcs.test_bucket, local, "data/raw/", progress=SomeoneElseWritesMeanwhile())
+    assert str(e.value) == (
+        f"gs://{gcs.test_bucket}/data/raw/a.txt was changed by someone else during the push: "
+        "re-run the push to compare again"
+    )
+    assert bucket.blob("data/raw/a.txt").download_as_bytes() == b"theirs"
+
+
+def test_json_objects(gcs):
+    from newsclf.cloud.storage import ConflictError, read_json, storage_client, write_json
+
+    bucket = storage_client().bucket(gcs.test_bucket)
+    assert read_json(bucket, "runs/x/status.json") is None
+    write_json(bucket, "runs/x/status.json", {"state": "running"})
+    write_json(bucket, "runs/x/status.json", {"state": "done"})  # status is meant to be overwritten
+    assert read_json(bucket, "runs/x/status.json") == {"state": "done"}
+    write_json(bucket, "runs/x/run.json", {"a": 1}, if_generation_match=0)
+    write_json(bucket, "runs/x/run.json", {"a": 1}, if_generation_match=0)  # same content: fine
+    with pytest.raises(ConflictError):
+        write_json(bucket, "runs/x/run.json", {"a": 2}, if_generation_match=0)
+    assert read_json(bucket, "runs/x/run.json") == {"a": 1}
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+def make_run(models: Path, run_id: str, *, f1: float, complete: bool = True, base: str = "tiny-bert") -> Path:
+    run = models / run_id
+    (run / "checkpoints" / "checkpoint-10").mkdir(parents=True)
+    (run / "model.safetensors").write_bytes(os.urandom(4096))
+    (run / "config.json").write_text(json.dumps({"id2label": {"0": "fake", "1": "real"}}))
+    (run / "tokenizer.json").write_text('{"version": "1.0"}')
+    (run / "trainer_state.json").write_text("{}")
+    (run / "checkpoints" / "checkpoint-10" / "optimizer.pt").write_bytes(os.urandom(1000))
+    created = f"{run_id[:4]}-{run_id[4:6]}-{run_id[6:8]}T{run_id[9:11]}:{run_id[11:13]}:{run_id[13:15]}+00:00"
+    (run / "run_config.json").write_text(json.dumps({"run_id": run_id, "created_at": created, "base_model": base}))
+    if complete:
+        metrics = {"run_id": run_id, "test": {"accuracy": f1, "macro_f1": f1, "precision": f1, "recall": f1, "loss": 0.1}}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+def test_models_push_list_pull_latest(cli, gcs, tmp_path):
+    from newsclf import runs
+
+    models = tmp_path / "models"
+    old = make_run(models, "20260101-000000-aaaaaa", f1=0.91)
+    new = make_run(models, "20260102-000000-bbbbbb", f1=0.97, base="other-bert")
+    unfinished = make_run(models, "20260103-000000-cccccc", f1=0.0, complete=False)
+    runs.update_latest(models, new.name)
+
+    r = cli("models", "push", unfinished.name)
+    assert r.exit_code == 1
+    assert one_error_line(r) == (
+        f"Error: Run {unfinished.name} is incomplete (no metrics.json or model.safetensors): "
+        "finish it with `newsclf train --resume` or push another run"
+    )
+    r = cli("models", "push", old.name, "--checkpoints", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert r.json["data"]["files_transferred"] == 7 and r.json["data"]["uri"] == f"gs://{gcs.test_bucket}/runs/{old.name}/"
+    r = cli("models", "push", "--json")  # latest
+    assert r.exit_code == 0 and r.json["data"]["run_id"] == new.name and r.json["data"]["files_transferred"] == 6
+    blobs = {b.name: b for b in gcs.list_blobs(gcs.test_bucket, prefix=f"runs/{new.name}/")}
+    assert sorted(blobs) == [
+        f"runs/{new.name}/{n}"
+        for n in ("metrics.json", "model/config.json", "model/model.safetensors", "model/tokenizer.json",
+                  "model/trainer_state.json", "run.json")
+    ]
+    assert max(blobs.values(), key=lambda b: b.generation).name.endswith("/metrics.json")  # written last
+
+    again = cli("models", "push", "--json")
+    assert again.exit_code == 0 and again.json["data"]["files_skipped"] == 6 and again.json["data"]["bytes"] == 0
+    (new / "model.safetensors").write_bytes(os.urandom(4096))
+    r = cli("models", "push")
+    assert r.exit_code == 1
+    assert one_error_line(r) == (
+        f"Error: gs://{gcs.test_bucket}/runs/{new.name}/model/model.safetensors already exists with different "
+        f"content: objects under gs://{gcs.test_bucket}/runs/{new.name}/ are never overwritten; push under a new "
+        "name (for a run: train a new run)"
+    )
+
+    # a run still training in the cloud: listed as incomplete, never picked as latest
+    from newsclf.cloud.storage import storage_client, write_json
+
+    write_json(storage_client().bucket(gcs.test_bucket), "runs/20260109-000000-dddddd/run.json",
+               {"run_id": "20260109-000000-dddddd", "created_at": "2026-01-09T00:00:00+00:00", "base_model": "x"})
+
+    r = cli("models", "list", "--json")
+    assert r.exit_code == 0, r.stderr
+    listed = r.json["data"]["runs"]
+    assert [(x["run_id"], x["complete"], x["test_f1"], x["base_model"]) for x in listed] == [
+        ("20260109-000000-dddddd", False, None, "x"),
+        (new.name, True, 0.97, "other-bert"),
+        (old.name, True, 0.91, "tiny-bert"),
+    ]
+    model_files = ("model.safetensors", "config.json", "tokenizer.json", "trainer_state.json")
+    assert listed[2]["model_bytes"] == sum((old / f).stat().st_size for f in model_files)
+    human = cli("models", "list")
+    assert new.name in human.stdout and "0.9700" in human.stdout and "incomplete" in human.stdout
+
+    r = cli("models", "pull", "latest", "--dest", "pulled", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert r.json["data"]["run_id"] == new.name and r.json["data"]["latest"] is True
+    got = tmp_path / "pulled" / new.name
+    assert sorted(p.name for p in got.iterdir()) == sorted([*model_files, "run_config.json", "metrics.json"])
+    for f in ("config.json", "tokenizer.json", "run_config.json", "metrics.json"):
+        assert (got / f).read_bytes() == (new / f).read_bytes()
+    assert runs.is_complete(got)
+    assert runs.resolve_run(tmp_path / "pulled", "latest") == got.resolve()
+
+    r = cli("models", "pull", old.name, "--dest", "pulled", "--checkpoints", "--json")
+    assert r.exit_code == 0 and r.json["data"]["latest"] is False  # older than the current latest
+    assert (tmp_path / "pulled" / old.name / "checkpoints" / "checkpoint-10" / "optimizer.pt").read_bytes() == (
+        old / "checkpoints" / "checkpoint-10" / "optimizer.pt"
+    ).read_bytes()
+    assert os.readlink(tmp_path / "pulled" / "latest") == new.name
+
+    again = cli("models", "pull", "--dest", "pulled", "--json")
+    assert again.json["data"]["files_transferred"] == 0 and again.json["data"]["files_skipped"] == 6
+
+    r = cli("models", "pull", "20260109-000000-dddddd", "--dest", "pulled")
+    assert one_error_line(r) == (
+        f"Error: Run 20260109-000000-dddddd in gs://{gcs.test_bucket} is incomplete (no metrics.json or model): "
+        "it is still training or failed; pick a complete run from `newsclf models list`"
+    )
+
+
+# --- permanent errors ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["data", "pull"], ["data", "push", "--raw", "."], ["models", "list"], ["models", "pull"]])
+def test_no_bucket_configured(cli, args):
+    r = cli(*args)
+    assert r.exit_code == 1
+    assert one_error_line(r) == "Error: No bucket configured: set NEWSCLF_BUCKET or pass --bucket"
+
+
+@pytest.mark.parametrize("args", [["data", "pull"], ["data", "push", "--raw", "."], ["models", "list"]])
+def test_missing_bucket(cli, gcs, args):
+    r = cli(*args, "--bucket", "gs://no-such-bucket-here/")
+    assert r.exit_code == 1
+    assert one_error_line(r) == (
+        "Error: Bucket gs://no-such-bucket-here not found: create it with "
+        "`gcloud storage buckets create gs://no-such-bucket-here` or set NEWSCLF_BUCKET (or --bucket) to an existing bucket"
+    )
+
+
+def test_permission_denied(cli, gcs, proxy):
+    message = (
+        "alice@example.com does not have storage.objects.list access to the Google Cloud Storage bucket. "
+        "Permission 'storage.objects.list' denied on resource (or it may not exist)."
+    )
+    proxy(Fault("status", methods=None, status=403, body=gcs_error(403, message, "forbidden")))
+    r = cli("models", "list")
+    assert r.exit_code == 1
+    b = gcs.test_bucket
+    assert one_error_line(r) == (
+        f"Error: Permission denied on gs://{b} (alice@example.com lacks storage.objects.list): grant "
+        f"roles/storage.objectAdmin on the bucket, e.g. `gcloud storage buckets add-iam-policy-binding gs://{b} "
+        "--member=user:alice@example.com --role=roles/storage.objectAdmin`"
+    )
+
+
+def test_api_disabled(cli, gcs, proxy):
+    message = (
+        "Cloud Storage JSON API has not been used in project 123456789 before or it is disabled. Enable it by "
+        "visiting https://console.developers.google.com/apis/api/storage-api.googleapis.com/overview?project="
+        "123456789 then retry."
+    )
+    p = proxy(Fault("status", methods=None, status=403, body=gcs_error(403, message, "accessNotConfigured", "usageLimits")))
+    r = cli("data", "pull")
+    assert r.exit_code == 1
+    assert one_error_line(r) == (
+        "Error: The Cloud Storage API is disabled in project 123456789: enable it with "
+        "`gcloud services enable storage.googleapis.com --project 123456789`, wait a minute and retry"
+    )
+    targets = [s.target for s in p.requests()]
+    assert len(targets) == len(set(targets)), targets  # a permanent error is not retried
+
+
+def test_no_credentials(cli, monkeypatch, tmp_path):
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))  # no gcloud login to fall back on
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing-key.json"))
+    monkeypatch.setenv("NEWSCLF_BUCKET", "some-bucket")
+    r = cli("models", "list")
+    assert r.exit_code == 1
+    assert one_error_line(r) == (
+        f"Error: No Google Cloud credentials: GOOGLE_APPLICATION_CREDENTIALS points at {tmp_path / 'missing-key.json'}, "
+        "which does not exist; fix the path or unset it and run `gcloud auth application-default login`"
+    )
+
+
+def test_persistent_outage_gives_up_after_the_deadline(cli, gcs, proxy, monkeypatch):
+    from newsclf.cloud import storage
+
+    monkeypatch.setattr(storage, "RETRY_DEADLINE_S", 2.0)
+    p = proxy(Fault("status", methods=None, status=503))
+    started = time.monotonic()
+    r = cli("models", "list")
+    assert r.exit_code == 1
+    *retries, error = r.stderr.strip().splitlines()
+    assert error.startswith("Error: Cloud Storage kept failing for 2 s of retries (last error: 503 GET ")
+    assert retries and all(x.startswith("Cloud Storage: 503 GET ") and x.endswith("; retrying (for up to 2 s)") for x in retries)
+    assert len(p.requests()) >= 2 and time.monotonic() - started < 30
+
+
+def test_help_imports_nothing_heavy():
+    code = (
+        "import sys\nfrom newsclf.cli import main\n"
+        "for args in (['models', '--help'], ['models', 'pull', '--help'], ['data', 'push', '--help']):\n"
+        "    assert main(args) == 0\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('google', 'torch', 'requests'))))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
