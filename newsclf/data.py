@@ -111,7 +111,7 @@ _SOURCE_CREDIT = re.compile(  # "Via: Breitbart News", "...usVia: WND" (glued), 
     r"(?:(?:via(?<![A-Za-z]via)|Via|VIA|Read more|Read More|READ MORE|For entire story|Source)\s*:\s*\S.{0,100}"
     r"|READ M+ORE\b[^:]{0,80}:.{0,200})$"  # "READ MORE SYRIA NEWS AT: 21st Century Wire Syria Files"
 )
-_WIRE_FOOTER = re.compile(  # 21st Century Wire's "GET THE FULL STORY: 21st Century Wire X Files", "SUPPORT OUR WORK ..."
+_WIRE_FOOTER = re.compile(  # 21st Century Wire's "GET THE FULL STORY: 21st Century Wire X Files" and co.
     r"(?:[A-Z][A-Z0-9 ,'’&-]{2,80}:\s*21(?:st|ST) Century Wire\b.{0,200}"
     r"|Get \d+% off a 21WIRE.{0,200}"
     r"|SUPPORT (?:OUR WORK|21WIRE)\b.{0,80})$"
@@ -343,7 +343,7 @@ def _require(table: _Table, path: Path, needed: list[tuple[str, str]], hint: str
 
 @dataclass
 class Source:
-    """Where the articles come from; build with Source.isot / Source.file / Source.articles."""
+    """Where the articles come from: Source.isot(...), Source.file(...) or newsclf.demo.demo_source()."""
 
     kind: str  # "isot" | "input" | "demo"
     paths: tuple[Path, ...] = ()
@@ -407,7 +407,9 @@ def _load_rows(source: Source, use_title: bool) -> tuple[list[tuple[str, str, in
         inputs.append(dict(source.description))
         options.update(title_column="title" if use_title else None, text_column="text")
     elif source.kind == "isot":
-        options.update(title_column="title" if use_title else None, text_column="text", ignored_columns=["subject", "date"])
+        options.update(
+            title_column="title" if use_title else None, text_column="text", ignored_columns=["subject", "date"]
+        )
         for path, flag, label in zip(source.paths, ("--fake", "--true"), (0, 1)):
             table = _read_table(path, flag)
             hint = "expected the ISOT layout title,text,subject,date (or use --input FILE --text-column NAME)"
@@ -428,23 +430,29 @@ def _load_rows(source: Source, use_title: bool) -> tuple[list[tuple[str, str, in
         mapping = parse_label_map(source.label_map)
         xi, li = table.column(source.text_column), table.column(source.label_column)
         ti = table.column(title_col) if (title_col is not None and use_title) else None
-        unknown: dict[str, list[int]] = {}
+        unknown: dict[str, list] = {}  # casefolded value -> [value as written, rows, first line]
         for line, r in table.rows:
             raw = r[li].strip()
             key = raw.casefold()
             if key not in mapping:
-                seen = unknown.setdefault(raw, [0, line])
-                seen[0] += 1
+                seen = unknown.setdefault(key, [raw, 0, line])
+                seen[1] += 1
                 continue
             rows.append((r[ti] if ti is not None else "", r[xi], mapping[key]))
+        if "" in unknown:
+            _, count, line = unknown[""]
+            raise InputError(
+                f"{path}: {count} row{'s have' if count > 1 else ' has'} an empty {source.label_column!r} "
+                f"(first on line {line}): fill in the labels or remove those rows"
+            )
         if unknown:
-            value, (count, line) = next(iter(unknown.items()))
+            value, count, line = next(iter(unknown.values()))
             more = f" and {len(unknown) - 1} other value(s)" if len(unknown) > 1 else ""
             given = source.label_map.strip().strip(",") if source.label_map else "fake=fake,real=real"
             raise InputError(
                 f"{path}: label {value!r} ({count} row{'s' if count > 1 else ''}, first on line {line}){more} "
                 f"is not in the label map {_show_map(mapping)}: map it to fake, real or drop, "
-                f'e.g. --label-map "{given},{value or "VALUE"}=drop"'
+                f'e.g. --label-map "{given},{value}=drop"'
             )
         inputs.append({"name": table.name, "sha256": table.sha256, "rows": len(table.rows)})
         options.update(
@@ -532,7 +540,8 @@ def _split(
             where = {"isot": f"the {('--fake', '--true')[label]} file", "input": "the labels and --label-map"}
             raise InputError(
                 f"Only {other} articles are left after cleaning (0 {LABELS[label]}; dropped: "
-                f"{_show_dropped(source_dropped)}): both classes are needed; check {where.get(source.kind, 'the input')}"
+                f"{_show_dropped(source_dropped)}): both classes are needed; "
+                f"check {where.get(source.kind, 'the input')}"
             )
         if len(idx) < MIN_PER_CLASS:
             raise InputError(
@@ -577,7 +586,8 @@ def _arrow_columns(rows: list[tuple[str, int]]) -> tuple[Any, Any]:
         return pa.array([t for t, _ in rows], type=pa.string()), pa.array(labels, type=pa.int64())
     offsets = array("i", [0, *itertools.accumulate(map(len, encoded))])
     n = len(rows)
-    text = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"".join(encoded))])
+    buffers = [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"".join(encoded))]
+    text = pa.Array.from_buffers(pa.string(), n, buffers)
     label = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(array("q", labels).tobytes())])
     text.validate(full=True)
     return text, label

@@ -183,5 +183,4 @@ def run_job(
     summary = {k: result.metrics.get(k) for k in ("best_validation", "test")}
     status.update(state=SUCCEEDED, exit_code=0, finished_at=_now(), metrics=summary)
     storage.write_json(bucket, lay.status, status)
-    log.info("Run %s succeeded: model in %s", run_id, layout.uri(bucket_name, lay.model))
     return JobResult(run_id, SUCCEEDED, 0, resumed_from=resumed_from, metrics=result.metrics)

@@ -100,11 +100,10 @@ class Predictor:
                 f"{run_dir} has no {MODEL_WEIGHTS}: pass a newsclf run directory (or `latest`) to --model"
             )
         import torch
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(run_dir)
-            config = AutoConfig.from_pretrained(run_dir)
             self.model = AutoModelForSequenceClassification.from_pretrained(run_dir, use_safetensors=True)
         except (OSError, ValueError) as e:
             raise InputError(f"Cannot load the model in {run_dir} ({e.__class__.__name__}): retrain it, or pick "
@@ -112,6 +111,7 @@ class Predictor:
         self.run_dir = run_dir
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
+        config = self.model.config
         self.labels = [str(config.id2label[i]) for i in range(config.num_labels)]
         self.max_length = max_length or _max_length(run_dir, self.tokenizer, config)
 

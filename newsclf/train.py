@@ -244,6 +244,9 @@ def _load_base(name: str, *, seed: int) -> tuple[Any, Any]:
             label2id={name: i for i, name in enumerate(LABELS)},
             use_safetensors=True,
         )
+        # Sequence classifiers take **kwargs but ignore num_items_in_batch; left True, the Trainer
+        # multiplies their loss (and gradients) by the number of processes under DDP.
+        model.accepts_loss_kwargs = False
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(
@@ -481,6 +484,7 @@ def run_training(
         report_to=["wandb"] if wandb_on else [],
         run_name=run_id,
         disable_tqdm=True,  # progress is the caller's callback (the CLI's rich bar)
+        log_level_replica="error",  # ranks > 0 stay quiet
         save_only_model=False,
     )
     trainer = Trainer(

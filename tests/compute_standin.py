@@ -359,6 +359,8 @@ class ComputeStandIn:
         if body.get("guestAcceleratorTypes") or body.get("guestAccelerators"):
             if scheduling.get("onHostMaintenance") != "TERMINATE":
                 return 400, _error(400, "Instances with guest accelerators do not support live migration.", "invalid")
+        if scheduling.get("provisioningModel") == "SPOT" and scheduling.get("onHostMaintenance") != "TERMINATE":
+            return 400, _error(400, "Spot VMs must have onHostMaintenance set to TERMINATE.", "invalid")
         if scheduling.get("provisioningModel") == "SPOT" and scheduling.get("automaticRestart", True):
             return 400, _error(400, "Invalid value for field 'resource.scheduling.automaticRestart': 'true'. Spot VMs cannot restart automatically.", "invalid")
         if "maxRunDuration" in scheduling and not scheduling.get("instanceTerminationAction"):
@@ -555,7 +557,9 @@ record["image"], record["job_args"] = image, job_args
 with open(calls, "a") as f:
     f.write(json.dumps(record) + "\n")
 
-full_env = {**os.environ, **env}
+# a container sees its image's environment and the env file, not the VM's: drop the sandbox's variables
+keep = {k: v for k, v in os.environ.items() if not k.startswith("NEWSCLF_") or k == "NEWSCLF_GCP_PROJECT"}
+full_env = {**keep, **env}
 if image.endswith(":crash"):  # a container that dies without writing status.json
     print("Traceback (most recent call last):\nRuntimeError: the container crashed", flush=True)
     sys.exit(3)
@@ -730,6 +734,8 @@ def standin(gcs, tmp_path, monkeypatch):
     server = ComputeStandIn(workdir, op_polls=1, stop_polls=1)
     monkeypatch.setenv("NEWSCLF_COMPUTE_API_ENDPOINT", server.url)
     server.gcs = gcs  # type: ignore[attr-defined]
+    # `cloud run` checks there is a dataset before it starts a VM; the e2e test uploads a real one
+    gcs.bucket(gcs.test_bucket).blob("data/processed/manifest.json").upload_from_string("{}")
     yield server
     server.close()
 

@@ -257,6 +257,17 @@ def test_train_options_may_not_set_bucket_or_run_id(cli, standin):
     assert insert_bodies(standin) == []
 
 
+def test_run_without_a_dataset_starts_no_vm(cli, standin):
+    standin.gcs.bucket(standin.gcs.test_bucket).blob("data/processed/manifest.json").delete()
+    r = cli("cloud", "run")
+    assert r.exit_code == 1
+    assert last_line(r.stderr) == (
+        f"Error: No dataset in gs://{standin.gcs.test_bucket}/data/ for the VM to train on: "
+        "upload one with `newsclf data push` first"
+    )
+    assert standin.requests == []
+
+
 # ---------------------------------------------------------------------------------- zone failover
 
 
@@ -351,6 +362,8 @@ def test_vm_stopping_without_final_status_is_interrupted(cli, standin):
     assert r.exit_code == 1
     run_id = r.json["data"]["run_id"]
     assert r.json["data"]["state"] == "interrupted"
+    assert r.json["status"] == "error" and r.json["exit_code"] == 1
+    assert r.json["errors"] == [last_line(r.stderr).removeprefix("Error: ")]
     assert last_line(r.stderr) == (
         f"Error: run {run_id} interrupted: VM {VM} stopped before run {run_id} finished "
         "(spot preemption, --max-hours, or `cloud stop`)"

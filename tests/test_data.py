@@ -17,7 +17,10 @@ from newsclf.data import LABELS, SPLITS
 
 # Our own dateline pattern, independent of newsclf.data's: "LONDON/BEIJING (Reuters) - ",
 # "By Name GENEVA (Reuters) — ", "(Reuters) -", "NEW YORK (IFR) -", "BEIJING - ".
-DATELINE = re.compile(r"^[^()]{0,160}?\((?:Reuters|Thomson Reuters|IFR)[^()]{0,40}\)|^[A-Z][A-Z./ ]{2,}(?:, [A-Za-z ]+)? [-—–] ")
+DATELINE = re.compile(
+    r"^[^()]{0,160}?\((?:Reuters|Thomson Reuters|IFR)[^()]{0,40}\)"  # agency datelines
+    r"|^[A-Z][A-Z./ ]{2,}(?:, [A-Za-z ]+)? [-—–] "  # plain ones
+)
 CREDIT = re.compile(r"(?:Featured (?:image|photo)|Photo by|Image via|Getty Images|Image credit)", re.I)
 
 
@@ -83,7 +86,9 @@ def test_prepare_sample_writes_splits_and_manifest(cli, isot_sample, tmp_path):
     r = cli("data", "prepare", "--fake", isot_sample / "Fake.csv", "--true", isot_sample / "True.csv", "--out", "ds")
     assert r.exit_code == 0, r.stderr
     out = tmp_path / "ds"
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "test.parquet", "train.parquet", "validation.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json", "test.parquet", "train.parquet", "validation.parquet"
+    ]  # fmt: skip
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temp dir left behind
     manifest = json.loads((out / "manifest.json").read_text())
     # inputs identified by content
@@ -297,11 +302,12 @@ def test_input_default_label_map_and_drop(cli, tmp_path):
     r = cli("data", "prepare", "--input", "n.csv", "--out", "o")
     assert r.exit_code == 1
     assert r.stderr == (
-        "Error: n.csv: label 'satire' (1 row, first on line 12) and 1 other value(s) is not in the label map "
+        "Error: n.csv: label 'satire' (2 rows, first on line 12) is not in the label map "
         "{fake=fake, real=real, 0=fake, 1=real}: map it to fake, real or drop, "
         'e.g. --label-map "fake=fake,real=real,satire=drop"\n'
     )
-    r = cli("--json", "data", "prepare", "--input", "n.csv", "--out", "o", "--label-map", "fake=fake,real=real,satire=drop")
+    r = cli("--json", "data", "prepare", "--input", "n.csv", "--out", "o",
+            "--label-map", "fake=fake,real=real,SATIRE=drop")  # fmt: skip
     assert r.exit_code == 0, r.stderr
     assert r.json["data"]["dropped"]["label_dropped"] == 2
     assert r.json["data"]["rows_written"] == 10
@@ -341,6 +347,7 @@ def _bad_inputs(tmp: Path, isot_sample: Path) -> dict[str, tuple[list, str]]:
     (tmp / "wide.csv").write_text("title,text,subject,date\nok,fine,a,b\nok,too,many,fields,here\n")
     (tmp / "header.csv").write_text("title,text,subject,date\n")
     write_csv(tmp / "onlyfake.csv", ["text", "label"], [[f"story {i}", "fake"] for i in range(9)])
+    write_csv(tmp / "nolabel.csv", ["text", "label"], [["a story", "fake"], ["another", " "], ["more", ""]])
     (tmp / "bad.jsonl").write_text('{"text": "a", "label": "fake"}\n{"text": "b", "label": \n')
     isot = ["--fake", fake, "--true", true]
     return {
@@ -369,6 +376,8 @@ def _bad_inputs(tmp: Path, isot_sample: Path) -> dict[str, tuple[list, str]]:
                            "quote.csv line 3: unparseable CSV (unexpected end of data): fix the quoting on that line"),
         "too many fields": (["--fake", "wide.csv", "--true", true],
                             "wide.csv line 3: unparseable CSV (5 fields, the header has 4): fix the quoting on that line"),
+        "empty label": (["--input", "nolabel.csv"],
+                        "nolabel.csv: 2 rows have an empty 'label' (first on line 3): fill in the labels or remove those rows"),
         "bad jsonl": (["--input", "bad.jsonl"],
                       "bad.jsonl line 2: not valid JSON (Expecting value): each line must be one JSON object"),
         "single class": (
@@ -394,7 +403,7 @@ def _bad_inputs(tmp: Path, isot_sample: Path) -> dict[str, tuple[list, str]]:
 
 BAD = [
     "missing file", "empty file", "whitespace file", "header only", "missing columns", "missing input columns",
-    "not utf-8", "unclosed quote", "too many fields", "bad jsonl", "single class", "same file twice", "bad split",
+    "not utf-8", "unclosed quote", "too many fields", "empty label", "bad jsonl", "single class", "same file twice", "bad split",
     "bad label map", "two sources", "no source", "half a pair",
 ]  # fmt: skip
 
@@ -423,7 +432,9 @@ def test_existing_out_dir_is_left_alone_without_force(cli, tmp_path):
     before = snapshot(tmp_path / "o")
     r = cli("data", "prepare", "--fake", fake, "--true", true, "--out", "o", "--seed", "3")
     assert r.exit_code == 1
-    assert r.stderr == "Error: Output directory o already exists: pass --force to replace it, or choose another --out DIR\n"
+    assert r.stderr == (
+        "Error: Output directory o already exists: pass --force to replace it, or choose another --out DIR\n"
+    )
     assert snapshot(tmp_path / "o") == before
 
 
@@ -523,7 +534,8 @@ def test_demo_prepares_offline_in_seconds(cli, tmp_path):
     assert data["splits"]["test"]["fake"] > 10 and data["splits"]["test"]["real"] > 10
     manifest = json.loads((tmp_path / "demo" / "manifest.json").read_text())
     assert manifest["source"] == "demo" and manifest["inputs"][0]["name"] == "newsclf-demo"
-    words = [len(row["text"].split("\n", 1)[1].split()) for rows in read_all(tmp_path / "demo").values() for row in rows]
+    bodies = [row["text"].split("\n", 1)[1] for rows in read_all(tmp_path / "demo").values() for row in rows]
+    words = [len(b.split()) for b in bodies]
     assert min(words) >= 40 and max(words) <= 120
 
 

@@ -242,6 +242,7 @@ def test_two_processes_ddp(cli, tiny_data, tiny_model):
     assert cfg["num_processes"] == 2
     metrics = json.loads((run / "metrics.json").read_text())
     assert [row["epoch"] for row in metrics["validation"]] == [1.0, 2.0]  # recorded once, not per rank
+    assert metrics["validation"][0]["loss"] < 0.8  # ~ln 2, not multiplied by the number of processes
     state = json.loads((run / "trainer_state.json").read_text())
     assert state["global_step"] == 12  # 96 rows / (8 per step x 2 processes) x 2 epochs
     assert len([h for h in state["log_history"] if "eval_macro_f1" in h]) == 2
@@ -306,3 +307,28 @@ def test_packaged_minilm_on_real_isot_rows(cli, isot_sample):
     preds = p.json["data"]["predictions"]
     assert [x["index"] for x in preds] == [0, 1]
     assert all(x["label"] in ("fake", "real") and 0.5 <= x["probability"] <= 1 for x in preds)
+
+
+@pytest.mark.slow
+def test_readme_demo_offline_then_predict_and_evaluate():
+    """`newsclf train --demo` with the packaged model and every network route dead, then predict/evaluate."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", NO_PROXY="",
+               http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9", WANDB_MODE="disabled")  # fmt: skip
+
+    def newsclf(*args: str) -> dict:
+        proc = subprocess.run([sys.executable, "-m", "newsclf", "--json", *args], capture_output=True, text=True,
+                              timeout=600, env=env)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout)["data"]
+
+    trained = newsclf("train", "--demo")
+    metrics = trained["metrics"]
+    assert metrics["test"]["macro_f1"] >= 0.8, metrics  # the demo corpus is learnt, not memorised noise
+    preds = newsclf("predict", "Ministry publishes quarterly inflation figures, officials said on Tuesday.",
+                    "SHOCKING!!! They don't want you to know what the mayor did - share before it's deleted!")  # fmt: skip
+    assert [p["index"] for p in preds["predictions"]] == [0, 1]
+    assert preds["run_id"] == trained["run_id"]
+    scored = newsclf("evaluate")
+    assert scored["run_id"] == trained["run_id"] and scored["data"] == str(Path("data/demo"))
+    assert scored["macro_f1"] == pytest.approx(metrics["test"]["macro_f1"], abs=1e-4)

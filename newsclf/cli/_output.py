@@ -74,10 +74,20 @@ def _write_json(doc: dict) -> None:
     sys.stdout.flush()
 
 
-def emit(data: Any, render: Callable[[Console], None] | None = None, *, exit_code: int = 0) -> None:
-    """The command's result: a JSON document with --json, else `render(console)` on stdout."""
+def emit(
+    data: Any,
+    render: Callable[[Console], None] | None = None,
+    *,
+    exit_code: int = 0,
+    errors: list[str] | None = None,
+) -> None:
+    """The command's result: a JSON document with --json, else `render(console)` on stdout.
+
+    A failing command that still has a result passes exit_code and errors, then calls emit_error()
+    for the `Error:` line (the document is not written twice).
+    """
     if state.json:
-        _write_json(envelope("ok" if exit_code == 0 else "error", exit_code, data))
+        _write_json(envelope("ok" if exit_code == 0 else "error", exit_code, data, errors))
     elif render is not None:
         render(stdout())
         state.emitted = True

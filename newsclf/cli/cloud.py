@@ -106,13 +106,9 @@ def _compute(bucket: str | None = None, *, need_bucket: bool = True):  # -> (set
     if bucket:
         settings = settings.model_copy(update={"bucket": bucket})
     project = compute.project_id(settings)
-    store = None
-    if need_bucket or settings.bucket:
-        name = compute.require_bucket(settings)
-        clients = compute.make_clients(settings)
-        store = compute.RunStore(clients.storage_client(), name)
-    else:
-        clients = compute.make_clients(settings)
+    name = compute.require_bucket(settings) if need_bucket or settings.bucket else None
+    clients = compute.make_clients(settings)
+    store = compute.RunStore(clients.storage_client(), name) if name else None
     return settings, project, clients, store
 
 
@@ -178,13 +174,12 @@ def _finish_run(outcome, *, lines: list[str] | None = None) -> None:
         if outcome.state != "succeeded":
             console.print(f"Log     newsclf cloud logs {outcome.run_id}", highlight=False)
 
-    _output.emit(data, render, exit_code=outcome.exit_code)
+    message = f"run {outcome.run_id} {outcome.state}: {outcome.error}"
+    _output.emit(data, render, exit_code=outcome.exit_code, errors=[message] if outcome.exit_code else None)
     if outcome.state == "succeeded" and outcome.vm_status not in (None, "TERMINATED", "STOPPED", "SUSPENDED"):
         _output.info(f"VM {outcome.vm_name} is still {outcome.vm_status}: stop it with `newsclf cloud stop`")
     if outcome.exit_code:
-        import sys
-
-        sys.stderr.write(f"Error: run {outcome.run_id} {outcome.state}: {outcome.error}\n")
+        _output.emit_error(message, outcome.exit_code)  # the `Error:` line on stderr
         raise typer.Exit(outcome.exit_code)
 
 
@@ -253,6 +248,11 @@ def run(
     settings, project, clients, store = _compute(bucket)
     if image:
         settings = settings.model_copy(update={"image": image})
+    if not store.has_dataset():
+        raise InputError(
+            f"No dataset in gs://{store.bucket}/data/ for the VM to train on: "
+            "upload one with `newsclf data push` first"
+        )
     train = list(train_args or [])
     if resume:
         state = compute.run_state(store, resume)
@@ -478,6 +478,8 @@ def stop(
         return
     busy = False
     if vm.status in compute.ACTIVE_STATES and vm.run_id:
+        if store is None and vm.bucket:
+            store = compute.RunStore(clients.storage_client(), vm.bucket)
         try:
             busy = compute.run_state(store, vm.run_id) not in compute.FINAL_RUN_STATES
         except Exception:  # no bucket access: assume the worst and ask

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
 from newsclf.cli import _output
+from newsclf.cli._transfer import bucket_option
 
 # train flags that make no sense inside the job (data and run dir come from the bucket)
 NOT_IN_JOB = ("data", "demo", "resume", "run", "num_processes", "run_id")
@@ -42,7 +42,7 @@ def _sigterm(signum: int, frame: Any) -> None:
 
 def job(
     ctx: typer.Context,
-    bucket: Optional[str] = typer.Option(None, "--bucket", help="Bucket holding data/ and runs/ (default: NEWSCLF_BUCKET)."),
+    bucket: Optional[str] = bucket_option(),
     run_id: str = typer.Option(..., "--run-id", help="The run to execute, resume or skip: runs/<RUN_ID>/ in the bucket."),
     workdir: Path = typer.Option(Path("."), "--workdir", help="Local scratch directory for data and checkpoints."),
 ) -> None:
@@ -54,19 +54,14 @@ def job(
 
     Example:  newsclf job --bucket my-bucket --run-id 20261127-120000-abc123 --epochs 2 --lr 5e-5
     """
+    from newsclf.cli._transfer import connect
     from newsclf.cloud import layout
-    from newsclf.cloud.storage import require_bucket, storage_client
-    from newsclf.config import get_settings
     from newsclf.job import run_job
 
     if not layout.is_valid_run_id(run_id):
         raise typer.BadParameter(f"{run_id!r} is not a run id (letters, digits, . _ -)", param_hint="--run-id")
     options = _train_options(ctx.args)
-    settings = get_settings()
-    if bucket:
-        settings = settings.model_copy(update={"bucket": bucket})
-    name = require_bucket(settings)
-    client = storage_client(settings)
+    _, name, client = connect(bucket)
     signal.signal(signal.SIGTERM, _sigterm)
     _output.info(f"Job {run_id}: gs://{name}/runs/{run_id}/ (training {options.base_model or 'the packaged all-MiniLM-L6-v2'})")
     from newsclf.cli.train import _progress_callback, _quiet_libraries
@@ -91,7 +86,8 @@ def job(
             )
 
     if result.exit_code != 0:
-        sys.stderr.flush()
-        _output.emit_error(f"Run {run_id} failed: {result.error} (recorded in gs://{name}/runs/{run_id}/status.json)", 1)
+        message = f"Run {run_id} failed: {result.error} (recorded in gs://{name}/runs/{run_id}/status.json)"
+        _output.emit(data, None, exit_code=1, errors=[message])
+        _output.emit_error(message, 1)
         raise typer.Exit(1)
     _output.emit(data, render)

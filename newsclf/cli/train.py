@@ -206,7 +206,9 @@ def _launch(options: Any, run_id: str, resume_dir: Path | None, n: int) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
            "-m", "newsclf", *_child_args(options, run_id, resume_dir, n)]  # fmt: skip
     _output.info(f"Starting {n} training processes (torch.distributed.run) for run {run_id}")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))  # share the cores, not oversubscribe
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     captured = []
     try:
         assert proc.stdout is not None
@@ -292,7 +294,6 @@ def train(
     if child and _rank() != 0:
         _output.state.quiet = True
         _output.state.emitted = True  # only rank 0 prints a result
-    _quiet_libraries()
 
     from newsclf.train import DEMO_OVERRIDES, TrainOptions, resolve_resume, run_training
 
@@ -340,6 +341,7 @@ def train(
         _launch(options, run_dir.name, resume_dir, num_processes)
         return
 
+    _quiet_libraries()
     callbacks = [] if (_output.state.quiet or _output.state.json) else [_progress_callback()]
     _output.info(f"Run {run_dir.name}: training {options.base_model or 'the packaged all-MiniLM-L6-v2'} on {options.data_dir}")
     try:

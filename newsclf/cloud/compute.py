@@ -8,7 +8,6 @@ real ones, honouring NEWSCLF_COMPUTE_API_ENDPOINT and STORAGE_EMULATOR_HOST.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import time
@@ -273,8 +272,8 @@ def instance_resource(req: RunRequest, zone: str, source_image: str, script: str
     if req.spot:
         scheduling.provisioning_model = "SPOT"
         scheduling.automatic_restart = False  # required for spot; a preempted run is resumed by `cloud run --resume`
-    if gpus:
-        scheduling.on_host_maintenance = "TERMINATE"  # GPU VMs cannot live-migrate
+    if gpus or req.spot:
+        scheduling.on_host_maintenance = "TERMINATE"  # GPU and spot VMs cannot live-migrate
     instance = compute_v1.Instance(
         name=req.vm_name,
         machine_type=f"zones/{zone}/machineTypes/{req.machine_type}",
@@ -389,7 +388,7 @@ class VM:
         )
 
     def uptime_s(self, now: datetime | None = None) -> float:
-        if self.status not in ACTIVE_STATES and self.status != "STOPPING" or self.last_start is None:
+        if self.last_start is None or (self.status not in ACTIVE_STATES and self.status != "STOPPING"):
             return 0.0
         now = now or datetime.now(timezone.utc)
         return max(0.0, (now - self.last_start).total_seconds())
@@ -564,6 +563,15 @@ class RunStore:
         doc = read_json(self.client.bucket(self.bucket), name)
         return doc if isinstance(doc, dict) else None
 
+    def has_dataset(self) -> bool:
+        """Whether `newsclf job` will find data: data/processed/manifest.json, or anything in data/raw/."""
+        from newsclf.cloud.storage import list_objects
+
+        processed = layout.data_prefix("processed")
+        if f"{processed}manifest.json" in list_objects(self.client, self.bucket, processed):
+            return True
+        return bool(list_objects(self.client, self.bucket, layout.data_prefix("raw")))
+
     def status(self, run_id: str) -> dict | None:
         return self._json(layout.run_layout(run_id).status)
 
@@ -572,9 +580,11 @@ class RunStore:
 
     def logs(self, run_id: str) -> list[tuple[str, str]]:
         """(object name, text) of each log of the run, oldest first."""
-        prefix = layout.run_layout(run_id).logs
-        blobs = sorted(self.client.list_blobs(self.bucket, prefix=prefix), key=lambda b: b.name)
-        return [(b.name, b.download_as_bytes().decode("utf-8", errors="replace")) for b in blobs]
+        from newsclf.cloud.storage import list_objects
+
+        names = sorted(list_objects(self.client, self.bucket, layout.run_layout(run_id).logs))
+        bucket = self.client.bucket(self.bucket)
+        return [(n, bucket.blob(n).download_as_bytes().decode("utf-8", errors="replace")) for n in names]
 
     def model_uri(self, run_id: str) -> str:
         return layout.uri(self.bucket, layout.run_layout(run_id).model)
