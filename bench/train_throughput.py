@@ -42,6 +42,7 @@ def step_timer():
 def baseline(data_dir: Path, rows: int, model_path: str, seed: int) -> tuple[float, int]:
     """The student recipe: pad to 256, fixed lr 2e-5, batch 16, plain random sampling."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
 
     from newsclf.data import load_processed
 
@@ -56,7 +57,9 @@ def baseline(data_dir: Path, rows: int, model_path: str, seed: int) -> tuple[flo
             eval_strategy="no", save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=seed,
             logging_strategy="no",
         )  # fmt: skip
-        Trainer(model=model, args=args, train_dataset=ds.remove_columns(["text"]), callbacks=[timer]).train()
+        trainer = Trainer(model=model, args=args, train_dataset=ds.remove_columns(["text"]), callbacks=[timer])
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
     return timer.seconds, rows
 
 
@@ -81,6 +84,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
 
+    import datasets
     import torch
     import transformers
 
@@ -89,6 +93,7 @@ def main() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
     model_path = args.model or default_base_model()
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "processed"
@@ -98,7 +103,7 @@ def main() -> None:
     ours, base = n / ours_s, n / base_s
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads)")  # fmt: skip
-    print(f"rows: {n} real ISOT articles, model {Path(model_path).name or model_path}")
+    print(f"rows: {n} real ISOT articles, model {args.model or 'all-MiniLM-L6-v2 (packaged)'}")
     print(f"newsclf train (dynamic padding, length-grouped): {ours:6.2f} samples/s ({ours_s:.1f} s in steps)")
     print(f"baseline Trainer (pad to 256, lr 2e-5, bs 16):   {base:6.2f} samples/s ({base_s:.1f} s in steps)")
     print(f"ratio newsclf / baseline: {ours / base:.2f}")

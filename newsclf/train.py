@@ -64,6 +64,9 @@ class TrainOptions:
     wandb_entity: str | None = None
     keep_checkpoints: bool = False  # keep checkpoints/ after a finished run (resume needs them only until then)
     cpu: bool = False  # train on the CPU even when a GPU is present
+    sweep_id: str | None = None  # the sweep this run is a trial of (newsclf.sweep); also its W&B group
+    sweep_params: dict[str, Any] | None = None  # this trial's values of the swept options
+    sweep_trial: int | None = None  # this trial's position in the sweep's grid
 
     @classmethod
     def from_settings(cls, settings: "Settings", **overrides: Any) -> "TrainOptions":
@@ -282,15 +285,18 @@ def _compute_metrics(eval_pred: Any) -> dict[str, float]:
     return summary_metrics(np.asarray(eval_pred.label_ids), np.asarray(logits).argmax(axis=-1))
 
 
-def _start_wandb(options: TrainOptions, run_id: str, config: dict[str, Any]) -> bool:
-    """Start the W&B run ourselves (short timeout); on any failure warn once and go on without it."""
+def _start_wandb(options: TrainOptions, run_id: str, config: dict[str, Any]) -> str | None:
+    """Start the W&B run ourselves (short timeout); on any failure warn once and go on without it.
+
+    Returns None (no tracking), "ours" (we started the run and finish it) or "caller's" (one was running).
+    """
     if not (options.wandb or options.wandb_offline):
-        return False
+        return None
     try:
         import wandb
     except ImportError:
         log.warning("wandb is not installed: training continues without tracking")
-        return False
+        return None
     if "WANDB_API_KEY" not in os.environ:
         from newsclf.config import get_settings
 
@@ -298,12 +304,16 @@ def _start_wandb(options: TrainOptions, run_id: str, config: dict[str, Any]) -> 
         if key is not None:
             os.environ["WANDB_API_KEY"] = key.get_secret_value()  # via the environment, never argv
     timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", WANDB_INIT_TIMEOUT_S))
+    if wandb.run is not None:  # the caller started one: report into it
+        return "caller's"
     try:
+        wandb.teardown()  # settings cached by an earlier run in this process must not leak into this one
         wandb.init(
             project=options.wandb_project,
             entity=options.wandb_entity,
             name=run_id,
             id=run_id,
+            group=options.sweep_id,  # a sweep's trials side by side
             resume="allow",
             config=config,
             mode="offline" if options.wandb_offline else None,
@@ -316,8 +326,8 @@ def _start_wandb(options: TrainOptions, run_id: str, config: dict[str, Any]) -> 
             wandb.teardown()
         except Exception:  # noqa: BLE001
             pass
-        return False
-    return True
+        return None
+    return "ours"
 
 
 def _stop_wandb() -> None:
@@ -326,6 +336,7 @@ def _stop_wandb() -> None:
 
         if wandb.run is not None:
             wandb.finish()
+        wandb.teardown()
     except Exception as e:  # noqa: BLE001
         log.warning("W&B did not close cleanly (%s); the run's metrics are saved locally", e)
 
@@ -455,7 +466,7 @@ def run_training(
         _write_json_atomic(run_dir / RUN_CONFIG, run_config)
 
     steps_per_epoch = math.ceil(len(train_ds) / (options.batch_size * _world_size()))
-    wandb_on = main and _start_wandb(options, run_id, run_config)
+    wandb_run = _start_wandb(options, run_id, run_config) if main else None
     args = TrainingArguments(
         output_dir=str((run_dir / CHECKPOINTS).resolve()),
         num_train_epochs=options.epochs,
@@ -481,7 +492,7 @@ def run_training(
         fp16=cuda and not bf16,
         dataloader_pin_memory=cuda,
         ddp_find_unused_parameters=False if _world_size() > 1 else None,
-        report_to=["wandb"] if wandb_on else [],
+        report_to=["wandb"] if wandb_run else [],
         run_name=run_id,
         disable_tqdm=True,  # progress is the caller's callback (the CLI's rich bar)
         log_level_replica="error",  # ranks > 0 stay quiet
@@ -509,7 +520,7 @@ def run_training(
         runtime = time.perf_counter() - t0
         test = trainer.evaluate(test_ds, metric_key_prefix="test")
     finally:
-        if wandb_on and _rank() == 0:
+        if wandb_run == "ours":
             _stop_wandb()
 
     epoch = float(trainer.state.epoch or 0.0)

@@ -226,6 +226,17 @@ def run(
     ),
     bucket: str | None = typer.Option(None, "--bucket", help="Bucket name or gs:// URL (default: NEWSCLF_BUCKET)."),
     poll_interval: float = typer.Option(5.0, "--poll-interval", min=0.05, help=POLL_HELP),
+    sweep: str | None = typer.Option(
+        None, "--sweep", metavar="GRID", help='Run a sweep, e.g. "lr=1e-5,2e-5 batch_size=16,32" (as `newsclf train --sweep`).'
+    ),
+    sweep_file: Path | None = typer.Option(None, "--sweep-file", help="The sweep's grid from a YAML file."),
+    metric: str | None = typer.Option(
+        None, "--metric", help="Sweep objective: macro_f1 (default), accuracy, precision, recall or loss (validation)."
+    ),
+    parallel: int | None = typer.Option(
+        None, "--parallel", min=1, metavar="N",
+        help="Run the sweep's trials on up to N VMs at once (VM_NAME-SWEEP-i); default: all on one VM, one job.",
+    ),
 ) -> None:
     """Train on a Compute Engine VM: create or restart it, follow the job, stop the VM.
 
@@ -240,11 +251,27 @@ def run(
       newsclf cloud run --gpu nvidia-tesla-t4:1 --spot -- --epochs 2
 
       newsclf cloud run --detach && newsclf cloud logs --follow
+
+    A sweep (--sweep/--sweep-file) runs every trial as its own run (runs/RUN_ID/,
+    run.json carrying the sweep id and values), by default one after another in
+    one job on the VM; with --parallel N on up to N VMs labelled with the sweep,
+    each created, followed and stopped like a single run. The table at the end
+    is read from the bucket (again later: newsclf models list --sweep SWEEP_ID).
+    Running the same command again skips the trials that succeeded.
+
+      newsclf cloud run --sweep "lr=1e-5,2e-5 batch_size=16,32" --parallel 2 -- --epochs 2
     """
     from newsclf.cloud import compute
     from newsclf.errors import InputError
     from newsclf.runs import new_run_id
 
+    sweeping = sweep is not None or sweep_file is not None
+    if sweeping or parallel is not None or metric is not None:
+        from newsclf.cli import _sweep
+
+        if metric is not None and not sweeping:
+            raise typer.BadParameter("--metric picks a sweep's objective: use it with --sweep or --sweep-file")
+        _sweep.check_cloud_flags(sweeping=sweeping, parallel=parallel, resume=resume, detach=detach)
     settings, project, clients, store = _compute(bucket)
     if image:
         settings = settings.model_copy(update={"image": image})
@@ -291,6 +318,10 @@ def run(
         wandb_key=wandb_key,
         explicit=explicit,
     )
+    if sweeping:
+        _sweep.cloud_run(settings, project, clients, store, req, spec=sweep, sweep_file=sweep_file, metric=metric,
+                         parallel=parallel, detach=detach, poll_s=poll_interval)  # fmt: skip
+        return
     started = compute.start_run(clients, project, req, store=store, poll_s=poll_interval)
     vm = started.vm
     hourly = vm.hourly_usd
@@ -355,9 +386,17 @@ def status(
                 "est_usd_so_far": round(hourly * uptime / 3600, 4) if hourly is not None else None,
                 "run_id": vm.run_id,
                 "run_state": run_state,
+                "sweep_id": vm.sweep_id,
             }
         )
-    data = {"project": project, "vms": rows, "costs": "estimates from a built-in price table, not a bill"}
+    rows.sort(key=lambda r: (r["sweep_id"] or "", r["name"], r["zone"]))  # a sweep's VMs together
+    sweeps: dict[str, dict] = {}
+    for r in rows:
+        if r["sweep_id"]:
+            group = sweeps.setdefault(r["sweep_id"], {"vms": [], "active": 0})
+            group["vms"].append(r["name"])
+            group["active"] += r["state"] in compute.ACTIVE_STATES
+    data = {"project": project, "vms": rows, "sweeps": sweeps, "costs": "estimates from a built-in price table, not a bill"}
 
     def render(console) -> None:
         if not rows:
@@ -368,12 +407,19 @@ def status(
         if not console.is_terminal:
             console.width = max(console.width, 200)  # a pipe gets whole cells, not "newsc…"
         table = Table("VM", "zone", "state", "machine", "GPUs", "spot", "uptime", "est. $/h", "est. so far", "run", "run state", box=None)
+        if sweeps:
+            table.add_column("sweep")
+        group = None
         for r in rows:
+            if sweeps and r["sweep_id"] != group and group is not None:
+                table.add_section()  # one block per sweep
+            group = r["sweep_id"]
             gpus = f"{r['gpus']} x {r['gpu_type']}" if r["gpu_type"] else (str(r["gpus"]) if r["gpus"] else "-")
             table.add_row(
                 r["name"], r["zone"], r["state"], r["machine_type"], gpus, "yes" if r["spot"] else "no",
                 _duration(r["uptime_s"]) if r["uptime_s"] else "-", _money(r["est_usd_per_hour"]),
                 _money(r["est_usd_so_far"]), r["run_id"] or "-", r["run_state"] or "-",
+                *([r["sweep_id"] or "-"] if sweeps else []),
             )
         console.print(table)
         console.print("Costs are estimates from a built-in price table, not a bill.", style="dim", highlight=False)
@@ -449,6 +495,9 @@ def stop(
     delete: bool = typer.Option(False, "--delete", help="Delete the VM (and its boot disk) once stopped."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     poll_interval: float = typer.Option(2.0, "--poll-interval", min=0.05, help="Seconds between polls of the VM."),
+    sweep: str | None = typer.Option(
+        None, "--sweep", metavar="SWEEP_ID", help="Stop every VM of this sweep (see `newsclf cloud status`)."
+    ),
 ) -> None:
     """Stop the training VM and wait until it is really stopped; --delete removes it.
 
@@ -460,6 +509,8 @@ def stop(
       newsclf cloud stop
 
       newsclf cloud stop --delete --yes
+
+      newsclf cloud stop --sweep sweep-1a2b3c4d --delete
     """
     import sys
 
@@ -467,6 +518,9 @@ def stop(
     from newsclf.errors import InputError
 
     settings, project, clients, store = _compute(need_bucket=False)
+    if sweep is not None:
+        _stop_sweep(settings, project, clients, store, sweep, delete=delete, yes=yes, poll_s=poll_interval)
+        return
     vm = compute.find_vm(clients, project, settings.vm_name)
     if vm is None:
         data = {"vm": settings.vm_name, "zone": None, "before": None, "after": None, "deleted": False}
@@ -502,5 +556,65 @@ def stop(
             console.print(f"Stopped VM {result.name} ({result.zone}): {result.after}", highlight=False)
         if busy:
             console.print(f"Resume run {vm.run_id} later with: newsclf cloud run --resume {vm.run_id}", highlight=False)
+
+    _output.emit(data, render)
+
+
+def _stop_sweep(settings, project: str, clients, store, sweep_id: str, *, delete: bool, yes: bool, poll_s: float) -> None:
+    """`cloud stop --sweep ID`: stop (or delete) every VM labelled with the sweep, all at once."""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from newsclf.cloud import compute
+    from newsclf.errors import InputError
+
+    vms = [vm for vm in compute.list_vms(clients, project) if vm.sweep_id == sweep_id]
+    if not vms:
+        data = {"sweep_id": sweep_id, "vms": []}
+        _output.emit(data, lambda c: c.print(f"No VMs of sweep {sweep_id} in project {project}: nothing to stop", highlight=False))
+        return
+    busy = []
+    for vm in vms:
+        if vm.status in compute.ACTIVE_STATES and vm.run_id:
+            run_store = store if store is not None and (vm.bucket in (None, store.bucket)) else None
+            if run_store is None and vm.bucket:
+                run_store = compute.RunStore(clients.storage_client(), vm.bucket)
+            try:
+                if compute.run_state(run_store, vm.run_id) not in compute.FINAL_RUN_STATES:
+                    busy.append(vm)
+            except Exception:  # no bucket access: assume the worst and ask
+                busy.append(vm)
+    todo = [vm for vm in vms if delete or vm.status not in compute.DOWN_STATES]
+    if (busy or delete) and todo and not yes:
+        what = f"{'Delete' if delete else 'Stop'} {len(todo)} VMs of sweep {sweep_id}"
+        if busy:
+            what += f", interrupting runs {', '.join(vm.run_id for vm in busy)}"
+        if sys.stdin.isatty() and not _output.state.json:
+            typer.confirm(what + "?", abort=True)
+        else:
+            raise InputError(f"{what}: pass --yes to confirm")
+
+    def one(vm):
+        if vm not in todo:
+            return compute.StopResult(vm.name, vm.zone, vm.status, vm.status)
+        return compute.stop_vm(compute.make_clients(settings), project, vm, delete=delete, poll_s=poll_s)
+
+    with ThreadPoolExecutor(max_workers=min(8, len(vms))) as pool:
+        results = list(pool.map(one, vms))
+    rows = [{"vm": r.name, "zone": r.zone, "before": r.before, "after": r.after, "deleted": r.deleted} for r in results]
+    data = {"sweep_id": sweep_id, "vms": rows}
+
+    def render(console) -> None:
+        for r in results:
+            if r.deleted:
+                console.print(f"Deleted VM {r.name} ({r.zone})", highlight=False)
+            elif r.before == r.after:
+                console.print(f"VM {r.name} ({r.zone}) is already stopped", highlight=False)
+            else:
+                console.print(f"Stopped VM {r.name} ({r.zone}): {r.after}", highlight=False)
+        if busy:
+            console.print(
+                f"Run the same `newsclf cloud run --sweep ...` again to finish sweep {sweep_id}", highlight=False
+            )
 
     _output.emit(data, render)

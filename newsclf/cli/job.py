@@ -61,8 +61,14 @@ def job(
     if not layout.is_valid_run_id(run_id):
         raise typer.BadParameter(f"{run_id!r} is not a run id (letters, digits, . _ -)", param_hint="--run-id")
     options = _train_options(ctx.args)
+    from newsclf.cli import _sweep
+
+    sweep_args = _sweep.job_sweep_args(ctx.args)  # `cloud run --sweep`: the trials of a sweep
     _, name, client = connect(bucket)
     signal.signal(signal.SIGTERM, _sigterm)
+    if sweep_args is not None:
+        _sweep.job_sweep(client, name, run_id, options, workdir, sweep_args)
+        return
     _output.info(f"Job {run_id}: gs://{name}/runs/{run_id}/ (training {options.base_model or 'the packaged all-MiniLM-L6-v2'})")
     from newsclf.cli.train import _progress_callback, _quiet_libraries
 

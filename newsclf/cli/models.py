@@ -13,19 +13,42 @@ app = typer.Typer(help="List, pull and push trained models in Cloud Storage.", n
 
 
 @app.command("list")
-def list_(bucket: str | None = bucket_option()) -> None:
+def list_(
+    bucket: str | None = bucket_option(),
+    sweep: str | None = typer.Option(
+        None, "--sweep", metavar="SWEEP_ID", help="Show one sweep's trials as its table, best first."
+    ),
+    metric: str | None = typer.Option(
+        None, "--metric", help="With --sweep: rank by macro_f1 (default), accuracy, precision, recall or loss."
+    ),
+) -> None:
     """List the training runs in gs://BUCKET/runs/, newest first.
 
     Shows each run's date, base model, test macro-F1 and model size, read from
     runs/<id>/run.json and metrics.json. Unfinished runs are marked incomplete.
+    With --sweep, the sweep's table (as `cloud run --sweep` printed it).
 
     Example:  newsclf models list --json
+
+    Example:  newsclf models list --sweep sweep-1a2b3c4d
     """
     from newsclf.cloud.storage import list_runs
 
+    if metric is not None and sweep is None:
+        raise typer.BadParameter("--metric ranks a sweep's trials: use it with --sweep SWEEP_ID")
     _, name, client = connect(bucket)
+    if sweep is not None:
+        from newsclf.cli._sweep import models_list_sweep
+
+        models_list_sweep(client, name, sweep, metric)
+        return
     runs = list_runs(client, name)
-    data = {"bucket": name, "runs": [r.to_dict() for r in runs]}
+    sweep_of = {r.run_id: (r.config or {}).get("sweep_id") for r in runs}
+    sweep_job = {r.run_id for r in runs if (r.config or {}).get("sweep_job")}
+    data = {
+        "bucket": name,
+        "runs": [{**r.to_dict(), "sweep_id": sweep_of[r.run_id], "sweep_job": r.run_id in sweep_job} for r in runs],
+    }
 
     def render(console) -> None:
         if not runs:
@@ -38,13 +61,17 @@ def list_(bucket: str | None = bucket_option()) -> None:
         from rich.table import Table
 
         table = Table(box=None)
-        for col in ("run", "created", "base model", "test F1", "size", "state"):
+        sweeps = any(sweep_of.values())
+        for col in ("run", "created", "base model", "test F1", "size", "state", *(["sweep"] if sweeps else [])):
             table.add_column(col, no_wrap=col != "base model", overflow="fold")
         for r in runs:
             f1 = "" if r.test_f1 is None else f"{r.test_f1:.4f}"
             created = (r.created_at or "")[:19].replace("T", " ")
             state = "complete" if r.complete else "[yellow]incomplete[/yellow]"
-            table.add_row(r.run_id, created, r.base_model or "", f1, human_bytes(r.model_bytes), state)
+            if r.run_id in sweep_job:
+                state = "sweep job"  # the job that ran a sweep's trials on one VM: no model of its own
+            extra = [sweep_of[r.run_id] or ""] if sweeps else []
+            table.add_row(r.run_id, created, r.base_model or "", f1, human_bytes(r.model_bytes), state, *extra)
         console.print(table)
 
     _output.emit(data, render)

@@ -261,6 +261,11 @@ def train(
     keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep checkpoints/ after the run finishes."),
     cpu: bool = typer.Option(False, "--cpu", help="Train on the CPU even when a GPU is present."),
     run_id: Optional[str] = typer.Option(None, "--run-id", hidden=True, help="Run id (set by --num-processes)."),
+    sweep: Optional[str] = typer.Option(None, "--sweep", metavar="GRID", help='Sweep a grid: "lr=1e-5,2e-5 batch_size=16,32" runs one trial (a normal run) per combination and prints one table.'),
+    sweep_file: Optional[Path] = typer.Option(None, "--sweep-file", help="The grid from a YAML file: NAME: [values], or a W&B grid sweep (parameters: NAME: {values: [...]})."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Sweep objective, a validation metric of each trial's kept epoch: macro_f1 (default), accuracy, precision, recall, or loss (lower is better)."),
+    sweep_id: Optional[str] = typer.Option(None, "--sweep-id", hidden=True, help="Sweep id (set by `newsclf cloud run`)."),
+    sweep_runs: Optional[str] = typer.Option(None, "--sweep-runs", hidden=True, help="The job's trials and their run ids (set by `newsclf cloud run`)."),
 ) -> None:
     """Fine-tune the classifier on a prepared dataset; save it to models/<run-id>/ (and models/latest).
 
@@ -276,6 +281,16 @@ def train(
       newsclf train --data data/processed --epochs 2 --max-length 256
 
       newsclf train --resume                    # after Ctrl-C or a crash
+
+    Sweeps: each trial is a normal run (its sweep id and values in run_config.json), one after
+    another; the table (best validation macro-F1 first) is kept in models/sweeps/SWEEP_ID/summary.json.
+    The sweep id is a hash of the grid and the other options, so the same command with --resume
+    skips the trials that succeeded and continues the others (or: --resume SWEEP_ID).
+    The exit code is 1 only when every trial failed.
+
+      newsclf train --sweep "lr=1e-5,2e-5,5e-5 batch_size=16,32" --epochs 2
+
+      newsclf train --sweep-file sweep.yaml --metric loss --resume
     """
     from newsclf.config import get_settings
     from newsclf.runs import new_run_id
@@ -290,6 +305,24 @@ def train(
     if resume and run_id is not None:
         raise typer.BadParameter("--run-id starts a new run; it cannot be combined with --resume")
     settings = get_settings()
+    sweeping = sweep is not None or sweep_file is not None
+    if sweeping or metric is not None or sweep_runs is not None or sweep_id is not None:
+        from newsclf.cli import _sweep
+
+        _sweep.check_train_flags(sweeping=sweeping, metric=metric, sweep_runs=sweep_runs, resume=resume, run=run,
+                                 num_processes=num_processes)  # fmt: skip
+    if resume and not sweeping and run is not None:
+        from newsclf.cli import _sweep
+
+        if _sweep.is_local_sweep(Path(settings.models_dir), run):  # `--resume SWEEP_ID`
+            given = [f"--{k.replace('_', '-')}" for k in RUN_FLAGS if ctx_flags[k] is not None]
+            if given:
+                raise typer.BadParameter(f"{', '.join(given)} cannot change a sweep being resumed: drop them")
+            _sweep.resume_sweep(Path(settings.models_dir), run, metric=metric, cpu=cpu, wandb_offline=wandb_offline,
+                                wandb=wandb or settings.wandb_api_key is not None)  # fmt: skip
+            return
+        if metric is not None:
+            raise typer.BadParameter(f"--metric picks a sweep's objective; {run!r} is a run, not a sweep")
     child = "LOCAL_RANK" in os.environ  # started by torch.distributed.run
     if child and _rank() != 0:
         _output.state.quiet = True
@@ -298,7 +331,7 @@ def train(
     from newsclf.train import DEMO_OVERRIDES, TrainOptions, resolve_resume, run_training
 
     resume_dir: Path | None = None
-    if resume:
+    if resume and not sweeping:
         given = [f"--{k.replace('_', '-')}" for k in RUN_FLAGS if ctx_flags[k] is not None]
         if given:
             raise typer.BadParameter(f"{', '.join(given)} cannot change a run being resumed: drop them")
@@ -337,6 +370,13 @@ def train(
             check_processed(options.data_dir)
         run_dir = Path(options.models_dir) / (run_id or new_run_id(str(options)))
 
+    if sweeping:
+        from newsclf.cli import _sweep
+
+        given_flags = {"base_model" if k == "model" else k for k, v in ctx_flags.items() if v is not None}
+        _sweep.train_sweep(options, spec=sweep, sweep_file=sweep_file, metric=metric, resume=resume,
+                           given=given_flags, sweep_id=sweep_id)  # fmt: skip
+        return
     if num_processes > 1 and not child:
         _launch(options, run_dir.name, resume_dir, num_processes)
         return

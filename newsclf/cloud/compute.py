@@ -28,6 +28,7 @@ log = logging.getLogger("newsclf.cloud.compute")
 LABEL = "newsclf"
 LABEL_VALUE = "train"
 RUN_LABEL = "newsclf-run"
+SWEEP_LABEL = "newsclf-sweep"  # the sweep a VM's run belongs to (`cloud status` groups by it, `cloud stop --sweep`)
 META_STARTUP = "startup-script"
 META_RUN_ID = "newsclf-run-id"
 META_IMAGE = "newsclf-image"
@@ -219,6 +220,7 @@ class RunRequest:
     wandb_secret: str | None = None
     wandb_key: str | None = None  # only with the explicit metadata opt-in
     explicit: frozenset[str] = frozenset()  # hardware flags the user gave: machine_type, gpu, spot, zone
+    sweep_id: str | None = None  # the run is (part of) a sweep: labelled on the VM
 
     def __post_init__(self) -> None:
         if not layout.is_valid_run_id(self.run_id):
@@ -232,6 +234,14 @@ class RunRequest:
             raise InputError("--max-hours must be more than 0")
         if self.disk_gb < 10:
             raise InputError("--disk-gb must be at least 10")
+
+
+def run_labels(req: RunRequest) -> dict[str, str]:
+    """The labels a VM carries for a run (and its sweep)."""
+    labels = {LABEL: LABEL_VALUE, RUN_LABEL: req.run_id}
+    if req.sweep_id:
+        labels[SWEEP_LABEL] = req.sweep_id
+    return labels
 
 
 def instance_metadata(req: RunRequest, gpus: int, script: str | None = None) -> dict[str, str]:
@@ -277,7 +287,7 @@ def instance_resource(req: RunRequest, zone: str, source_image: str, script: str
     instance = compute_v1.Instance(
         name=req.vm_name,
         machine_type=f"zones/{zone}/machineTypes/{req.machine_type}",
-        labels={LABEL: LABEL_VALUE, RUN_LABEL: req.run_id},
+        labels=run_labels(req),
         disks=[
             compute_v1.AttachedDisk(
                 boot=True,
@@ -372,6 +382,10 @@ class VM:
     @property
     def bucket(self) -> str | None:
         return self.metadata.get(META_BUCKET) or None
+
+    @property
+    def sweep_id(self) -> str | None:
+        return self.labels.get(SWEEP_LABEL) or None
 
     @property
     def keep_vm(self) -> bool:
@@ -677,7 +691,7 @@ def _restart(clients: Clients, project: str, vm: VM, req: RunRequest) -> Started
             ),
         )
         wait_operation(clients, project, vm.zone, op)
-        labels = {**vm.labels, LABEL: LABEL_VALUE, RUN_LABEL: req.run_id}
+        labels = {**{k: v for k, v in vm.labels.items() if k != SWEEP_LABEL}, **run_labels(req)}
         op = clients.instances.set_labels_unary(
             project=project,
             zone=vm.zone,
