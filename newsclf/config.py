@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     wandb_secret: str | None = None  # Secret Manager secret holding the W&B key, for VMs
     compute_api_endpoint: str | None = None  # e.g. http://127.0.0.1:8080 for a local stand-in
     cloudbuild_api_endpoint: str | None = None
+    artifactregistry_api_endpoint: str | None = None
 
     debug: bool = False  # show tracebacks
 

@@ -196,7 +196,8 @@ class Grid:
                 else:
                     keys = ", ".join(sorted(map(str, values))) or "nothing"
                     raise InputError(
-                        f"{source}: {name} has {keys}; a grid sweep takes `values: [...]` or `value: x` for each parameter"
+                        f"{source}: {name} has {keys}; a grid sweep takes `values: [...]` or `value: x` "
+                        "for each parameter"
                     )
             if not isinstance(values, (list, tuple)):
                 values = [values]
@@ -230,7 +231,9 @@ def parse_grid(spec: str) -> Grid:
             raise InputError(f"--sweep names {canonical_name(key)} twice: give all its values in one item")
         parts = [v.strip() for v in values.split(",")]
         if any(not p for p in parts):
-            raise InputError(f"Bad --sweep item {item!r}: an empty value; separate values with commas, e.g. lr=1e-5,2e-5")
+            raise InputError(
+                f"Bad --sweep item {item!r}: an empty value; separate values with commas, e.g. lr=1e-5,2e-5"
+            )
         mapping[key] = parts
     return Grid.from_mapping(mapping)
 
@@ -258,7 +261,9 @@ def load_sweep_file(path: Path) -> tuple[Grid, str | None]:
     if "parameters" in doc:
         method = doc.get("method", "grid")
         if method != "grid":
-            raise InputError(f"--sweep-file {path} asks for method: {method}; newsclf runs grid sweeps: set method: grid")
+            raise InputError(
+                f"--sweep-file {path} asks for method: {method}; newsclf runs grid sweeps: set method: grid"
+            )
         m = doc.get("metric")
         if isinstance(m, dict):
             metric = resolve_metric(str(m.get("name", DEFAULT_METRIC)))
@@ -354,7 +359,9 @@ def validate_trials(base: "TrainOptions", grid: Grid) -> None:
                 dataclasses.replace(base, **{name: v}).validate()
             except InputError as e:
                 problem = str(e).split(": fix the flag")[0]
-                raise InputError(f"Sweep value {name}={fmt_value(v)} is out of range ({problem}): fix the grid") from None
+                raise InputError(
+                    f"Sweep value {name}={fmt_value(v)} is out of range ({problem}): fix the grid"
+                ) from None
 
 
 # -- trials and the summary ---------------------------------------------------------------------------
@@ -458,7 +465,9 @@ class Sweep:
     def best(self) -> Trial | None:
         ranked = self.ranked()
         first = ranked[0] if ranked else None
-        return first if first is not None and first.status == SUCCEEDED and first.objective(self.metric) is not None else None
+        if first is None or first.status != SUCCEEDED or first.objective(self.metric) is None:
+            return None
+        return first
 
     def counts(self) -> dict[str, int]:
         out = {"trials": len(self.trials)}
@@ -798,7 +807,9 @@ def parse_runs_arg(text: str, grid: Grid) -> dict[int, str]:
         doc = json.loads(text)
         runs = {int(k): str(v) for k, v in doc.items()}
     except (ValueError, AttributeError, TypeError):
-        raise InputError('--sweep-runs must be a JSON object {"TRIAL": "RUN_ID"} (set by `newsclf cloud run`)') from None
+        raise InputError(
+            '--sweep-runs must be a JSON object {"TRIAL": "RUN_ID"} (set by `newsclf cloud run`)'
+        ) from None
     for i, run_id in runs.items():
         if not 1 <= i <= len(grid) or not layout.is_valid_run_id(run_id):
             raise InputError(f"--sweep-runs names trial {i} / run {run_id!r}, which this grid does not have")

@@ -100,7 +100,7 @@ def default_log(build_id: str, build: dict) -> list[str]:
 
 class CloudBuildStandIn:
     """`url` is the API endpoint; `requests` the recorded calls; set `error` to answer the next
-    create with that (status, body), `outcome` = "FAILURE" for a failing build, `log_lines` to
+    create or list with that (status, body), `outcome` = "FAILURE" for a failing build, `log_lines` to
     choose what the build writes."""
 
     def __init__(self, storage_url: str, *, build_s: float = 2.0, pieces: int = 8) -> None:
@@ -159,6 +159,14 @@ class CloudBuildStandIn:
 
     def handle(self, method: str, path: str, body: dict | None) -> tuple[int, dict]:
         parts = path.strip("/").split("/")
+        # GET /v1/projects/P/builds (list; `cloud setup` checks the API with it)
+        if method == "GET" and parts[:2] == ["v1", "projects"] and len(parts) == 4 and parts[3] == "builds":
+            if self.error is not None:
+                status, reply = self.error
+                self.error = None
+                return status, reply
+            found = [self._snapshot(b) for b in self.builds.values() if b["projectId"] == parts[2]]
+            return 200, {"builds": found} if found else {}
         # POST /v1/projects/P/builds (also /v1/projects/P/locations/L/builds)
         if method == "POST" and parts[:2] == ["v1", "projects"] and parts[-1] == "builds":
             return self._create(parts[2], body or {})

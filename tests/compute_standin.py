@@ -1,9 +1,9 @@
 """A stateful local stand-in for the Compute Engine REST API subset newsclf uses.
 
 Speaks what the real compute_v1 client sends (instances insert/get/list/aggregatedList/start/stop/
-delete/setMetadata/setLabels/getSerialPortOutput, zone operations get/wait, images getFromFamily),
+delete/setMetadata/setLabels/getSerialPortOutput, zone operations get/wait, images getFromFamily, zones get),
 keeps instances and operations in memory, records every request (method, path, query, JSON body), and
-takes injected errors (capacity in one zone, quota, 403). Operations finish after `op_polls` polls
+takes injected errors (capacity in one zone, quota, 403, API disabled). Operations finish after `op_polls` polls
 (0: done at once); a stopped instance stays STOPPING for `stop_polls` reads before TERMINATED.
 `on_start(standin, instance)` runs whenever an instance starts (the e2e test runs the real startup
 script there); `shutdown()` is what the VM's `shutdown -h now` does.
@@ -44,13 +44,25 @@ class Fault:
 
     method: str
     path: str  # regex searched in the request path
-    kind: str  # capacity | capacity_details | quota | forbidden | unavailable
+    kind: str  # capacity | capacity_details | quota | forbidden | unavailable | service_disabled
     via: str = "http"  # http: an HTTP error; operation: the operation finishes with error.errors[]
     times: int = 1
 
     def response(self) -> tuple[int, dict]:
         if self.kind == "forbidden":
             return 403, _error(403, "Required 'compute.instances.create' permission", "forbidden")
+        if self.kind == "service_disabled":  # what Compute answers before the API is enabled
+            message = (
+                "Compute Engine API has not been used in project 123456789012 before or it is disabled. Enable it "
+                "by visiting https://console.developers.google.com/apis/api/compute.googleapis.com/overview?project="
+                "123456789012 then retry."
+            )
+            body = _error(403, message, "accessNotConfigured")
+            body["error"]["details"] = [{
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "SERVICE_DISABLED",
+                "domain": "googleapis.com", "metadata": {"service": "compute.googleapis.com"},
+            }]
+            return 403, body
         if self.kind == "quota":
             return 403, _error(
                 403, "Quota 'NVIDIA_T4_GPUS' exceeded.  Limit: 0.0 in region europe-west1.", "quotaExceeded"
@@ -276,6 +288,14 @@ class ComputeStandIn:
             return fault.response()
 
         p = re.escape(self.project)
+        m = re.fullmatch(rf"/compute/v1/projects/{p}/zones/([^/]+)", path)
+        if m and method == "GET":  # zones.get (`cloud setup` checks the API with it)
+            if m.group(1) not in self.zones:
+                return 404, _error(404, f"The resource 'projects/{self.project}/zones/{m.group(1)}' was not found", "notFound")
+            region = m.group(1).rsplit("-", 1)[0]
+            return 200, {"kind": "compute#zone", "name": m.group(1), "status": "UP",
+                         "region": f"{API}/projects/{self.project}/regions/{region}",
+                         "selfLink": f"{API}/projects/{self.project}/zones/{m.group(1)}"}
         m = re.fullmatch(r"/compute/v1/projects/([^/]+)/global/images/family/([^/]+)", path)
         if m and method == "GET":
             image = self.images.get((m.group(1), m.group(2)))

@@ -4,6 +4,7 @@ the slow ones run the real startup script and the real `newsclf job --sweep` in 
 
 from __future__ import annotations
 
+import _thread
 import itertools
 import json
 import threading
@@ -23,8 +24,9 @@ class FakeSweepVM:
     a validation line on the serial port, metrics.json (macro-F1 = 1 - lr), then the guest powers
     off. A trial with lr >= 0.5 fails ("loss is nan")."""
 
-    def __init__(self, gcs) -> None:
+    def __init__(self, gcs, hold: threading.Event | None = None) -> None:
         self.gcs = gcs
+        self.hold = hold  # each job waits for it before it finishes
         self.started: list[tuple[str, str]] = []  # (VM name, run id)
         self.lock = threading.Lock()
 
@@ -51,6 +53,8 @@ class FakeSweepVM:
         with open(inst.serial, "a") as f:
             f.write(f"newsclf-job[{run_id}]: epoch 1 validation: accuracy {f1:.4f}  macro-F1 {f1:.4f}  loss {lr:.4f}\n")
         time.sleep(0.2)
+        if self.hold is not None:
+            self.hold.wait(60)
         if lr >= 0.5:
             status = {"state": "failed", "exit_code": 1, "error": "loss is nan", "started_at": now, "finished_at": now}
         else:
@@ -138,6 +142,49 @@ def test_sweep_rerun_skips_succeeded_trials(cli, standin):
     trials = {t["trial"]: t for t in cli("--json", "models", "list", "--sweep", sid).json["data"]["trials"]}
     assert trials[1]["run_id"] == ok[1] and trials[1]["status"] == "succeeded"
     assert trials[2]["run_id"] != ok[2] and trials[2]["status"] == "failed"
+
+
+def test_ctrl_c_detaches_and_the_same_command_reattaches(cli, standin):
+    hold = threading.Event()
+    fake = FakeSweepVM(standin.gcs, hold=hold)
+    standin.on_start = fake.on_start
+    args = ("--json", "cloud", "run", "--sweep", "lr=0.1,0.2,0.3", "--parallel", "2", *POLL)
+
+    def ctrl_c_once_both_vms_run() -> None:
+        deadline = time.time() + 30
+        while len(fake.started) < 2 and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # the jobs are running and being followed
+        _thread.interrupt_main()
+
+    threading.Thread(target=ctrl_c_once_both_vms_run, daemon=True).start()
+    r = cli(*args)
+    assert r.exit_code == 130, r.stderr
+    sid = r.json["data"]["sweep_id"]
+    assert r.json["data"]["state"] == "detached"
+    assert r.json["errors"][0].startswith(f"Detached from sweep {sid}: 2 trials keep running on their VMs")
+    first_runs = [run for _, run in fake.started]
+    status = cli("--json", "cloud", "status").json["data"]
+    assert status["sweeps"][sid]["active"] == 2 and {v["run_state"] for v in status["vms"]} == {"running"}
+
+    # again: the two running trials are followed where they run (not started twice), then the third
+    lists = len(standin.calls("GET", "/aggregated/instances"))
+
+    def release_once_reattached() -> None:
+        deadline = time.time() + 30
+        while len(standin.calls("GET", "/aggregated/instances")) == lists and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        hold.set()
+
+    threading.Thread(target=release_once_reattached, daemon=True).start()
+    again = cli(*args)
+    assert again.exit_code == 0, again.stderr
+    assert [run for _, run in fake.started[:2]] == first_runs and len(fake.started) == 3
+    trials = {t["trial"]: t for t in again.json["data"]["trials"]}
+    assert [trials[i]["status"] for i in (1, 2, 3)] == ["succeeded"] * 3
+    assert {trials[1]["run_id"], trials[2]["run_id"]} == set(first_runs)
+    assert again.json["data"]["best"]["params"] == {"lr": 0.1}
 
 
 def test_all_trials_failing_exits_non_zero_and_stop_sweep(cli, standin):

@@ -300,3 +300,23 @@ def test_wandb_groups_trials_under_the_sweep_id(cli, tiny_data, tiny_model, fres
     [run_file] = Path("wandb").glob("offline-run-*/run-*.wandb")
     [run] = [rec.run for rec in _wandb_records(run_file) if rec.WhichOneof("record_type") == "run"]
     assert (run.run_group, run.run_id) == (sid, trial["run_id"])
+
+
+def test_sweep_file_through_the_cli(cli, tiny_data, tmp_path):
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(
+        "method: grid\nmetric: {name: eval/loss, goal: minimize}\n"
+        f"parameters:\n  model: {{values: ['{tmp_path / 'a'}', '{tmp_path / 'b'}']}}\n  seed: {{value: 3}}\n"
+    )
+    args = ["train", "--data", str(tiny_data), "--sweep-file", str(sweep_file)]
+    r = cli("--json", *args)
+    assert r.exit_code == 1  # every trial failed (no such models), each inside its own run
+    data = r.json["data"]
+    assert data["metric"] == "loss" and data["goal"] == "minimize"
+    assert data["grid"] == {"base_model": [str(tmp_path / "a"), str(tmp_path / "b")], "seed": [3]}
+    assert [t["status"] for t in data["trials"]] == ["failed", "failed"]
+    assert (Path("models/sweeps") / data["sweep_id"] / "summary.json").is_file()
+    again = cli("--json", *args, "--metric", "accuracy", "--resume")  # --metric wins over the file's
+    assert again.json["data"]["sweep_id"] == data["sweep_id"] and again.json["data"]["metric"] == "accuracy"
+    both = cli("train", "--data", str(tiny_data), "--sweep-file", str(sweep_file), "--sweep", "lr=1e-3")
+    assert both.exit_code == 2 and "give --sweep or --sweep-file, not both" in both.stderr

@@ -83,19 +83,82 @@ def _split_globals(argv: list[str]) -> tuple[list[str], dict[str, bool]]:
     return rest, flags
 
 
+def _subcommands(group: typer.Typer) -> dict[str, typer.Typer | None]:
+    """The names under a Typer app, read from its registrations (None: a leaf command)."""
+    out: dict[str, typer.Typer | None] = {}
+    for info in group.registered_commands:
+        if info.callback is not None:
+            out[info.name or info.callback.__name__.lower().replace("_", "-")] = None
+    for info in group.registered_groups:
+        if info.name:
+            out[info.name] = info.typer_instance
+    return out
+
+
 def _command_name(args: list[str]) -> str:
-    """`data prepare` from argv, by walking the command tree (used in the JSON envelope)."""
-    cmd = typer.main.get_command(app)
+    """`data prepare` from argv, by walking the registered commands (used in the JSON envelope).
+
+    Reads Typer's registrations rather than building the click command tree, which app() builds
+    again anyway: building it twice cost ~15% of `newsclf --help`.
+    """
+    group: typer.Typer | None = app
     names = []
     for arg in args:
-        sub = getattr(cmd, "commands", {}).get(arg)
-        if sub is None:
+        subs = _subcommands(group) if group is not None else {}
+        if arg not in subs:
             if arg.startswith("-"):
                 continue
             break
         names.append(arg)
-        cmd = sub
+        group = subs[arg]
     return " ".join(names)
+
+
+class _LazyMarkdown:
+    """Stands in for rich.markdown.Markdown until typer renders markdown (newsclf never does)."""
+
+    def __new__(cls, *args: object, **kwargs: object) -> object:
+        from rich.markdown import Markdown
+
+        return Markdown(*args, **kwargs)
+
+
+class _LazyTraceback:
+    """Stands in for rich.traceback.Traceback until typer renders a pretty traceback."""
+
+    @classmethod
+    def from_exception(cls, *args: object, **kwargs: object) -> object:
+        from rich.traceback import Traceback
+
+        return Traceback.from_exception(*args, **kwargs)
+
+
+def _import_rich_utils_lightly() -> None:
+    """Import typer.rich_utils (help and usage-error rendering) without what it never uses here.
+
+    It imports rich.markdown (markdown-it-py, pygments) and rich.traceback (pygments) at the top,
+    for markdown help and pretty tracebacks: over half of `newsclf --help`. Stand-ins sit in
+    sys.modules only while it is imported; the real modules load on first real use.
+    """
+    import types
+
+    if "typer.rich_utils" in sys.modules:
+        return
+    stubs = {}
+    stand_ins = (("rich.markdown", "Markdown", _LazyMarkdown), ("rich.traceback", "Traceback", _LazyTraceback))
+    for name, attr, stand_in in stand_ins:
+        if name not in sys.modules:
+            stub = types.ModuleType(name)
+            setattr(stub, attr, stand_in)
+            stubs[name] = sys.modules[name] = stub
+    try:
+        import typer.rich_utils  # noqa: F401
+    except ImportError:
+        pass  # a typer without it: it renders help its own way
+    finally:
+        for name, stub in stubs.items():
+            if sys.modules.get(name) is stub:
+                del sys.modules[name]
 
 
 def _is_usage_error(e: BaseException) -> bool:
@@ -106,6 +169,7 @@ def _is_usage_error(e: BaseException) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code: 0 ok, 1 error, 2 usage, 130 interrupted."""
     args, flags = _split_globals(list(sys.argv[1:] if argv is None else argv))
+    _import_rich_utils_lightly()
     debug = flags.get("debug", False) or os.environ.get("NEWSCLF_DEBUG", "") not in ("", "0", "false")
     _output.reset(json=flags.get("json", False), quiet=flags.get("quiet", False), debug=debug)
     _output.state.command = _command_name(args)

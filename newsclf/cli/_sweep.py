@@ -19,7 +19,8 @@ from newsclf.errors import InputError
 if TYPE_CHECKING:
     from newsclf.sweep import Grid, Sweep, Trial
 
-METRIC_NAMES = {"macro_f1": "macro-F1", "accuracy": "accuracy", "precision": "precision", "recall": "recall", "loss": "loss"}
+METRIC_NAMES = {"macro_f1": "macro-F1", "accuracy": "accuracy", "precision": "precision", "recall": "recall",
+                "loss": "loss"}  # fmt: skip
 STATUS_STYLE = {"succeeded": "green", "failed": "red", "running": "yellow", "interrupted": "yellow", "pending": "dim"}
 SWEEP_OPTIONS = ("sweep", "sweep_file", "metric", "sweep_id", "sweep_runs")
 
@@ -124,7 +125,8 @@ def render_summary(doc: dict[str, Any], *, pull_hint: bool = False) -> Callable[
         names = list(doc["grid"])
         counts = doc["counts"]
         better = "higher" if doc["goal"] == "maximize" else "lower"
-        parts = [f"{counts[s]} {s}" for s in ("succeeded", "failed", "running", "interrupted", "pending") if counts.get(s)]
+        states = ("succeeded", "failed", "running", "interrupted", "pending")
+        parts = [f"{counts[s]} {s}" for s in states if counts.get(s)]
         title = (
             f"sweep {doc['sweep_id']}: {counts['trials']} trials ({', '.join(parts)}); "
             f"objective: validation {metric}, {better} is better"
@@ -138,7 +140,8 @@ def render_summary(doc: dict[str, Any], *, pull_hint: bool = False) -> Callable[
         console.print(table)
         for t in sorted(doc["trials"], key=lambda t: t["trial"]):
             if t["status"] == "failed":
-                console.print(f"trial {t['trial']} failed: {t.get('error') or 'unknown error'}", markup=False, highlight=False)
+                error = t.get("error") or "unknown error"
+                console.print(f"trial {t['trial']} failed: {error}", markup=False, highlight=False)
         best = doc.get("best")
         if best:
             console.print(
@@ -148,7 +151,8 @@ def render_summary(doc: dict[str, Any], *, pull_hint: bool = False) -> Callable[
             if pull_hint:
                 console.print(f"Pull it: newsclf models pull {best['run_id']}", highlight=False)
             else:
-                console.print(f"Use it: newsclf predict --model {best['run_id']} \"some headline and text\"", highlight=False)
+                use = f'Use it: newsclf predict --model {best["run_id"]} "some headline and text"'
+                console.print(use, highlight=False)
         if doc.get("location"):
             console.print(f"Summary: {doc['location']}", highlight=False)
 
@@ -241,7 +245,9 @@ class SweepView:
         return [Progress()]
 
 
-def _finish(doc: dict[str, Any], sweep: "Sweep", *, pull_hint: bool = False, extra: dict[str, Any] | None = None) -> None:
+def _finish(
+    doc: dict[str, Any], sweep: "Sweep", *, pull_hint: bool = False, extra: dict[str, Any] | None = None
+) -> None:
     """Emit the summary; exit 1 when every trial failed."""
     data = {**doc, **(extra or {})}
     render = render_summary(doc, pull_hint=pull_hint)
@@ -272,7 +278,8 @@ def check_train_flags(
         return
     if resume and run is not None:
         raise typer.BadParameter(
-            f"give the sweep or its id, not both: `newsclf train --sweep ... --resume` or `newsclf train --resume {run}`"
+            "give the sweep or its id, not both: "
+            f"`newsclf train --sweep ... --resume` or `newsclf train --resume {run}`"
         )
     if num_processes > 1:
         raise typer.BadParameter("--num-processes cannot be combined with --sweep: trials run one after another here")
@@ -323,7 +330,9 @@ def train_sweep(
     _run_local(sweep, options)
 
 
-def resume_sweep(models_dir: Path, sweep_id: str, *, metric: str | None, wandb: bool, wandb_offline: bool, cpu: bool) -> None:
+def resume_sweep(
+    models_dir: Path, sweep_id: str, *, metric: str | None, wandb: bool, wandb_offline: bool, cpu: bool
+) -> None:
     """`newsclf train --resume SWEEP_ID`: the sweep's grid and options from its summary.json."""
     import dataclasses
 
@@ -474,7 +483,9 @@ def cloud_base(train_args: list[str], grid: "Grid") -> tuple[Any, dict[str, Any]
 def check_cloud_flags(*, sweeping: bool, parallel: int | None, resume: str | None, detach: bool) -> None:
     if not sweeping:
         if parallel is not None:
-            raise typer.BadParameter("--parallel runs a sweep's trials on several VMs: use it with --sweep or --sweep-file")
+            raise typer.BadParameter(
+                "--parallel runs a sweep's trials on several VMs: use it with --sweep or --sweep-file"
+            )
         return
     if resume is not None:
         raise typer.BadParameter(
@@ -524,7 +535,9 @@ def cloud_run(
         _finish(final.summary(), final, pull_hint=True, extra=extra)
         return
     if done:
-        _output.info(f"Sweep {sid}: {done} of {len(sweep.trials)} trials already succeeded; running the other {len(todo)}")
+        _output.info(
+            f"Sweep {sid}: {done} of {len(sweep.trials)} trials already succeeded; running the other {len(todo)}"
+        )
     sw.write_plans(client, bucket, sweep, todo)
     view = SweepView(sweep)
     hourly = None
@@ -608,11 +621,11 @@ def cloud_run(
 
 def _cloud_detached(sweep_id: str, what: str, extra: dict[str, Any]) -> None:
     message = f"Detached from sweep {sweep_id}: {what}; run the same command again to carry on"
+    _output.emit({"sweep_id": sweep_id, "state": "detached", **extra}, lambda c: c.print(sweep_id, highlight=False),
+                 exit_code=130, errors=[message])  # fmt: skip
     _output.warn(message)
     if not _output.state.quiet:
         _output.stderr().print(f"The table so far: newsclf models list --sweep {sweep_id}", highlight=False)
-    _output.emit({"sweep_id": sweep_id, "state": "detached", **extra}, lambda c: c.print(sweep_id, highlight=False),
-                 exit_code=130)  # fmt: skip
     raise typer.Exit(130)
 
 

@@ -618,3 +618,61 @@ def _stop_sweep(settings, project: str, clients, store, sweep_id: str, *, delete
             )
 
     _output.emit(data, render)
+
+
+# -- setup -----------------------------------------------------------------------------------------
+
+_SETUP_STYLES = {"ok": "green", "created": "cyan", "missing": "red", "error": "red", "skipped": "dim"}
+
+
+@app.command("setup")
+def setup(
+    project: str | None = typer.Option(None, "--project", help="Google Cloud project (default: NEWSCLF_GCP_PROJECT)."),
+    bucket: str | None = typer.Option(None, "--bucket", help="Bucket name or gs:// URL (default: NEWSCLF_BUCKET)."),
+    create: bool = typer.Option(
+        True, "--create/--no-create", help="Create the bucket and the repository when missing (--no-create: only check)."
+    ),
+) -> None:
+    """Get a project ready for `cloud build` and `cloud run`, and say what is still missing.
+
+    Checks each step and prints one row for it: the project (NEWSCLF_GCP_PROJECT or your
+    Application Default Credentials), the bucket (created in NEWSCLF_REGION with uniform
+    bucket-level access if missing), your object access to it, the Docker repository
+    NEWSCLF_ARTIFACT_REPO in Artifact Registry (created if missing), and the Cloud Build and
+    Compute Engine APIs. Safe to rerun: what exists is left alone. Exits 1 if any step is
+    missing or failed, after showing every row with its fix.
+
+    Examples:
+
+      newsclf cloud setup --project my-project --bucket my-newsclf-bucket
+
+      newsclf cloud setup --no-create --json
+    """
+    from newsclf.cloud.setup import run_setup
+    from newsclf.config import get_settings
+
+    settings = get_settings()
+    update = {key: value for key, value in (("gcp_project", project), ("bucket", bucket)) if value}
+    if update:
+        settings = settings.model_copy(update=update)
+    report = run_setup(settings, create=create)
+    message = report.summary()
+
+    def render(console) -> None:
+        from rich.markup import escape
+
+        width = max(len(s.title) for s in report.steps)
+        for s in report.steps:
+            style = _SETUP_STYLES.get(s.status, "")
+            console.print(
+                f"[{style}]{s.status:<8}[/{style}] {escape(s.title):<{width}}  {escape(s.detail)}", highlight=False
+            )
+        if message is None:
+            console.print(
+                "Ready: newsclf data push, then newsclf cloud build, then newsclf cloud run", highlight=False
+            )
+
+    _output.emit(report.to_dict(), render, exit_code=1 if message else 0, errors=[message] if message else None)
+    if message:
+        _output.emit_error(message, 1)
+        raise typer.Exit(1)

@@ -1,0 +1,218 @@
+"""A local stand-in for the Artifact Registry REST API (v1) subset `newsclf cloud setup` uses.
+
+Driven by the real artifactregistry_v1 client (transport="rest"): repositories get/create and the
+long-running operation a create returns (done after `op_polls` polls, 0 = at once). Keeps the
+repositories in memory, records every request (method, path, query, JSON body as sent), and answers
+injected errors in Google's JSON error shape, so the client raises what it raises in production.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+REPOSITORY_TYPE = "type.googleapis.com/google.devtools.artifactregistry.v1.Repository"
+METADATA_TYPE = "type.googleapis.com/google.devtools.artifactregistry.v1.OperationMetadata"
+# Repository.Format as the client sends it (the REST transport encodes enums as integers)
+FORMATS = {0: "FORMAT_UNSPECIFIED", 1: "DOCKER", 2: "MAVEN", 3: "NPM", 5: "APT", 6: "YUM", 8: "PYTHON"}
+REPO_ID = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def google_error(code: int, status: str, message: str, details: list[dict] | None = None) -> dict:
+    return {"error": {"code": code, "message": message, "status": status, "details": details or []}}
+
+
+def service_disabled(service: str, title: str, number: str = "123456789012") -> tuple[int, dict]:
+    """403 as Google answers when `service` (e.g. artifactregistry.googleapis.com) is not enabled."""
+    url = f"https://console.developers.google.com/apis/api/{service}/overview?project={number}"
+    msg = (
+        f"{title} has not been used in project {number} before or it is disabled. Enable it by visiting {url} "
+        "then retry. If you enabled this API recently, wait a few minutes for the action to propagate to our "
+        "systems and retry."
+    )
+    details = [
+        {
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "SERVICE_DISABLED",
+            "domain": "googleapis.com",
+            "metadata": {"service": service, "consumer": f"projects/{number}"},
+        },
+        {"@type": "type.googleapis.com/google.rpc.Help", "links": [{"description": "Google developers console API activation", "url": url}]},
+    ]
+    return 403, google_error(403, "PERMISSION_DENIED", msg, details)
+
+
+def permission_denied(permission: str, resource: str) -> tuple[int, dict]:
+    """403 as Artifact Registry answers a caller without `permission` on `resource`."""
+    details = [
+        {
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "IAM_PERMISSION_DENIED",
+            "domain": "artifactregistry.googleapis.com",
+            "metadata": {"permission": permission, "resource": resource},
+        }
+    ]
+    return 403, google_error(403, "PERMISSION_DENIED", f"Permission '{permission}' denied on resource '{resource}' (or it may not exist).", details)
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
+
+
+@dataclass
+class Fault:
+    method: str
+    path: str  # regex searched in the request path
+    answer: tuple[int, dict]
+    times: int = 1
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class ArtifactRegistryStandIn:
+    """`url` is the API endpoint; `repositories` maps the full name to the stored Repository JSON;
+    `add_repository()` seeds one; `fail()` injects an error answer."""
+
+    def __init__(self, *, op_polls: int = 1) -> None:
+        self.op_polls = op_polls
+        self.requests: list[Request] = []
+        self.repositories: dict[str, dict] = {}
+        self.operations: dict[str, dict] = {}  # name -> {"polls_left", "repository"}
+        self.faults: list[Fault] = []
+        self.lock = threading.RLock()
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _handle(self) -> None:
+                standin._dispatch(self)
+
+            do_GET = do_POST = do_DELETE = do_PATCH = _handle
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)  # quick close
+        self._thread.start()
+
+    # --- test helpers -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def fail(self, method: str, path: str, answer: tuple[int, dict], *, times: int = 1) -> None:
+        self.faults.append(Fault(method, path, answer, times))
+
+    def add_repository(self, project: str, location: str, repo: str, fmt: str = "DOCKER") -> dict:
+        name = f"projects/{project}/locations/{location}/repositories/{repo}"
+        self.repositories[name] = self._repository(name, {"format": fmt})
+        return self.repositories[name]
+
+    def calls(self, method: str | None = None, path: str = "") -> list[Request]:
+        with self.lock:
+            return [r for r in self.requests if (method is None or r.method == method) and re.search(path, r.path)]
+
+    # --- HTTP -------------------------------------------------------------------------------------
+
+    def _dispatch(self, h: BaseHTTPRequestHandler) -> None:
+        split = urlsplit(h.path)
+        path = unquote(split.path)
+        query = {k: v[-1] for k, v in parse_qs(split.query).items()}
+        length = int(h.headers.get("Content-Length") or 0)
+        raw = h.rfile.read(length) if length else b""
+        body = json.loads(raw) if raw else None
+        with self.lock:
+            self.requests.append(Request(h.command, path, query, body))
+            try:
+                code, payload = self._route(h.command, path, query, body)
+            except Exception as e:  # a bug in the stand-in: make it visible in the test
+                code, payload = 500, google_error(500, "INTERNAL", f"stand-in error: {type(e).__name__}: {e}")
+        data = json.dumps(payload).encode()
+        h.send_response(code)
+        h.send_header("Content-Type", "application/json; charset=UTF-8")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    def _route(self, method: str, path: str, query: dict, body: Any) -> tuple[int, dict]:
+        for fault in self.faults:
+            if fault.times > 0 and fault.method == method and re.search(fault.path, path):
+                fault.times -= 1
+                return fault.answer
+        m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+)/repositories", path)
+        if m and method == "POST":
+            return self._create(m.group(1), query.get("repositoryId", ""), body or {})
+        m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+/repositories/[^/]+)", path)
+        if m and method == "GET":
+            repo = self.repositories.get(m.group(1))
+            if repo is None:
+                return 404, google_error(404, "NOT_FOUND", "Requested entity was not found.")
+            return 200, repo
+        m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+/operations/[^/]+)", path)
+        if m and method == "GET":
+            return self._poll(m.group(1))
+        return 404, google_error(404, "NOT_FOUND", f"stand-in does not serve {method} {path}")
+
+    def _repository(self, name: str, body: dict) -> dict:
+        fmt = body.get("format", 0)
+        fmt = FORMATS.get(fmt, str(fmt)) if isinstance(fmt, int) else fmt
+        now = _now()
+        repo = {**body, "name": name, "format": fmt, "createTime": now, "updateTime": now}
+        repo.setdefault("mode", "STANDARD_REPOSITORY")
+        return repo
+
+    def _create(self, parent: str, repo_id: str, body: dict) -> tuple[int, dict]:
+        if not REPO_ID.fullmatch(repo_id):
+            return 400, google_error(400, "INVALID_ARGUMENT", f"invalid repository id {repo_id!r}")
+        if body.get("format") in (None, 0, "FORMAT_UNSPECIFIED"):
+            return 400, google_error(400, "INVALID_ARGUMENT", "repository format must be specified")
+        name = f"{parent}/repositories/{repo_id}"
+        if name in self.repositories:
+            return 409, google_error(409, "ALREADY_EXISTS", f"the repository already exists: {name}")
+        op_name = f"{parent}/operations/{uuid.uuid4()}"
+        self.operations[op_name] = {"polls_left": self.op_polls, "repository": self._repository(name, body)}
+        if self.op_polls == 0:
+            self._finish(op_name)
+        return 200, self._operation(op_name)
+
+    def _finish(self, op_name: str) -> None:
+        op = self.operations[op_name]
+        op["done"] = True
+        repo = op["repository"]
+        self.repositories[repo["name"]] = repo
+
+    def _operation(self, op_name: str) -> dict:
+        op = self.operations[op_name]
+        out: dict[str, Any] = {"name": op_name, "metadata": {"@type": METADATA_TYPE}}
+        if op.get("done"):
+            out["done"] = True
+            out["response"] = {"@type": REPOSITORY_TYPE, **op["repository"]}
+        return out
+
+    def _poll(self, op_name: str) -> tuple[int, dict]:
+        op = self.operations.get(op_name)
+        if op is None:
+            return 404, google_error(404, "NOT_FOUND", f"operation {op_name} not found")
+        if not op.get("done"):
+            op["polls_left"] -= 1
+            if op["polls_left"] <= 0:
+                self._finish(op_name)
+        return 200, self._operation(op_name)
