@@ -10,7 +10,8 @@ from other jobs on the machine hits every arm alike. Each arm evaluates validati
 length); the clock excludes that evaluation time. An arm stops once it has reached the target and
 done at least --min-epochs epochs (so the 1-epoch F1 of every length is recorded), or at the cap.
 Arm names: `baseline`, `newsclf` (today's defaults), `newsclf@LEN` (defaults but --max-length LEN),
-`newsclf@LEN,lr=X` (also another --lr). Each arm's trace goes to --out/<arm>.jsonl.
+`newsclf@LEN,lr=X` (also another --lr), `newsclf@LEN,fp32` (no bf16 autocast on AMX CPUs).
+Each arm's trace goes to --out/<arm>.jsonl.
 """
 
 from __future__ import annotations
@@ -113,6 +114,8 @@ def parse_arm(name: str) -> dict:
             spec["lr"] = float(part[3:])
         elif part.startswith("warmup="):
             spec["warmup_ratio"] = float(part[7:])
+        elif part in ("fp32", "bf16"):
+            spec["cpu_bf16"] = part == "bf16"
         else:
             spec["max_length"] = int(part)
     return spec
@@ -173,7 +176,7 @@ def run_arm(args) -> None:
             run_training(options, callbacks=[cb])
         with open(out, "a") as fh:
             fh.write(json.dumps({"options": {k: v for k, v in options.to_dict().items() if k in (
-                "max_length", "lr", "warmup_ratio", "epochs", "batch_size", "patience")}}) + "\n")  # fmt: skip
+                "max_length", "lr", "warmup_ratio", "epochs", "batch_size", "patience", "cpu_bf16")}}) + "\n")  # fmt: skip
 
 
 def summarise(out_dir: Path, arms: list[str]) -> None:

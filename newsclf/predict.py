@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 32
 MAX_POSITIONS = 512  # BERT-family limit when a run records no max_length
+CHARS_PER_TOKEN = 8  # generous: English wordpieces average ~4-5 characters
 
 
 def read_texts(source: str | Path, *, stdin: io.TextIOBase | None = None) -> list[str]:
@@ -91,9 +92,16 @@ def _max_length(run_dir: Path, tokenizer: Any, config: Any) -> int:
 
 
 class Predictor:
-    """A trained classifier loaded once; `predict_proba` keeps the input order."""
+    """A trained classifier loaded once; `predict_proba` keeps the input order.
 
-    def __init__(self, run_dir: Path, *, device: str | None = None, max_length: int | None = None):
+    bf16: bfloat16 weights on CPUs with AMX (Sapphire Rapids and newer): ~1.8x faster, probabilities
+    within ~0.03 of fp32 and the same macro-F1 on ISOT (bench/README.md), but scores then depend
+    slightly on batching, so it is opt-in. Ignored (fp32) elsewhere, where bf16 is slower on CPUs.
+    """
+
+    def __init__(
+        self, run_dir: Path, *, device: str | None = None, max_length: int | None = None, bf16: bool = False
+    ):
         run_dir = Path(run_dir)
         if not (run_dir / MODEL_WEIGHTS).is_file():
             raise InputError(
@@ -111,6 +119,11 @@ class Predictor:
         self.run_dir = run_dir
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
+        self.bf16 = bool(bf16) and self.device.type == "cpu" and _cpu_bf16_fast()
+        if self.bf16:
+            self.model.to(torch.bfloat16)
+        elif bf16:
+            log.warning("--bf16 needs a CPU with AMX (Xeon Sapphire Rapids or newer): predicting in fp32")
         config = self.model.config
         self.labels = [str(config.id2label[i]) for i in range(config.num_labels)]
         self.max_length = max_length or _max_length(run_dir, self.tokenizer, config)
@@ -122,7 +135,7 @@ class Predictor:
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         if not texts:
             return out
-        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        enc = self._encode(list(texts))
         ids = enc["input_ids"]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch: less padding
         keys = [k for k in enc.keys()]
@@ -134,6 +147,30 @@ class Predictor:
                 logits = self.model(**batch).logits.float()
                 out[idx] = torch.softmax(logits, dim=-1).cpu().numpy()
         return out
+
+    def _encode(self, texts: list[str]) -> Any:
+        """Token ids as `tokenizer(texts, truncation=True)` gives them, without tokenizing whole articles.
+
+        Only the first max_length tokens are kept, so each long text is cut at a space after
+        CHARS_PER_TOKEN * max_length characters first (tokenizing the rest was ~60% of the tokenizer's
+        time on ISOT, whose median article is ~2,200 characters); a cut text that comes out shorter
+        than max_length tokens is tokenized again whole, so the ids never change.
+        """
+        limit = CHARS_PER_TOKEN * self.max_length
+        cut = list(texts)
+        for i, text in enumerate(texts):
+            if len(text) > limit:
+                space = text.rfind(" ", 0, limit)
+                if space > 0:
+                    cut[i] = text[:space]
+        enc = self.tokenizer(cut, truncation=True, max_length=self.max_length)
+        redo = [i for i, t in enumerate(cut) if t is not texts[i] and len(enc["input_ids"][i]) < self.max_length]
+        if redo:
+            again = self.tokenizer([texts[i] for i in redo], truncation=True, max_length=self.max_length)
+            for k in enc.keys():
+                for j, i in enumerate(redo):
+                    enc[k][i] = again[k][j]
+        return enc
 
     def predict(self, texts: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict[str, Any]]:
         """One {"index", "label", "probability", "scores"} per text, in input order."""
@@ -150,7 +187,13 @@ class Predictor:
 
 
 def predict_texts(
-    run_dir: Path, texts: Iterable[str], *, batch_size: int = DEFAULT_BATCH_SIZE
+    run_dir: Path, texts: Iterable[str], *, batch_size: int = DEFAULT_BATCH_SIZE, bf16: bool = False
 ) -> list[dict[str, Any]]:
     """Convenience: load the model in run_dir and classify texts."""
-    return Predictor(run_dir).predict(list(texts), batch_size=batch_size)
+    return Predictor(run_dir, bf16=bf16).predict(list(texts), batch_size=batch_size)
+
+
+def _cpu_bf16_fast() -> bool:
+    from newsclf.train import cpu_bf16_fast
+
+    return cpu_bf16_fast()

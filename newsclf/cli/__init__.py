@@ -16,8 +16,25 @@ from newsclf.errors import NewsclfError
 # out of argv before Typer parses it; the root options below document them in --help.
 GLOBAL_FLAGS = {"--json": "json", "--quiet": "quiet", "-q": "quiet", "--debug": "debug"}
 
+
+class _Group(typer.core.TyperGroup):
+    """A TyperGroup whose unused --help option needs no type coercion.
+
+    Left at its default (None), a group's --help option is coerced through a pydantic TypeAdapter on
+    every call, and importing pydantic for that was ~40% of `newsclf cloud status --help`. False is
+    what a bool flag's coercion would give anyway.
+    """
+
+    def get_help_option(self, ctx: typer.Context) -> typer.core.TyperOption | None:  # type: ignore[override]
+        option = super().get_help_option(ctx)
+        if option is not None and option.default is None:
+            option.default = False
+        return option
+
+
 app = typer.Typer(
     name="newsclf",
+    cls=_Group,
     help=(
         "Fine-tune a fake-news classifier, locally or on Google Cloud.\n\n"
         "Try it offline in a minute or two:  newsclf train --demo"
@@ -58,10 +75,10 @@ def _register() -> None:
     app.command("train")(train_cli.train)
     app.command("evaluate")(train_cli.evaluate)
     app.command("predict")(train_cli.predict)
-    app.add_typer(data_cli.app, name="data")
-    app.add_typer(cloud_cli.app, name="cloud")
-    app.add_typer(models_cli.app, name="models")
-    app.add_typer(config_cli.app, name="config")
+    app.add_typer(data_cli.app, name="data", cls=_Group)
+    app.add_typer(cloud_cli.app, name="cloud", cls=_Group)
+    app.add_typer(models_cli.app, name="models", cls=_Group)
+    app.add_typer(config_cli.app, name="config", cls=_Group)
     # train options pass through to `newsclf train`'s own parser
     app.command("job", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(job_cli.job)
 

@@ -249,7 +249,7 @@ def train(
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: 5e-5)."),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay (default: 0.01)."),
     warmup_ratio: Optional[float] = typer.Option(None, "--warmup-ratio", help="Fraction of steps warming up the lr (default: 0.1)."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="Tokens kept per article (default: 256)."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Tokens kept per article (default: 128)."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Epochs without macro-F1 gain before stopping (default: 2)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default: 42)."),
     max_train_samples: Optional[int] = typer.Option(None, "--max-train-samples", help="Train on a random subset of this many rows (quick runs)."),
@@ -468,6 +468,7 @@ def predict(
     file: Optional[str] = typer.Option(None, "--file", "-f", help="A .txt (one per line), .csv (text column) or .jsonl file; `-` for stdin."),
     model: str = typer.Option("latest", "--model", "-m", help="Run id, run directory, or `latest`."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per forward pass."),
+    bf16: bool = typer.Option(False, "--bf16", help="bfloat16 weights on CPUs with AMX: ~1.8x faster, probabilities within ~0.03."),
 ) -> None:
     """Classify texts as fake or real with a trained model.
 
@@ -502,7 +503,7 @@ def predict(
         if any(not t.strip() for t in texts):
             raise InputError("An input text is empty: give non-empty TEXT arguments")
         inputs = clean_texts(texts)
-    predictor = Predictor(run)
+    predictor = Predictor(run, bf16=bf16)
     t0 = time.perf_counter()
     predictions = predictor.predict(inputs, batch_size=batch_size)
     elapsed = time.perf_counter() - t0
