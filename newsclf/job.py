@@ -43,6 +43,20 @@ class JobResult:
     error: str | None = None
 
 
+def running_status(run_id: str, previous: dict[str, Any]) -> dict[str, Any]:
+    """The status.json of an attempt that starts now (`previous`: the status it replaces, or {})."""
+    return {
+        "run_id": run_id,
+        "state": RUNNING,
+        "exit_code": None,
+        "started_at": _now(),
+        "finished_at": None,
+        "attempt": int(previous.get("attempt") or 0) + 1,
+        "host": socket.gethostname(),
+        "error": None,
+    }
+
+
 def _checkpoint_sync(client: "Client", bucket: "Bucket", lay: layout.RunLayout, local: Path) -> Any:
     """A TrainerCallback mirroring the local checkpoints/ folder to runs/<id>/checkpoints/ at every save."""
     from transformers import TrainerCallback
@@ -140,16 +154,7 @@ def run_job(
         log.info("Run %s already succeeded at %s: nothing to do", run_id, previous.get("finished_at"))
         return JobResult(run_id, SUCCEEDED, 0, skipped=True, metrics=previous.get("metrics") or {})
 
-    status: dict[str, Any] = {
-        "run_id": run_id,
-        "state": RUNNING,
-        "exit_code": None,
-        "started_at": _now(),
-        "finished_at": None,
-        "attempt": int(previous.get("attempt") or 0) + 1,
-        "host": socket.gethostname(),
-        "error": None,
-    }
+    status = running_status(run_id, previous)
     storage.write_json(bucket, lay.status, status)
     resumed_from = None
     try:

@@ -837,13 +837,12 @@ def run_sweep_job(
 
     Returns the exit code: 0 unless every trial failed (130 re-raised as KeyboardInterrupt).
     """
-    import socket
 
     from newsclf.cloud import layout
     from newsclf.cloud.storage import read_json, write_json
     from newsclf.job import FAILED as JOB_FAILED
     from newsclf.job import SUCCEEDED as JOB_SUCCEEDED
-    from newsclf.job import run_job
+    from newsclf.job import run_job, running_status
 
     by_index = {t.trial: t for t in sweep.trials}
     todo = [by_index[i] for i in sorted(runs)]
@@ -856,14 +855,7 @@ def run_sweep_job(
     if not single:
         previous = read_json(b, lay.status) or {}
         status = {
-            "run_id": job_run_id,
-            "state": RUNNING,
-            "exit_code": None,
-            "started_at": _now(),
-            "finished_at": None,
-            "attempt": int(previous.get("attempt") or 0) + 1,
-            "host": socket.gethostname(),
-            "error": None,
+            **running_status(job_run_id, previous),
             RUN_SWEEP_ID: sweep.sweep_id,
             "trials": {t.run_id: PENDING for t in todo},
         }

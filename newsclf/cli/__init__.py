@@ -80,7 +80,7 @@ def _register() -> None:
     app.add_typer(models_cli.app, name="models", cls=_Group)
     app.add_typer(config_cli.app, name="config", cls=_Group)
     # train options pass through to `newsclf train`'s own parser
-    app.command("job", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(job_cli.job)
+    app.command("job", rich_help_panel="Inside the training image", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(job_cli.job)
 
 
 _register()
