@@ -18,35 +18,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from tests.google_errors import google_error, service_disabled  # noqa: F401  (re-exported for tests)
+
 REPOSITORY_TYPE = "type.googleapis.com/google.devtools.artifactregistry.v1.Repository"
 METADATA_TYPE = "type.googleapis.com/google.devtools.artifactregistry.v1.OperationMetadata"
 # Repository.Format as the client sends it (the REST transport encodes enums as integers)
 FORMATS = {0: "FORMAT_UNSPECIFIED", 1: "DOCKER", 2: "MAVEN", 3: "NPM", 5: "APT", 6: "YUM", 8: "PYTHON"}
 REPO_ID = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
-
-
-def google_error(code: int, status: str, message: str, details: list[dict] | None = None) -> dict:
-    return {"error": {"code": code, "message": message, "status": status, "details": details or []}}
-
-
-def service_disabled(service: str, title: str, number: str = "123456789012") -> tuple[int, dict]:
-    """403 as Google answers when `service` (e.g. artifactregistry.googleapis.com) is not enabled."""
-    url = f"https://console.developers.google.com/apis/api/{service}/overview?project={number}"
-    msg = (
-        f"{title} has not been used in project {number} before or it is disabled. Enable it by visiting {url} "
-        "then retry. If you enabled this API recently, wait a few minutes for the action to propagate to our "
-        "systems and retry."
-    )
-    details = [
-        {
-            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-            "reason": "SERVICE_DISABLED",
-            "domain": "googleapis.com",
-            "metadata": {"service": service, "consumer": f"projects/{number}"},
-        },
-        {"@type": "type.googleapis.com/google.rpc.Help", "links": [{"description": "Google developers console API activation", "url": url}]},
-    ]
-    return 403, google_error(403, "PERMISSION_DENIED", msg, details)
 
 
 def permission_denied(permission: str, resource: str) -> tuple[int, dict]:

@@ -18,6 +18,9 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests import google_errors
+from tests.google_errors import google_error
+
 BUILD_TYPE = "type.googleapis.com/google.devtools.cloudbuild.v1.Build"
 METADATA_TYPE = "type.googleapis.com/google.devtools.cloudbuild.v1.BuildOperationMetadata"
 
@@ -26,37 +29,9 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def google_error(code: int, status: str, message: str, details: list[dict] | None = None) -> dict:
-    return {"error": {"code": code, "message": message, "status": status, "details": details or []}}
-
-
 def service_disabled(project: str) -> tuple[int, dict]:
     """403 as Google answers when the Cloud Build API is not enabled in the project."""
-    number = "123456789012"
-    msg = (
-        f"Cloud Build API has not been used in project {number} before or it is disabled. Enable it by "
-        f"visiting https://console.developers.google.com/apis/api/cloudbuild.googleapis.com/overview?project={number} "
-        "then retry. If you enabled this API recently, wait a few minutes for the action to propagate to our "
-        "systems and retry."
-    )
-    details = [
-        {
-            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-            "reason": "SERVICE_DISABLED",
-            "domain": "googleapis.com",
-            "metadata": {"service": "cloudbuild.googleapis.com", "consumer": f"projects/{number}"},
-        },
-        {
-            "@type": "type.googleapis.com/google.rpc.Help",
-            "links": [
-                {
-                    "description": "Google developers console API activation",
-                    "url": f"https://console.developers.google.com/apis/api/cloudbuild.googleapis.com/overview?project={number}",
-                }
-            ],
-        },
-    ]
-    return 403, google_error(403, "PERMISSION_DENIED", msg, details)
+    return google_errors.service_disabled("cloudbuild.googleapis.com", "Cloud Build API")
 
 
 def permission_denied(project: str) -> tuple[int, dict]:
