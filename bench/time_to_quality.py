@@ -10,7 +10,7 @@ from other jobs on the machine hits every arm alike. Each arm evaluates validati
 length); the clock excludes that evaluation time. An arm stops once it has reached the target and
 done at least --min-epochs epochs (so the 1-epoch F1 of every length is recorded), or at the cap.
 Arm names: `baseline`, `newsclf` (today's defaults), `newsclf@LEN` (defaults but --max-length LEN),
-`newsclf@LEN,lr=X` (also another --lr), `newsclf@LEN,fp32` (no bf16 autocast on AMX CPUs).
+`newsclf@LEN,lr=X` (also another --lr), `newsclf@LEN,fp32` (--precision fp32: no bf16 autocast on AMX CPUs).
 Each arm's trace goes to --out/<arm>.jsonl.
 """
 
@@ -115,7 +115,7 @@ def parse_arm(name: str) -> dict:
         elif part.startswith("warmup="):
             spec["warmup_ratio"] = float(part[7:])
         elif part in ("fp32", "bf16"):
-            spec["cpu_bf16"] = part == "bf16"
+            spec["precision"] = part
         else:
             spec["max_length"] = int(part)
     return spec
@@ -149,7 +149,7 @@ def run_arm(args) -> None:
         train = ds["train"].map(
             lambda b: tok(b["text"], padding="max_length", truncation=True, max_length=256), batched=True
         )
-        model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2, use_safetensors=True)
+        model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2, use_safetensors=True, dtype=torch.float32)
         cb = quality_callback(tok, ds["validation"], ds["test"], 256, args.eval_steps, args.target,
                               args.min_epochs, cap_s, out, t_start)  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
@@ -176,7 +176,7 @@ def run_arm(args) -> None:
             run_training(options, callbacks=[cb])
         with open(out, "a") as fh:
             fh.write(json.dumps({"options": {k: v for k, v in options.to_dict().items() if k in (
-                "max_length", "lr", "warmup_ratio", "epochs", "batch_size", "patience", "cpu_bf16")}}) + "\n")  # fmt: skip
+                "max_length", "lr", "warmup_ratio", "epochs", "batch_size", "patience", "precision")}}) + "\n")  # fmt: skip
 
 
 def summarise(out_dir: Path, arms: list[str]) -> None:

@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     warmup_ratio: float = 0.1  # fraction of steps spent warming up the lr
     patience: int = 2  # evaluations without macro-F1 gain before stopping
     seed: int = 42
-    cpu_bf16: bool = True  # bf16 autocast on CPUs with AMX (Sapphire Rapids+): ~1.8x faster steps; false: fp32
+    precision: str = "auto"  # auto|bf16|fp16|tf32|fp32; auto: TF32 on Ampere+ GPUs (fp16 older), bf16 on AMX CPUs, else fp32
     wandb_project: str = "newsclf"
     wandb_entity: str | None = None
     wandb_api_key: SecretStr | None = Field(

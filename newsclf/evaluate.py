@@ -132,12 +132,13 @@ def evaluate_model(
     split: str = "test",
     batch_size: int = 32,
     predictor: Any = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Score the model in run_dir on `split` of a prepared dataset (or a labelled CSV)."""
     from newsclf.predict import Predictor
 
     texts, labels = read_split(data, split)
-    predictor = predictor or Predictor(run_dir)
+    predictor = predictor or Predictor(run_dir, precision=precision)
     probs = predictor.predict_proba(texts, batch_size=batch_size)
     preds = probs.argmax(axis=1)
     y = np.asarray(labels)

@@ -94,13 +94,15 @@ def _max_length(run_dir: Path, tokenizer: Any, config: Any) -> int:
 class Predictor:
     """A trained classifier loaded once; `predict_proba` keeps the input order.
 
-    bf16: bfloat16 weights on CPUs with AMX (Sapphire Rapids and newer): ~1.8x faster, probabilities
-    within ~0.03 of fp32 and the same macro-F1 on ISOT (bench/README.md), but scores then depend
-    slightly on batching, so it is opt-in. Ignored (fp32) elsewhere, where bf16 is slower on CPUs.
+    precision (newsclf.train.resolve_precision): auto = bf16 weights on CPUs with AMX (Sapphire Rapids
+    and newer; 2.8x fp32 there, probabilities within ~0.03 and no label changed on 1,000 ISOT articles:
+    bench/README.md), TF32 matmuls on Ampere+ GPUs (fp16 weights on older ones), else fp32. In fp32 a
+    text's scores do not depend on what it is batched with; in bf16 they move by up to ~1e-3 with the
+    padding of its batch.
     """
 
     def __init__(
-        self, run_dir: Path, *, device: str | None = None, max_length: int | None = None, bf16: bool = False
+        self, run_dir: Path, *, device: str | None = None, max_length: int | None = None, precision: str = "auto"
     ):
         run_dir = Path(run_dir)
         if not (run_dir / MODEL_WEIGHTS).is_file():
@@ -110,20 +112,26 @@ class Predictor:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from newsclf.train import PRECISIONS, resolve_precision
+
+        if precision not in PRECISIONS:
+            raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.precision = resolve_precision(precision, self.device.type == "cuda")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(run_dir)
-            self.model = AutoModelForSequenceClassification.from_pretrained(run_dir, use_safetensors=True)
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                run_dir, use_safetensors=True, dtype=torch.float32
+            )
         except (OSError, ValueError) as e:
             raise InputError(f"Cannot load the model in {run_dir} ({e.__class__.__name__}): retrain it, or pick "
                              "another with --model") from e  # fmt: skip
         self.run_dir = run_dir
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.precision in ("bf16", "fp16"):
+            self.model.to(torch.bfloat16 if self.precision == "bf16" else torch.float16)
+        elif self.device.type == "cuda":  # TF32 matmuls unless fp32 was asked for
+            torch.set_float32_matmul_precision("high" if self.precision == "tf32" else "highest")
         self.model.to(self.device).eval()
-        self.bf16 = bool(bf16) and self.device.type == "cpu" and _cpu_bf16_fast()
-        if self.bf16:
-            self.model.to(torch.bfloat16)
-        elif bf16:
-            log.warning("--bf16 needs a CPU with AMX (Xeon Sapphire Rapids or newer): predicting in fp32")
         config = self.model.config
         self.labels = [str(config.id2label[i]) for i in range(config.num_labels)]
         self.max_length = max_length or _max_length(run_dir, self.tokenizer, config)
@@ -187,13 +195,7 @@ class Predictor:
 
 
 def predict_texts(
-    run_dir: Path, texts: Iterable[str], *, batch_size: int = DEFAULT_BATCH_SIZE, bf16: bool = False
+    run_dir: Path, texts: Iterable[str], *, batch_size: int = DEFAULT_BATCH_SIZE, precision: str = "auto"
 ) -> list[dict[str, Any]]:
     """Convenience: load the model in run_dir and classify texts."""
-    return Predictor(run_dir, bf16=bf16).predict(list(texts), batch_size=batch_size)
-
-
-def _cpu_bf16_fast() -> bool:
-    from newsclf.train import cpu_bf16_fast
-
-    return cpu_bf16_fast()
+    return Predictor(run_dir, precision=precision).predict(list(texts), batch_size=batch_size)

