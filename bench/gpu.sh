@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check of issue 7, as one short script for a lent GPU machine (bench/README.md, "GPU"):
-#   1. training samples/s: newsclf defaults (bf16 autocast + TF32, picked automatically on CUDA)
-#      vs `--precision fp32` (TF32 off) vs the student-style baseline, alternating rounds;
+#   1. training samples/s: newsclf defaults (`--precision auto`: TF32 on Ampere+, picked automatically
+#      on CUDA) vs `--precision bf16` (autocast) vs `--precision fp32` (TF32 off) vs the student-style
+#      baseline, alternating rounds;
 #   1b. a torch.profiler summary of 10 steps of each side (GPU busy time, kernel launches per step);
-#   2. whole default `newsclf train` runs on the GPU (--precision tf32 and auto), test macro-F1, wall time;
-#   3. `newsclf evaluate` of that run with the default precision (bf16 weights on CUDA) and fp32.
+#   2. whole default `newsclf train` runs on the GPU (--precision bf16 and auto), test macro-F1, wall time;
+#   3. `newsclf evaluate` of the auto run with the default precision and fp32.
 # Usage: bench/gpu.sh MODEL_DIR PREPARED_DATA_DIR OUT_DIR
 # (PYTHON, ROWS, ROUNDS, DEVICE=cpu and TRAIN_ARGS for a dry run without a GPU)
 set -euo pipefail
@@ -25,7 +26,7 @@ echo "== 1b. where a step's time goes: torch.profiler over 10 steps of each side
 "$py" bench/train_throughput.py --device "${DEVICE:-cuda}" --data "$data" --model "$model" \
   --rows 256 --rounds 1 --batch-sizes 16 --profile 10 2>&1 | grep -v "^USDT\|^ERROR:.*gpuGetDeviceCount" | tee "$out/profile.txt"
 
-for p in tf32 auto; do  # auto last: step 3 evaluates models/latest
+for p in bf16 auto; do  # auto last: step 3 evaluates models/latest
   echo "== 2. newsclf train, default settings but --precision $p"
   start=$(date +%s%N)
   # shellcheck disable=SC2086  # TRAIN_ARGS is a list of flags
@@ -39,7 +40,7 @@ print("train", d["train"], "best val", d["best_validation"]["macro_f1"], "test m
 EOF
 done
 
-echo "== 3. newsclf evaluate: auto (bf16 weights on CUDA) vs fp32"
+echo "== 3. newsclf evaluate: auto vs fp32"
 for p in auto fp32; do
   (cd "$work" && "$py" -m newsclf --json evaluate --precision "$p") >"$out/evaluate_$p.json"
   "$py" -c "import json,sys; d=json.load(open(sys.argv[1]))['data']; print(sys.argv[2], 'macro-F1', d['macro_f1'], 'loss', d['loss'])" "$out/evaluate_$p.json" "$p"

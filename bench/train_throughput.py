@@ -4,7 +4,7 @@ padded to 256, lr 2e-5, batch 16, fp32), same real rows and model; with achieved
 
 Run by hand:  uv run python bench/train_throughput.py [--rows 160] [--rounds 2] [--isot DIR]
 On a GPU:     python bench/train_throughput.py --device cuda --data PREPARED_DIR --rows 2345 --rounds 3
-              (adds `--precision fp32`, TF32 off, as a third side: what bf16 autocast + TF32 give)
+              (newsclf at --precision auto (TF32 on Ampere+), bf16 and fp32, at each --batch-sizes, and the baseline)
 Only the time inside training steps is counted (no evaluation, no saving), on both sides, less each
 run's first step (warm-up). The sides
 alternate, round after round, so load from other jobs hits both alike.
@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="an already prepared dataset dir (instead of preparing --isot)")
     parser.add_argument("--batch-sizes", default="16", help="with --device cuda: newsclf batch sizes to run, e.g. 16,64")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile N steps of each side")
-    parser.add_argument("--precisions", default="auto,tf32,fp32", help="with --device cuda: newsclf --precision values; "
+    parser.add_argument("--precisions", default="auto,bf16,fp32", help="with --device cuda: newsclf --precision values; "
                         "ratios are to the last")
     parser.add_argument("--no-baseline", action="store_true", help="with --device cuda: skip the student-style side")
     parser.add_argument("--no-cudnn-sdp", action="store_true", help="with --device cuda: no cuDNN attention kernels")

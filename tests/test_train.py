@@ -361,6 +361,27 @@ def test_readme_demo_offline_then_predict_and_evaluate():
     assert scored["macro_f1"] == pytest.approx(metrics["test"]["macro_f1"], abs=1e-4)
 
 
+def test_half_precision_checkpoint_trains_with_fp32_weights(cli, tiny_data, tiny_model, tmp_path):
+    # Hub checkpoints are often stored in fp16/bf16; transformers 5 would load them as such
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    half = tmp_path / "half"
+    shutil.copytree(tiny_model, half)
+    weights = load_file(half / "model.safetensors")
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in weights.items()}, half / "model.safetensors",
+              metadata={"format": "pt"})  # fmt: skip
+    config = json.loads((half / "config.json").read_text())
+    config["dtype"] = "float16"  # as a checkpoint saved in fp16 says
+    (half / "config.json").write_text(json.dumps(config))
+    r = cli(*tiny_args(tiny_data, half, "--epochs", "1", "--precision", "fp32"))
+    assert r.exit_code == 0, r.stderr
+    with safe_open(the_run() / "model.safetensors", "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float32"}
+
+
 @pytest.mark.parametrize(("capability", "expected"), [((9, 0), "tf32"), ((8, 0), "tf32"), ((7, 5), "fp16")])
 def test_auto_precision_on_gpus(monkeypatch, capability, expected):
     # no GPU here: only the choice is checked (the GPU runs themselves are in bench/README.md)
