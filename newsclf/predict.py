@@ -97,8 +97,8 @@ class Predictor:
     precision (newsclf.train.resolve_precision): auto = bf16 weights on CPUs with AMX (Sapphire Rapids
     and newer; 2.8x fp32 there, probabilities within ~0.03 and no label changed on 1,000 ISOT articles:
     bench/README.md), TF32 matmuls on Ampere+ GPUs (fp16 weights on older ones), else fp32. In fp32 a
-    text's scores do not depend on what it is batched with; in bf16 they move by up to ~1e-3 with the
-    padding of its batch.
+    text's scores do not depend on what it is batched with; in bf16 they move slightly (~2e-4 in the
+    tests) with the padding of its batch.
     """
 
     def __init__(
@@ -115,7 +115,8 @@ class Predictor:
         from newsclf.train import PRECISIONS, resolve_precision
 
         if precision not in PRECISIONS:
-            raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+            raise InputError(f"--precision (or NEWSCLF_PRECISION) must be one of {', '.join(PRECISIONS)}, "
+                             f"not {precision!r}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, self.device.type == "cuda")
         try:

@@ -597,7 +597,10 @@ printf '%s\n' "$*" >>"$NEWSCLF_SANDBOX_DIR/shutdown-calls"
 curl -fsS -X POST "$NEWSCLF_SANDBOX_SHUTDOWN_URL" >/dev/null
 '''
 
-NVIDIA_SMI_SHIM = '#!/usr/bin/env bash\nexit 0\n'
+NVIDIA_SMI_SHIM = '''#!/usr/bin/env bash
+if [[ "$*" == *--query-gpu=driver_version* ]]; then echo "$NEWSCLF_SANDBOX_DRIVER"; fi
+exit 0
+'''
 
 FAKE_JOB = r'''#!{python}
 """A quick stand-in for `newsclf job`: status running, a few lines, metrics, status succeeded (or failed)."""
@@ -658,6 +661,7 @@ class VMSandbox:
         self.procs: list[Any] = []
         self._boots = itertools.count(1)
         self._base_path = os.environ.get("PATH", "/usr/bin:/bin")
+        self.driver = "580.95.05"  # what the nvidia-smi shim reports
 
     def env(self, standin: ComputeStandIn, inst: Instance) -> dict[str, str]:
         import os
@@ -678,6 +682,7 @@ class VMSandbox:
             "NEWSCLF_SANDBOX_PYTHON": self.python,
             "NEWSCLF_SANDBOX_FAKE_JOB": str(self.fake_job),
             "NEWSCLF_SANDBOX_JOB_CWD": str(vm_dir / "job"),
+            "NEWSCLF_SANDBOX_DRIVER": self.driver,
             "NEWSCLF_GCP_PROJECT": standin.project,
             "WANDB_MODE": "disabled",
             "HF_HUB_OFFLINE": "1",

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+# A shell that starts pytest in the background (`cmd &` without job control) leaves SIGINT ignored, and
+# an ignored SIGINT is inherited: Python then raises no KeyboardInterrupt, here or in the processes the
+# Ctrl-C tests start. Catch it again (children get the default back at exec).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ISOT_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "isot-sample"
 

@@ -626,6 +626,22 @@ def test_startup_script_marks_a_crashed_container_failed(cli, standin, sandbox):
     assert [c["argv"][0] for c in sandbox.docker_calls()] == ["pull", "rm", "run"]  # no login outside GCP registries
 
 
+def test_startup_script_refuses_a_driver_too_old_for_the_image(cli, standin, sandbox):
+    sandbox.driver = "570.133.20"  # e.g. a common-cu128-...-nvidia-570 image: torch would see no GPU
+    r = cli("--json", "cloud", "run", "--image", "registry.example/newsclf:fake", "--gpu", "nvidia-tesla-t4:1", *POLL)
+    assert r.exit_code == 1, r.stderr + sandbox_output(sandbox)
+    error = ("NVIDIA driver 570.133.20 is older than 580, which the image's CUDA 13 torch needs: set "
+             "NEWSCLF_VM_IMAGE_FAMILY to a Deep Learning VM image family with driver 580 or newer")  # fmt: skip
+    assert error in r.stderr
+    status = json.loads(
+        standin.gcs.bucket(standin.gcs.test_bucket).blob(f"runs/{r.json['data']['run_id']}/status.json").download_as_bytes()
+    )
+    assert status["state"] == "failed" and status["exit_code"] == 1 and status["error"] == error
+    assert standin.instance(VM).status == "TERMINATED"  # nothing left billing
+    sandbox.wait_all()
+    assert sandbox.docker_calls() == []  # stopped before pulling the image
+
+
 def test_startup_script_does_not_rerun_a_finished_run(cli, standin, sandbox):
     r = cli("--json", "cloud", "run", "--image", "registry.example/newsclf:fake", *POLL)
     assert r.exit_code == 0, r.stderr + sandbox_output(sandbox)

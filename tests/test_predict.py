@@ -105,7 +105,7 @@ def test_auto_precision_is_bf16_on_amx_and_stays_close_to_fp32(tiny_run):
 @pytest.mark.parametrize(
     ("value", "error"),
     [("fp16", "--precision fp16 needs a CUDA GPU: use bf16 or fp32 on the CPU"),
-     ("half", "--precision must be one of auto, bf16, fp16, tf32, fp32, not 'half'")],
+     ("half", "--precision (or NEWSCLF_PRECISION) must be one of auto, bf16, fp16, tf32, fp32, not 'half'")],
 )  # fmt: skip
 def test_bad_precision_is_one_line(cli, tiny_run, value, error):
     r = cli("predict", "--model", str(tiny_run), "--precision", value, FAKE)

@@ -17,6 +17,7 @@ STORAGE_URL="${STORAGE_EMULATOR_HOST:-https://storage.googleapis.com}"
 SECRETS_URL="${NEWSCLF_SECRETMANAGER_URL:-https://secretmanager.googleapis.com}"
 WORK="${NEWSCLF_WORKDIR:-/var/lib/newsclf}"
 CONTAINER=newsclf-job
+MIN_DRIVER=580  # the image's torch is a CUDA 13 build (uv.lock); CUDA 13 needs driver 580 or newer
 
 RUN_ID="?"
 STARTED_AT="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -168,6 +169,17 @@ if ((GPUS > 0)); then
     say "no working NVIDIA driver after 10 minutes"
     exit 1
   fi
+  driver="$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1 || true)"
+  if [[ "${driver%%.*}" =~ ^[0-9]+$ ]] && ((${driver%%.*} < MIN_DRIVER)); then
+    # the container would see no GPU and train on the CPU for hours on a GPU VM: fail now instead
+    error="NVIDIA driver $driver is older than $MIN_DRIVER, which the image's CUDA 13 torch needs: set"
+    error+=" NEWSCLF_VM_IMAGE_FAMILY to a Deep Learning VM image family with driver $MIN_DRIVER or newer"
+    say "$error"
+    write_failed 1 "$error"
+    SETTLED=1
+    exit 1
+  fi
+  say "NVIDIA driver $driver"
   GPU_FLAGS=(--gpus all)
 fi
 
