@@ -83,6 +83,11 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _created_now() -> str:
+    """A run's created_at: microseconds, so that runs made in the same second still order by age."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
 def first_line(e: BaseException) -> str:
     """An exception as one line: newsclf's own message, else `Type: message`."""
     from newsclf.errors import NewsclfError
@@ -645,7 +650,7 @@ def plan_record(run_id: str, sweep_id: str, trial: Trial, grid: Grid) -> dict[st
     """runs/<run-id>/run.json until the run publishes its own: the trial's sweep and parameters."""
     return {
         "run_id": run_id,
-        "created_at": _now(),
+        "created_at": _created_now(),
         RUN_SWEEP_ID: sweep_id,
         RUN_SWEEP_PARAMS: trial.params,
         RUN_SWEEP_TRIAL: trial.trial,
@@ -658,7 +663,7 @@ def job_record(run_id: str, sweep_id: str, runs: dict[int, str], grid: Grid) -> 
     """runs/<job-run-id>/run.json of the job that runs a whole sweep on one VM (not a model)."""
     return {
         "run_id": run_id,
-        "created_at": _now(),
+        "created_at": _created_now(),
         RUN_SWEEP_ID: sweep_id,
         RUN_SWEEP_JOB: True,
         "sweep_runs": {str(k): v for k, v in sorted(runs.items())},
@@ -722,17 +727,16 @@ def remote_trials(client: Any, bucket: str, sweep_id: str) -> tuple[list[Trial],
         return [], grid
     with ThreadPoolExecutor(max_workers=min(8, len(runs))) as pool:
         statuses = list(pool.map(lambda r: read_json(b, layout.RunLayout(r.run_id).status), runs))
-    chosen: dict[str, Trial] = {}
+    chosen: dict[str, tuple[tuple[int, str, str], Trial]] = {}
     for run, status in zip(runs, statuses):
         t = _trial_from_run(run, status if isinstance(status, dict) else None)
         if t is None:
             continue
         key = params_key(t.params)
-        old = chosen.get(key)
-        rank = (_PREFERENCE.get(t.status, 0), t.run_id or "")
-        if old is None or rank > (_PREFERENCE.get(old.status, 0), old.run_id or ""):
-            chosen[key] = t
-    return list(chosen.values()), grid
+        rank = (_PREFERENCE.get(t.status, 0), run.created_at or "", t.run_id or "")  # then the newest
+        if key not in chosen or rank > chosen[key][0]:
+            chosen[key] = (rank, t)
+    return [t for _, t in chosen.values()], grid
 
 
 def remote_sweep(client: Any, bucket: str, sweep_id: str, *, metric: str = DEFAULT_METRIC) -> Sweep | None:

@@ -478,7 +478,7 @@ def run_training(
     else:
         run_config = {
             "run_id": run_id,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
             **options.to_dict(),
             "base_model": options.base_model or PACKAGED_MODEL,
             "dataset": str(data_dir),
