@@ -114,6 +114,8 @@ def parse_arm(name: str) -> dict:
             spec["lr"] = float(part[3:])
         elif part.startswith("warmup="):
             spec["warmup_ratio"] = float(part[7:])
+        elif part.startswith("attn="):
+            spec["attention_dropout"] = float(part[5:])
         elif part in ("fp32", "bf16"):
             spec["precision"] = part
         else:
@@ -176,7 +178,7 @@ def run_arm(args) -> None:
             run_training(options, callbacks=[cb])
         with open(out, "a") as fh:
             fh.write(json.dumps({"options": {k: v for k, v in options.to_dict().items() if k in (
-                "max_length", "lr", "warmup_ratio", "epochs", "batch_size", "patience", "precision")}}) + "\n")  # fmt: skip
+                "max_length", "lr", "warmup_ratio", "epochs", "batch_size", "patience", "precision", "attention_dropout")}}) + "\n")  # fmt: skip
 
 
 def summarise(out_dir: Path, arms: list[str]) -> None:

@@ -64,6 +64,7 @@ class TrainOptions:
     wandb_entity: str | None = None
     keep_checkpoints: bool = False  # keep checkpoints/ after a finished run (resume needs them only until then)
     cpu: bool = False  # train on the CPU even when a GPU is present
+    attention_dropout: float | None = 0.0  # on attention probabilities (None: the base model's own, 0.1 for MiniLM)
     precision: str = "auto"  # auto: TF32 on Ampere+ GPUs (fp16 older), bf16 on AMX CPUs, else fp32 (resolve_precision)
     sweep_id: str | None = None  # the sweep this run is a trial of (newsclf.sweep); also its W&B group
     sweep_params: dict[str, Any] | None = None  # this trial's values of the swept options
@@ -107,6 +108,7 @@ class TrainOptions:
             (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
             (self.max_length >= 8, "--max-length must be >= 8"),
             (self.patience >= 1, "--patience must be >= 1"),
+            (self.attention_dropout is None or 0 <= self.attention_dropout < 1, "--attention-dropout must be in [0, 1)"),
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
             (self.max_train_samples is None or self.max_train_samples >= 1, "--max-train-samples must be >= 1"),
             (self.max_eval_samples is None or self.max_eval_samples >= 1, "--max-eval-samples must be >= 1"),
@@ -278,19 +280,31 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _load_base(name: str, *, seed: int) -> tuple[Any, Any]:
+# what encoders call the dropout on their attention probabilities (BERT, RoBERTa, ELECTRA; DistilBERT, ModernBERT)
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")
+
+
+def _load_base(name: str, *, seed: int, attention_dropout: float | None = None) -> tuple[Any, Any]:
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
     path = default_base_model() if name in ("", PACKAGED_MODEL) else name
     set_seed(seed)  # the classifier head is initialised here
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(
+        config = AutoConfig.from_pretrained(
             path,
             num_labels=len(LABELS),
             id2label=dict(enumerate(LABELS)),
             label2id={name: i for i, name in enumerate(LABELS)},
+        )
+        if attention_dropout is not None:
+            for key in ATTENTION_DROPOUT_KEYS:
+                if hasattr(config, key):
+                    setattr(config, key, attention_dropout)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            config=config,
             use_safetensors=True,
             dtype=torch.float32,  # fp32 master weights even for checkpoints stored in fp16/bf16 (autocast does the rest)
         )
@@ -505,7 +519,7 @@ def run_training(
             raise InputError(f"The {split} split of {data_dir} is empty: prepare the dataset again with more rows")
 
     log.info("Loading the base model %s", options.base_model or PACKAGED_MODEL)
-    tokenizer, model = _load_base(options.base_model, seed=options.seed)
+    tokenizer, model = _load_base(options.base_model, seed=options.seed, attention_dropout=options.attention_dropout)
     if bf16 and not cuda:  # the CPU flash-attention backward is slow in bf16; eager attention is matmuls (AMX)
         model.set_attn_implementation("eager")
     max_length = min(options.max_length, getattr(model.config, "max_position_embeddings", options.max_length))

@@ -49,7 +49,7 @@ def test_help_imports_nothing_heavy(command):
 def test_train_writes_a_complete_run(cli, tiny_data, tiny_model, monkeypatch):
     monkeypatch.setenv("NEWSCLF_EPOCHS", "5")  # the flag below wins
     monkeypatch.setenv("NEWSCLF_PATIENCE", "3")  # no flag: the environment wins over the default
-    r = cli("--json", *tiny_args(tiny_data, tiny_model, "--epochs", "2"))
+    r = cli("--json", *tiny_args(tiny_data, tiny_model, "--epochs", "3"))  # the tiny model leaves 0.5 in epoch 2 or 3
     assert r.exit_code == 0, r.stderr
     doc = r.json  # stdout is exactly one JSON document
     assert doc["status"] == "ok" and doc["command"] == "train"
@@ -66,34 +66,37 @@ def test_train_writes_a_complete_run(cli, tiny_data, tiny_model, monkeypatch):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics == data["metrics"]
     assert metrics["run_id"] == data["run_id"]
-    assert [row["epoch"] for row in metrics["validation"]] == [1.0, 2.0]
+    assert [row["epoch"] for row in metrics["validation"]] == [1.0, 2.0, 3.0]
     assert all(set(row) == {"epoch"} | METRIC_KEYS for row in metrics["validation"])
     assert metrics["best_validation"]["macro_f1"] == max(row["macro_f1"] for row in metrics["validation"])
     assert set(metrics["test"]) == METRIC_KEYS
     assert metrics["test"]["accuracy"] >= 0.9  # the corpus is learnable: training did something
-    assert metrics["train"]["epochs_completed"] == 2.0 and metrics["train"]["samples_per_second"] > 0
+    assert metrics["train"]["epochs_completed"] == 3.0 and metrics["train"]["samples_per_second"] > 0
 
     cfg = json.loads((run / "run_config.json").read_text())
     assert RUN_CONFIG_KEYS <= set(cfg)
-    assert cfg["epochs"] == 2.0 and cfg["patience"] == 3 and cfg["lr"] == 3e-3 and cfg["max_length"] == 64
+    assert cfg["epochs"] == 3.0 and cfg["patience"] == 3 and cfg["lr"] == 3e-3 and cfg["max_length"] == 64
     assert cfg["dataset"] == str(tiny_data) and len(cfg["dataset_manifest_sha256"]) == 64
     assert cfg["device"] == "cpu" and {"newsclf", "torch", "transformers"} <= set(cfg["versions"])
     from newsclf.train import cpu_bf16_fast
 
     assert cfg["precision"] == ("bf16" if cpu_bf16_fast() else "fp32")  # auto: bf16 only where AMX makes it fast
+    assert cfg["attention_dropout"] == 0.0
 
     model_cfg = json.loads((run / "config.json").read_text())
+    assert model_cfg["attention_probs_dropout_prob"] == 0.0  # the default, over the base model's 0.1
     assert model_cfg["id2label"] == {"0": "fake", "1": "real"}
     assert model_cfg["label2id"] == {"fake": 0, "real": 1}
     state = json.loads((run / "trainer_state.json").read_text())
-    assert len([h for h in state["log_history"] if "eval_macro_f1" in h]) == 2
+    assert len([h for h in state["log_history"] if "eval_macro_f1" in h]) == 3
 
 
 def test_train_human_output_is_a_table(cli, tiny_data, tiny_model):
-    r = cli(*tiny_args(tiny_data, tiny_model, "--epochs", "1", "--precision", "fp32"))
+    r = cli(*tiny_args(tiny_data, tiny_model, "--epochs", "1", "--precision", "fp32", "--attention-dropout", "0.1"))
     assert r.exit_code == 0, r.stderr
     run = the_run()
     assert json.loads((run / "run_config.json").read_text())["precision"] == "fp32"
+    assert json.loads((run / "config.json").read_text())["attention_probs_dropout_prob"] == 0.1
     assert f"run {run.name}" in r.stdout and "validation*" in r.stdout and "test" in r.stdout
     assert f"Saved to {run}" in r.stdout
     # progress goes to stderr as plain lines (not a TTY), never to stdout
