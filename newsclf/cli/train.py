@@ -285,7 +285,7 @@ def train(
 
     Examples:
 
-      newsclf train --demo                      # offline, a minute or two on 2 CPU cores
+      newsclf train --demo                      # offline, under a minute on 2 CPU cores
 
       newsclf train --data data/processed --epochs 2 --max-length 256
 
