@@ -94,6 +94,7 @@ class TrainOptions:
         cfg = read_run_config(run_dir)
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in cfg.items() if k in names}
+        values.setdefault("attention_dropout", None)  # runs from before the option kept the model's own
         values["data_dir"] = Path(cfg["dataset"])
         values["models_dir"] = Path(run_dir).parent
         return cls(**values)

@@ -395,3 +395,13 @@ def test_auto_precision_on_gpus(monkeypatch, capability, expected):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert resolve_precision("auto", cuda=True) == expected
     assert resolve_precision("fp32", cuda=True) == "fp32"
+
+
+def test_resuming_a_run_from_before_attention_dropout_keeps_the_models_own(tmp_path):
+    from newsclf.train import TrainOptions
+
+    run = tmp_path / "models" / "20261101-000000-abcdef"
+    run.mkdir(parents=True)
+    (run / "run_config.json").write_text(json.dumps({"run_id": run.name, "dataset": "data/processed", "lr": 3e-3}))
+    options = TrainOptions.from_run_config(run)
+    assert options.attention_dropout is None and options.lr == 3e-3  # not today's default of 0
