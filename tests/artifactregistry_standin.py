@@ -8,7 +8,6 @@ injected errors in Google's JSON error shape, so the client raises what it raise
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import uuid
@@ -16,9 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from tests.google_errors import google_error, service_disabled  # noqa: F401  (re-exported for tests)
+from tests.rest_standin import Request, matching, read_request, send_reply
 
 REPOSITORY_TYPE = "type.googleapis.com/google.devtools.artifactregistry.v1.Repository"
 METADATA_TYPE = "type.googleapis.com/google.devtools.artifactregistry.v1.OperationMetadata"
@@ -38,14 +37,6 @@ def permission_denied(permission: str, resource: str) -> tuple[int, dict]:
         }
     ]
     return 403, google_error(403, "PERMISSION_DENIED", f"Permission '{permission}' denied on resource '{resource}' (or it may not exist).", details)
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    query: dict[str, str]
-    body: Any
 
 
 @dataclass
@@ -106,29 +97,19 @@ class ArtifactRegistryStandIn:
 
     def calls(self, method: str | None = None, path: str = "") -> list[Request]:
         with self.lock:
-            return [r for r in self.requests if (method is None or r.method == method) and re.search(path, r.path)]
+            return matching(self.requests, method, path)
 
     # --- HTTP -------------------------------------------------------------------------------------
 
     def _dispatch(self, h: BaseHTTPRequestHandler) -> None:
-        split = urlsplit(h.path)
-        path = unquote(split.path)
-        query = {k: v[-1] for k, v in parse_qs(split.query).items()}
-        length = int(h.headers.get("Content-Length") or 0)
-        raw = h.rfile.read(length) if length else b""
-        body = json.loads(raw) if raw else None
+        req = read_request(h)
         with self.lock:
-            self.requests.append(Request(h.command, path, query, body))
+            self.requests.append(req)
             try:
-                code, payload = self._route(h.command, path, query, body)
+                code, payload = self._route(req.method, req.path, req.query, req.body)
             except Exception as e:  # a bug in the stand-in: make it visible in the test
                 code, payload = 500, google_error(500, "INTERNAL", f"stand-in error: {type(e).__name__}: {e}")
-        data = json.dumps(payload).encode()
-        h.send_response(code)
-        h.send_header("Content-Type", "application/json; charset=UTF-8")
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data)
+        send_reply(h, code, payload)
 
     def _route(self, method: str, path: str, query: dict, body: Any) -> tuple[int, dict]:
         for fault in self.faults:

@@ -22,20 +22,13 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
+from tests.rest_standin import Request, matching, read_request, send_reply
+
 API = "https://www.googleapis.com/compute/v1"
 CAPACITY = "ZONE_RESOURCE_POOL_EXHAUSTED"
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    query: dict[str, str]
-    body: Any
 
 
 @dataclass
@@ -202,7 +195,7 @@ class ComputeStandIn:
     def calls(self, method: str | None = None, path: str = "") -> list[Request]:
         """Recorded requests whose method matches and whose path contains `path` (a regex)."""
         with self.lock:
-            return [r for r in self.requests if (method is None or r.method == method) and re.search(path, r.path)]
+            return matching(self.requests, method, path)
 
     def instance(self, name: str, zone: str | None = None) -> Instance | None:
         with self.lock:
@@ -234,17 +227,10 @@ class ComputeStandIn:
     # ------------------------------------------------------------------------------ HTTP plumbing
 
     def _dispatch(self, h: BaseHTTPRequestHandler) -> None:
-        split = urlsplit(h.path)
-        path = unquote(split.path)
-        query = {k: v[-1] for k, v in parse_qs(split.query).items()}
-        length = int(h.headers.get("Content-Length") or 0)
-        raw = h.rfile.read(length) if length else b""
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode("utf-8", "replace")
+        req = read_request(h)
+        path, query, body = req.path, req.query, req.body
         with self.lock:
-            self.requests.append(Request(h.command, path, query, body))
+            self.requests.append(req)
             try:
                 if path.startswith("/_metadata/") and h.headers.get("Metadata-Flavor") != "Google":
                     code, payload = 403, "Missing Metadata-Flavor: Google header"
@@ -252,13 +238,7 @@ class ComputeStandIn:
                     code, payload = self._route(h.command, path, query, body)
             except Exception as e:  # a bug in the stand-in: make it visible in the test
                 code, payload = 500, _error(500, f"stand-in error: {type(e).__name__}: {e}", "backendError")
-        text = isinstance(payload, str)  # the metadata server answers attributes as plain text
-        data = payload.encode() if text else json.dumps(payload).encode()
-        h.send_response(code)
-        h.send_header("Content-Type", "text/plain" if text else "application/json; charset=UTF-8")
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data)
+        send_reply(h, code, payload)  # the metadata server answers attributes as plain text
 
     def _fault(self, method: str, path: str) -> Fault | None:
         for fault in self.faults:
