@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -42,8 +43,6 @@ def build(
 
       newsclf cloud build --no-wait --json
     """
-    import sys
-
     from newsclf.cloud.build import BuildFailedError, submit_build
     from newsclf.config import get_settings
 
@@ -112,6 +111,16 @@ def _compute(bucket: str | None = None, *, need_bucket: bool = True):  # -> (set
     return settings, project, clients, store
 
 
+def _confirm(what: str) -> None:
+    """Ask on a terminal; elsewhere (scripts, --json) refuse and name --yes."""
+    from newsclf.errors import InputError
+
+    if sys.stdin.isatty() and not _output.state.json:
+        typer.confirm(what + "?", abort=True)
+    else:
+        raise InputError(f"{what}: pass --yes to confirm")
+
+
 def _money(usd: float | None) -> str:
     return "?" if usd is None else f"${usd:,.2f}"
 
@@ -124,7 +133,6 @@ def _duration(seconds: float) -> str:
 def _follow_run(clients, project: str, vm, run_id: str, store, *, poll_s: float, to_stdout: bool, lines: list[str]):
     """Stream the run's job lines (stdout or stderr) with a status line on a terminal; None on Ctrl-C."""
     import contextlib
-    import sys
 
     from newsclf.cloud import compute
 
@@ -512,8 +520,6 @@ def stop(
 
       newsclf cloud stop --sweep sweep-1a2b3c4d --delete
     """
-    import sys
-
     from newsclf.cloud import compute
     from newsclf.errors import InputError
 
@@ -542,10 +548,7 @@ def stop(
         what = f"{'Delete' if delete else 'Stop'} VM {vm.name} ({vm.zone})"
         if busy:
             what += f", interrupting run {vm.run_id}"
-        if sys.stdin.isatty() and not _output.state.json:
-            typer.confirm(what + "?", abort=True)
-        else:
-            raise InputError(f"{what}: pass --yes to confirm")
+        _confirm(what)
     result = compute.stop_vm(clients, project, vm, delete=delete, poll_s=poll_interval)
     data = {"vm": result.name, "zone": result.zone, "before": result.before, "after": result.after, "deleted": result.deleted}
 
@@ -562,11 +565,9 @@ def stop(
 
 def _stop_sweep(settings, project: str, clients, store, sweep_id: str, *, delete: bool, yes: bool, poll_s: float) -> None:
     """`cloud stop --sweep ID`: stop (or delete) every VM labelled with the sweep, all at once."""
-    import sys
     from concurrent.futures import ThreadPoolExecutor
 
     from newsclf.cloud import compute
-    from newsclf.errors import InputError
 
     vms = [vm for vm in compute.list_vms(clients, project) if vm.sweep_id == sweep_id]
     if not vms:
@@ -589,10 +590,7 @@ def _stop_sweep(settings, project: str, clients, store, sweep_id: str, *, delete
         what = f"{'Delete' if delete else 'Stop'} {len(todo)} VMs of sweep {sweep_id}"
         if busy:
             what += f", interrupting runs {', '.join(vm.run_id for vm in busy)}"
-        if sys.stdin.isatty() and not _output.state.json:
-            typer.confirm(what + "?", abort=True)
-        else:
-            raise InputError(f"{what}: pass --yes to confirm")
+        _confirm(what)
 
     def one(vm):
         if vm not in todo:
