@@ -45,3 +45,17 @@ def send_reply(h: BaseHTTPRequestHandler, code: int, payload: Any) -> None:
 def matching(requests: list[Request], method: str | None, path: str) -> list[Request]:
     """The requests whose method matches (any, for None) and whose path contains the regex `path`."""
     return [r for r in requests if (method is None or r.method == method) and re.search(path, r.path)]
+
+
+def contract_violations(api: str, req: Request) -> list[str]:
+    """What Google's published contract for `api` rejects in `req` (see tests/discovery.py)."""
+    from tests.discovery import contract_errors
+
+    return contract_errors(api, req.method, req.path, req.query, req.body)
+
+
+def reply_invalid(h: BaseHTTPRequestHandler, errors: list[str]) -> None:
+    """400 INVALID_ARGUMENT, as Google answers a request its schema rejects."""
+    from tests.google_errors import google_error
+
+    send_reply(h, 400, google_error(400, "INVALID_ARGUMENT", "; ".join(errors)))

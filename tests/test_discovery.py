@@ -1,0 +1,73 @@
+"""The contract checker the REST stand-ins use: it must reject what Google rejects, accept what it accepts."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.discovery import contract_errors, find_method
+
+INSERT = "/compute/v1/projects/my-project/zones/europe-west1-b/instances"
+
+
+def _instance(**over):
+    body = {
+        "name": "newsclf-train",
+        "machineType": "zones/europe-west1-b/machineTypes/n1-standard-8",
+        "labels": {"newsclf": "1", "newsclf-run": "20261130-174500-ab12"},
+        "scheduling": {"maxRunDuration": {"seconds": "21600"}, "instanceTerminationAction": "STOP",
+                       "provisioningModel": "SPOT", "onHostMaintenance": "TERMINATE", "automaticRestart": False},
+        "guestAccelerators": [{"acceleratorType": "zones/europe-west1-b/acceleratorTypes/nvidia-tesla-t4",
+                               "acceleratorCount": 1}],
+    }
+    body.update(over)
+    return body
+
+
+def test_routes_find_literal_paths_before_templates():
+    assert find_method("compute.v1", "GET", "/compute/v1/projects/p/aggregated/instances")["id"] == "compute.instances.aggregatedList"
+    assert find_method("compute.v1", "POST", INSERT)["id"] == "compute.instances.insert"
+    assert find_method("cloudbuild.v1", "POST", "/v1/projects/p/locations/europe-west1/builds")["id"] == (
+        "cloudbuild.projects.locations.builds.create"
+    )
+    assert find_method("compute.v1", "POST", "/compute/v1/projects/p/zones/z/nothing") is None
+
+
+def test_valid_instance_passes():
+    assert contract_errors("compute.v1", "POST", INSERT, {}, _instance()) == []
+
+
+@pytest.mark.parametrize(
+    ("over", "needle"),
+    [
+        ({"nmae": "x"}, 'Unknown name "nmae"'),
+        ({"name": "My.Run_2"}, "invalid resource name"),
+        ({"labels": {"newsclf-run": "My.Run_2"}}, "invalid label value"),
+        ({"labels": {"Run": "x"}}, "invalid label key"),
+        ({"scheduling": {"maxRunDuration": {"seconds": "10"}, "instanceTerminationAction": "STOP"}}, "outside 30 s"),
+        ({"scheduling": {"maxRunDuration": {"seconds": str(121 * 86400)}, "instanceTerminationAction": "STOP"}}, "120 days"),
+        ({"scheduling": {"provisioningModel": "CHEAP"}}, "invalid value 'CHEAP'"),
+        ({"scheduling": {"onHostMaintenance": "MIGRATE"}}, "must be TERMINATE"),
+        ({"canIpForward": "yes"}, "expected a boolean"),
+        ({"guestAccelerators": [{"acceleratorCount": "one"}]}, "expected an integer"),
+    ],
+)
+def test_invalid_instances_are_rejected(over, needle):
+    errors = contract_errors("compute.v1", "POST", INSERT, {}, _instance(**over))
+    assert any(needle in e for e in errors), errors
+
+
+def test_query_enums_and_unknown_methods():
+    path = "/compute/v1/projects/p/zones/z/instances/vm/stop"
+    assert contract_errors("compute.v1", "POST", path, {"discardLocalSsd": "false"}, None) == []
+    assert contract_errors("compute.v1", "POST", path, {"discardLocalSsd": "maybe"}, None)
+    assert contract_errors("compute.v1", "PATCH", path, {}, None)[0].startswith("no compute.v1 method")
+
+
+def test_cloud_build_body():
+    path = "/v1/projects/p/locations/europe-west1/builds"
+    good = {"steps": [{"name": "gcr.io/cloud-builders/docker", "args": ["build", "."]}],
+            "options": {"machineType": "E2_HIGHCPU_8", "diskSizeGb": "200"}, "timeout": "3600s"}
+    assert contract_errors("cloudbuild.v1", "POST", path, {}, good) == []
+    bad = dict(good, options={"machineType": "E2_HUGE"}, timeout="1h")
+    errors = contract_errors("cloudbuild.v1", "POST", path, {}, bad)
+    assert any("E2_HUGE" in e for e in errors) and any("invalid duration" in e for e in errors), errors
