@@ -23,7 +23,7 @@ import itertools
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from tests.google_errors import google_error, service_disabled  # noqa: F401  (re-exported for tests)
@@ -103,6 +103,7 @@ class IamStandIn:
         self.policies = Policies()
         self.secrets: set[str] = set()  # projects/P/secrets/NAME
         self.caller_permissions = {ACT_AS}  # what testIamPermissions grants the caller on any account
+        self.after_get: Callable[[str], None] | None = None  # runs after a policy read: someone else's change
         self.faults: list[tuple[str, str, tuple[int, dict], list[int]]] = []
         self.lock = threading.RLock()
         # the project policy as Google makes it: an owner, and Compute Engine's default account as editor
@@ -266,7 +267,10 @@ class IamStandIn:
 
     def _policy(self, resource: str, verb: str, body: dict, *, stale: tuple[int, dict]) -> tuple[int, dict]:
         if verb == "getIamPolicy":
-            return 200, self.policies.get(resource)
+            policy = self.policies.get(resource)
+            if self.after_get is not None:
+                self.after_get(resource)
+            return 200, policy
         policy = body.get("policy") or {}
         unknown = self._unknown_member(policy)
         if unknown:
@@ -284,6 +288,8 @@ class IamStandIn:
             ])
         if method == "GET":
             code, policy = 200, self.policies.get(resource)
+            if self.after_get is not None:
+                self.after_get(resource)
         else:
             if self._unknown_member(body):
                 return 400, _gcs_error(400, "Invalid argument.", "invalid")

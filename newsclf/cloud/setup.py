@@ -635,11 +635,12 @@ def _storage_binding(role: str, who: str) -> tuple[Callable[[Any], bool], Callab
 
 
 def _not_propagated(e: BaseException) -> bool:
-    """The answer a grant to a just-created service account gets until IAM has propagated it."""
+    """The answer a grant to a just-created service account gets until IAM has propagated it
+    ("Service account ... does not exist."; Cloud Storage says only "Invalid argument.")."""
     from google.api_core import exceptions as gexc
 
     text = _short(e).lower()
-    return isinstance(e, gexc.BadRequest) and ("does not exist" in text or "not found" in text)
+    return isinstance(e, gexc.BadRequest) and any(m in text for m in ("does not exist", "not found", "invalid argument"))
 
 
 def _ensure_binding(
