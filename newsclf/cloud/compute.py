@@ -221,6 +221,7 @@ class RunRequest:
     wandb_key: str | None = None  # only with the explicit metadata opt-in
     explicit: frozenset[str] = frozenset()  # hardware flags the user gave: machine_type, gpu, spot, zone
     sweep_id: str | None = None  # the run is (part of) a sweep: labelled on the VM
+    service_account: str = "default"  # the VM runs as it (`cloud run` passes NEWSCLF_VM_SERVICE_ACCOUNT's email)
 
     def __post_init__(self) -> None:
         if not layout.is_valid_run_id(self.run_id):
@@ -306,7 +307,7 @@ def instance_resource(req: RunRequest, zone: str, source_image: str, script: str
                 access_configs=[compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")],
             )
         ],
-        service_accounts=[compute_v1.ServiceAccount(email="default", scopes=[CLOUD_PLATFORM_SCOPE])],
+        service_accounts=[compute_v1.ServiceAccount(email=req.service_account, scopes=[CLOUD_PLATFORM_SCOPE])],
         metadata=compute_v1.Metadata(items=_metadata_items(instance_metadata(req, gpus, script))),
         scheduling=scheduling,
     )
