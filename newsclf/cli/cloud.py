@@ -682,7 +682,8 @@ def setup(
     project: str | None = typer.Option(None, "--project", help="Google Cloud project (default: NEWSCLF_GCP_PROJECT)."),
     bucket: str | None = typer.Option(None, "--bucket", help="Bucket name or gs:// URL (default: NEWSCLF_BUCKET)."),
     create: bool = typer.Option(
-        True, "--create/--no-create", help="Create the bucket and the repository when missing (--no-create: only check)."
+        True, "--create/--no-create",
+        help="Create the bucket, the repository and the VMs' service account and grants when missing (--no-create: only check).",
     ),
 ) -> None:
     """Get a project ready for `cloud build` and `cloud run`, and say what is still missing.
@@ -691,8 +692,11 @@ def setup(
     Application Default Credentials), the bucket (created in NEWSCLF_REGION with uniform
     bucket-level access if missing), your object access to it, the Docker repository
     NEWSCLF_ARTIFACT_REPO in Artifact Registry (created if missing), and the Cloud Build and
-    Compute Engine APIs. Safe to rerun: what exists is left alone. Exits 1 if any step is
-    missing or failed, after showing every row with its fix.
+    Compute Engine APIs; then the VMs' service account NEWSCLF_VM_SERVICE_ACCOUNT (created if
+    missing) with one row per grant it needs (objects in the bucket, reading the repository,
+    the W&B secret, writing logs) and whether you may create VMs that run as it. Safe to
+    rerun: what exists is left alone. Exits 1 if any step is missing or failed, after
+    showing every row with its fix.
 
     Examples:
 
