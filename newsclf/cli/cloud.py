@@ -528,7 +528,7 @@ def logs(
             vm is not None and vm.run_id == run_id and vm.status not in compute.ACTIVE_STATES
             and state not in compute.FINAL_RUN_STATES
         )
-        if stopped:  # without a final status: what the VM said last may be all there is
+        if stopped and vm is not None:  # without a final status: what the VM said last may be all there is
             vm_lines, cause = _vm_tail(settings, project, clients, vm, run_id)
             extra = {"vm_lines": vm_lines, "cause": cause}
             if vm_lines and not _output.state.quiet:
