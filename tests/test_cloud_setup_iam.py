@@ -211,6 +211,18 @@ def test_grants_wait_for_a_new_account_to_propagate(cli, iam, monkeypatch):
     assert rows(r)["vm-logging"][0] == "created"
 
 
+def test_the_act_as_check_waits_for_a_new_account(cli, iam, monkeypatch):
+    from newsclf.cloud import setup
+    from tests.google_errors import google_error
+
+    monkeypatch.setattr(setup, "PROPAGATION_STEP_S", 0.01)
+    iam.fail("POST", ":testIamPermissions$", (404, google_error(404, "NOT_FOUND", f"Unknown service account {SA}")), times=2)
+    r = cli("cloud", "setup", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert rows(r)["vm-act-as"][0] == "ok"
+    assert len(iam.calls("POST", ":testIamPermissions$")) == 3
+
+
 # --- only checking, and what is missing -----------------------------------------------------------
 
 

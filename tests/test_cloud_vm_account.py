@@ -178,3 +178,22 @@ def test_a_preempted_vm_keeps_the_usual_message(cli, standin, monkeypatch):  # n
     ]
     assert r.json["data"]["vm_lines"][0] == f"pulling {IMAGE}"
     assert json.dumps(r.json).count("newsclf cloud setup") == 0
+
+
+def test_an_account_you_may_not_use_names_setup(cli, standin, monkeypatch):  # noqa: F811
+    """Compute Engine's answer when the account is missing or you lack actAs on it (it does not say which)."""
+    message = (
+        f"Invalid value for field 'resource.serviceAccounts[0].email': '{SA}'. The user does not have access to "
+        f"service account '{SA}'.  User: 'me@example.com'.  Ask a project owner to grant you the "
+        "iam.serviceAccountUser role on the service account"
+    )
+    refused = {"error": {"code": 400, "message": message, "errors": [{"message": message, "domain": "global", "reason": "invalid"}]}}
+    with FaultyProxy(standin.url, [Fault("status", methods=("POST",), path="/instances", status=400, body=refused)]) as proxy:
+        monkeypatch.setenv("NEWSCLF_COMPUTE_API_ENDPOINT", proxy.url)
+        r = cli("cloud", "run", "--detach", *POLL)
+    assert r.exit_code == 1
+    assert r.stderr.splitlines()[-1] == (
+        f"Error: Could not create the VM: {message}; run `newsclf cloud setup`, which creates the VMs' service "
+        "account (NEWSCLF_VM_SERVICE_ACCOUNT) and checks that you may use it (roles/iam.serviceAccountUser)"
+    )
+    assert standin.instances == {}

@@ -444,6 +444,11 @@ def _translated(action: str, project: str) -> Iterator[None]:
             f"Cannot reach the Compute Engine API to {action}: check the network or NEWSCLF_COMPUTE_API_ENDPOINT"
         ) from e
     except gexc.GoogleAPICallError as e:
+        if "serviceaccount" in _short(e).lower().replace(" ", ""):  # missing, or not ours to use (actAs)
+            raise CloudError(
+                f"Could not {action}: {_short(e)}; run `newsclf cloud setup`, which creates the VMs' service account "
+                "(NEWSCLF_VM_SERVICE_ACCOUNT) and checks that you may use it (roles/iam.serviceAccountUser)"
+            ) from e
         if isinstance(e, gexc.NotFound) or capacity_reason(e):
             raise  # the caller decides what these mean
         raise CloudError(f"Could not {action}: {_short(e)}; check `newsclf cloud status` and retry") from e

@@ -848,14 +848,26 @@ def _vm_logging(ctx: _Context) -> tuple[str, str]:
 def _vm_act_as(ctx: _Context) -> tuple[str, str]:
     from newsclf.cloud import iam
 
+    import time
+
+    from google.api_core import exceptions as gexc
+
     account, you = ctx.account or "", _member(ctx.credentials)
-    try:
-        granted = ctx.clients.iam.test_permissions(account, [iam.ACT_AS])
-    except Exception as e:
-        answer = _iam_failure(ctx, e, f"check your access to {account}", iam.ACT_AS_ROLE)
-        if answer is None:
-            raise
-        return answer
+    waited, step = 0.0, PROPAGATION_STEP_S
+    while True:
+        try:
+            granted = ctx.clients.iam.test_permissions(account, [iam.ACT_AS])
+            break
+        except gexc.NotFound:  # a just-created account IAM does not know everywhere yet
+            if not ctx.account_created or waited >= PROPAGATION_S:
+                return ERROR, f"IAM does not find {account} yet: rerun `newsclf cloud setup` in a minute"
+            time.sleep(step)
+            waited, step = waited + step, min(step * 2, 15.0)
+        except Exception as e:
+            answer = _iam_failure(ctx, e, f"check your access to {account}", iam.ACT_AS_ROLE)
+            if answer is None:
+                raise
+            return answer
     if iam.ACT_AS in granted:
         return OK, f"you may create VMs that run as {account} ({iam.ACT_AS})"
     return MISSING, (
