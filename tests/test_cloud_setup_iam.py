@@ -323,6 +323,18 @@ def test_iam_api_disabled(cli, iam):
     )
 
 
+def test_unreachable_iam(cli, iam, monkeypatch):
+    from tests.gcs_emulator import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("NEWSCLF_IAM_API_ENDPOINT", endpoint)
+    r = cli("cloud", "setup", "--json")
+    assert r.exit_code == 1
+    assert rows(r)["vm-account"] == (
+        "error", f"Cannot reach the IAM API at {endpoint}: check the network or NEWSCLF_IAM_API_ENDPOINT"
+    )
+
+
 def test_a_missing_secret(cli, iam, monkeypatch):
     monkeypatch.setenv("NEWSCLF_WANDB_SECRET", f"projects/{PROJECT}/secrets/wandb-team/versions/latest")
     r = cli("cloud", "setup", "--json")
