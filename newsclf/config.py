@@ -66,9 +66,13 @@ class Settings(BaseSettings):
     vm_image_project: str = "deeplearning-platform-release"
     vm_image_family: str = "common-cu128-ubuntu-2204-nvidia-570"
     wandb_secret: str | None = None  # Secret Manager secret holding the W&B key, for VMs
+    vm_service_account: str | None = None  # the VMs' service account; default newsclf-vm@PROJECT.iam.gserviceaccount.com
     compute_api_endpoint: str | None = None  # e.g. http://127.0.0.1:8080 for a local stand-in
     cloudbuild_api_endpoint: str | None = None
     artifactregistry_api_endpoint: str | None = None
+    iam_api_endpoint: str | None = None  # IAM (service accounts), for `cloud setup`
+    resourcemanager_api_endpoint: str | None = None
+    secretmanager_api_endpoint: str | None = None
 
     debug: bool = False  # show tracebacks
 

@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from tests.google_errors import google_error, service_disabled  # noqa: F401  (re-exported for tests)
+from tests.iam_standin import Policies
 from tests.rest_standin import Request, matching, read_request, send_reply
 
 REPOSITORY_TYPE = "type.googleapis.com/google.devtools.artifactregistry.v1.Repository"
@@ -61,6 +62,7 @@ class ArtifactRegistryStandIn:
         self.repositories: dict[str, dict] = {}
         self.operations: dict[str, dict] = {}  # name -> {"polls_left", "repository"}
         self.faults: list[Fault] = []
+        self.policies = Policies()  # repository IAM policies (getIamPolicy / setIamPolicy)
         self.lock = threading.RLock()
         standin = self
 
@@ -116,6 +118,14 @@ class ArtifactRegistryStandIn:
             if fault.times > 0 and fault.method == method and re.search(fault.path, path):
                 fault.times -= 1
                 return fault.answer
+        m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+/repositories/[^/:]+):(getIamPolicy|setIamPolicy)", path)
+        if m:
+            if m.group(1) not in self.repositories:
+                return 404, google_error(404, "NOT_FOUND", "Requested entity was not found.")
+            if m.group(2) == "getIamPolicy":
+                return 200, self.policies.get(m.group(1))
+            stale = 409, google_error(409, "ABORTED", "There were concurrent policy changes.")
+            return self.policies.set(m.group(1), (body or {}).get("policy") or {}, stale=stale)
         m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+)/repositories", path)
         if m and method == "POST":
             return self._create(m.group(1), query.get("repositoryId", ""), body or {})

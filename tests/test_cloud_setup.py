@@ -14,6 +14,7 @@ from tests.artifactregistry_standin import ArtifactRegistryStandIn, permission_d
 from tests.cloudbuild_standin import CloudBuildStandIn
 from tests.compute_standin import ComputeStandIn
 from tests.faulty_proxy import Fault, FaultyProxy, gcs_error
+from tests.iam_standin import IamStandIn
 
 PROJECT = "test-project"
 REGION = "europe-west1"
@@ -21,22 +22,27 @@ REPO_PATH = f"/v1/projects/{PROJECT}/locations/{REGION}/repositories"
 REPO_NAME = f"projects/{PROJECT}/locations/{REGION}/repositories/newsclf"
 GRANT = "`gcloud projects add-iam-policy-binding test-project --member=user:YOU@example.com --role={role}`"
 RERUN_ALL = "do what each row says, then rerun `newsclf cloud setup`"
+VM_SA = f"newsclf-vm@{PROJECT}.iam.gserviceaccount.com"
 
 
 @pytest.fixture
 def services(fake_gcs, tmp_path, monkeypatch):
-    """The three REST stand-ins, each service's endpoint setting pointing at its own."""
+    """The REST stand-ins, each service's endpoint setting pointing at its own (IAM, Resource Manager
+    and Secret Manager share one)."""
     from concurrent.futures import ThreadPoolExecutor
 
     registry = ArtifactRegistryStandIn(op_polls=1)
     builds = CloudBuildStandIn(fake_gcs.url)
     compute = ComputeStandIn(tmp_path / "compute", op_polls=0)
+    iam = IamStandIn()
     monkeypatch.setenv("NEWSCLF_ARTIFACTREGISTRY_API_ENDPOINT", registry.url)
     monkeypatch.setenv("NEWSCLF_CLOUDBUILD_API_ENDPOINT", builds.url)
     monkeypatch.setenv("NEWSCLF_COMPUTE_API_ENDPOINT", compute.url)
-    yield registry, builds, compute
-    with ThreadPoolExecutor(3) as pool:  # each shutdown waits out its server's poll interval: at once
-        list(pool.map(lambda stop: stop(), (registry.close, builds.stop, compute.close)))
+    for api in ("IAM", "RESOURCEMANAGER", "SECRETMANAGER"):
+        monkeypatch.setenv(f"NEWSCLF_{api}_API_ENDPOINT", iam.url)
+    yield registry, builds, compute, iam
+    with ThreadPoolExecutor(4) as pool:  # each shutdown waits out its server's poll interval: at once
+        list(pool.map(lambda stop: stop(), (registry.close, builds.stop, compute.close, iam.close)))
 
 
 @pytest.fixture
@@ -82,7 +88,8 @@ def test_creates_the_bucket_and_the_repository(cli, cloud, registry, builds, com
     data = r.json["data"]
     assert (data["project"], data["bucket"], data["ok"]) == (PROJECT, name, True)
     assert [s["step"] for s in data["steps"]] == [
-        "project", "bucket", "bucket-access", "repository", "cloudbuild-api", "compute-api"
+        "project", "bucket", "bucket-access", "repository", "cloudbuild-api", "compute-api",
+        "vm-account", "vm-bucket", "vm-repository", "vm-secret", "vm-logging", "vm-act-as",
     ]
     assert rows(r) == {
         "project": ("ok", PROJECT),
@@ -91,11 +98,17 @@ def test_creates_the_bucket_and_the_repository(cli, cloud, registry, builds, com
         "repository": ("created", f"{REGION}-docker.pkg.dev/{PROJECT}/newsclf created (Docker, {REGION})"),
         "cloudbuild-api": ("ok", "enabled"),
         "compute-api": ("ok", "enabled; zone europe-west1-b is UP"),
+        "vm-account": ("created", f"{VM_SA} created (the training VMs run as it)"),
+        "vm-bucket": ("skipped", f"not checked: the storage endpoint {fake_gcs.url} does not support bucket IAM policies"),
+        "vm-repository": ("created", f"granted roles/artifactregistry.reader on repository newsclf ({REGION})"),
+        "vm-secret": ("skipped", "NEWSCLF_WANDB_SECRET is not set: no W&B key for the VMs to read"),
+        "vm-logging": ("created", f"granted roles/logging.logWriter on project {PROJECT}"),
+        "vm-act-as": ("ok", f"you may create VMs that run as {VM_SA} (iam.serviceAccounts.actAs)"),
     }
     assert cloud.lookup_bucket(name) is not None
 
     # the repository: looked up, then created with the id, the location and the DOCKER format
-    creates = registry.calls("POST")
+    creates = registry.calls("POST", "/repositories$")
     assert [(c.path, c.query["repositoryId"]) for c in creates] == [(REPO_PATH, "newsclf")]
     assert creates[0].body == {"format": 1, "description": "newsclf training images (newsclf cloud build)"}  # 1 = DOCKER
     assert registry.repositories[REPO_NAME]["format"] == "DOCKER"
@@ -113,7 +126,7 @@ def test_a_second_run_creates_nothing(cli, cloud, registry):
     got = rows(r)
     assert got["bucket"][0] == "ok" and got["bucket"][1].startswith(f"gs://{cloud.new_bucket} exists (")
     assert got["repository"] == ("ok", f"{REGION}-docker.pkg.dev/{PROJECT}/newsclf exists (Docker)")
-    assert len(registry.calls("POST")) == 1
+    assert len(registry.calls("POST", "/repositories$")) == 1
 
 
 def test_human_output_is_one_row_per_step(cli, cloud, fake_gcs):
@@ -159,7 +172,7 @@ def test_bucket_is_created_in_the_region_with_uniform_access(cloud, registry, bu
     assert registry.calls("POST")[0].path == f"/v1/projects/{PROJECT}/locations/europe-west4/repositories"
 
 
-def test_no_create_only_checks(cli, cloud, registry):
+def test_no_create_only_checks(cli, cloud, registry, services):
     name = cloud.new_bucket
     r = cli("cloud", "setup", "--no-create", "--json")
     assert r.exit_code == 1
@@ -174,16 +187,31 @@ def test_no_create_only_checks(cli, cloud, registry):
         f"Repository newsclf not found in {REGION}: rerun without --no-create, or `gcloud artifacts repositories "
         f"create newsclf --repository-format=docker --location={REGION} --project={PROJECT}`",
     )
-    summary = f"2 setup steps need fixing (Bucket, Artifact Registry): {RERUN_ALL}"
+    assert rows(r)["vm-account"] == (
+        "missing",
+        f"{VM_SA} does not exist: rerun without --no-create, or `gcloud iam service-accounts create newsclf-vm "
+        f'--project={PROJECT} --display-name="newsclf training VMs"`',
+    )
+    assert {rows(r)[k] for k in ("vm-bucket", "vm-repository", "vm-secret", "vm-logging", "vm-act-as")} == {
+        ("skipped", "needs the VM service account (see above)")
+    }
+    summary = f"3 setup steps need fixing (Bucket, Artifact Registry, VM service account): {RERUN_ALL}"
     assert r.json["status"] == "error" and r.json["errors"] == [summary]
     assert r.stderr.splitlines()[-1] == f"Error: {summary}"
     assert cloud.lookup_bucket(name) is None
     assert registry.calls("POST") == [] and registry.repositories == {}
+    assert services[3].accounts == {} and services[3].calls("POST", "serviceAccounts$") == []
 
 
-def test_existing_bucket_and_repository_are_found(cli, cloud, registry, monkeypatch):
+def test_existing_bucket_and_repository_are_found(cli, cloud, registry, services, monkeypatch):
     monkeypatch.setenv("NEWSCLF_BUCKET", cloud.test_bucket)  # made by the gcs fixture
     registry.add_repository(PROJECT, REGION, "newsclf")
+    iam = services[3]
+    iam.add_account(VM_SA)  # and its grants, as an admin may have made them
+    registry.policies.seed(REPO_NAME, [{"role": "roles/artifactregistry.reader", "members": [f"serviceAccount:{VM_SA}"]}])
+    project_policy = f"projects/{PROJECT}"
+    iam.policies.seed(project_policy, [*iam.policies.bindings(project_policy),
+                                       {"role": "roles/logging.logWriter", "members": [f"serviceAccount:{VM_SA}"]}])
     r = cli("cloud", "setup", "--no-create", "--json")
     assert r.exit_code == 0, r.stderr
     assert rows(r)["bucket"][0] == "ok"
@@ -237,7 +265,7 @@ def test_one_failure_is_the_error_line(cli, cloud, builds):
         "`newsclf cloud setup`"
     )
     lines = r.stdout.splitlines()
-    assert len(lines) == 6  # every row, and no "Ready" line
+    assert len(lines) == 12  # every row, and no "Ready" line
     assert lines[4].startswith("missing  Cloud Build API     The Cloud Build API is disabled in project test-project")
 
 

@@ -176,8 +176,8 @@ def test_run_creates_vm_with_expected_body(cli, standin):
     assert body["labels"] == {"newsclf": "train", "newsclf-run": run_id}
     assert body["scheduling"] == {"maxRunDuration": {"seconds": "21600"}, "instanceTerminationAction": "STOP"}
     assert "guestAccelerators" not in body
-    assert body["serviceAccounts"] == [
-        {"email": "default", "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}
+    assert body["serviceAccounts"] == [  # the account `cloud setup` makes (NEWSCLF_VM_SERVICE_ACCOUNT)
+        {"email": "newsclf-vm@test-project.iam.gserviceaccount.com", "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}
     ]
     [disk] = body["disks"]
     assert disk["boot"] is True and disk["autoDelete"] is True

@@ -163,11 +163,45 @@ def _follow_run(clients, project: str, vm, run_id: str, store, *, poll_s: float,
     return None
 
 
-def _finish_run(outcome, *, lines: list[str] | None = None) -> None:
+VM_TAIL = 8  # the VM's own progress lines shown when it stopped without a final status
+
+
+def _vm_tail(settings, project: str, clients, vm, run_id: str) -> tuple[list[str], str | None]:
+    """The last `newsclf-vm` lines of a stopped VM's serial port for the run, and the likely cause they name."""
+    from newsclf.cloud import compute, iam
+    from newsclf.errors import NewsclfError
+
+    try:
+        _, vm_lines = compute.SerialReader(clients, project, vm.zone, vm.name, run_id).read()
+    except Exception:  # a VM may not serve its serial port any more: show the usual message
+        return [], None
+    try:
+        account = iam.vm_service_account(settings, project)
+    except NewsclfError:
+        account = settings.vm_service_account or "?"
+    return vm_lines[-VM_TAIL:], iam.likely_cause(vm_lines, account=account, bucket=vm.bucket or settings.bucket)
+
+
+def _explain_stop(outcome, settings, project: str, clients, vm) -> list[str] | None:
+    """A run whose VM stopped without a final status: the VM's last lines, and the likely cause in place of
+    "interrupted (spot preemption, ...)" when they name one."""
+    from newsclf.cloud import compute
+
+    if outcome.state != "interrupted" or outcome.vm_status not in compute.DOWN_STATES:
+        return None
+    vm_lines, cause = _vm_tail(settings, project, clients, vm, outcome.run_id)
+    if cause:
+        outcome.error = f"VM {outcome.vm_name} stopped before run {outcome.run_id} finished: {cause}"
+    return vm_lines
+
+
+def _finish_run(outcome, *, lines: list[str] | None = None, vm_lines: list[str] | None = None) -> None:
     """Show how the run ended and exit with the job's code."""
     data = outcome.to_dict()
     if lines is not None:
         data["lines"] = lines
+    if vm_lines is not None:
+        data["vm_lines"] = vm_lines
 
     def render(console) -> None:
         vm_state = outcome.vm_status or "deleted"
@@ -179,6 +213,10 @@ def _finish_run(outcome, *, lines: list[str] | None = None) -> None:
         if outcome.model_uri:
             console.print(f"Model   {outcome.model_uri}", highlight=False)
             console.print(f"Pull it: newsclf models pull {outcome.run_id}", highlight=False)
+        if vm_lines:
+            console.print(f"Last lines of VM {outcome.vm_name}:", highlight=False)
+            for line in vm_lines:
+                console.print(f"  {line}", markup=False, emoji=False, highlight=False, soft_wrap=True)
         if outcome.state != "succeeded":
             console.print(f"Log     newsclf cloud logs {outcome.run_id}", highlight=False)
 
@@ -270,6 +308,7 @@ def run(
       newsclf cloud run --sweep "lr=1e-5,2e-5 batch_size=16,32" --parallel 2 -- --epochs 2
     """
     from newsclf.cloud import compute
+    from newsclf.cloud.iam import vm_service_account
     from newsclf.errors import InputError
     from newsclf.runs import new_run_id
 
@@ -325,6 +364,7 @@ def run(
         wandb_secret=settings.wandb_secret,
         wandb_key=wandb_key,
         explicit=explicit,
+        service_account=vm_service_account(settings, project),
     )
     if sweeping:
         _sweep.cloud_run(settings, project, clients, store, req, spec=sweep, sweep_file=sweep_file, metric=metric,
@@ -345,7 +385,7 @@ def run(
     if outcome is None:
         _detached(req.run_id, vm, interrupted=True)
         return
-    _finish_run(outcome)
+    _finish_run(outcome, vm_lines=_explain_stop(outcome, settings, project, clients, vm))
 
 
 @app.command("status")
@@ -464,6 +504,7 @@ def logs(
             f"No run given and no VM {settings.vm_name}: pass a run id (list them with `newsclf models list`)"
         )
     state = compute.run_state(store, run_id)
+    extra: dict = {}  # a stopped VM's last lines and their likely cause
     live = (
         vm is not None and vm.run_id == run_id and vm.status in compute.ACTIVE_STATES
         and state not in compute.FINAL_RUN_STATES
@@ -474,7 +515,7 @@ def logs(
         if outcome is None:
             _detached(run_id, vm, interrupted=True)
             return
-        _finish_run(outcome, lines=lines)
+        _finish_run(outcome, lines=lines, vm_lines=_explain_stop(outcome, settings, project, clients, vm))
         return
     if live:
         lines = compute.serial_snapshot(clients, project, vm, run_id)
@@ -483,13 +524,26 @@ def logs(
     else:
         lines = compute.run_log(store, run_id)
         source = "bucket"
-        if not lines:
+        stopped = (
+            vm is not None and vm.run_id == run_id and vm.status not in compute.ACTIVE_STATES
+            and state not in compute.FINAL_RUN_STATES
+        )
+        if stopped and vm is not None:  # without a final status: what the VM said last may be all there is
+            vm_lines, cause = _vm_tail(settings, project, clients, vm, run_id)
+            extra = {"vm_lines": vm_lines, "cause": cause}
+            if vm_lines and not _output.state.quiet:
+                _output.stderr().print(f"Last lines of VM {vm.name}:", highlight=False)
+                for line in vm_lines:
+                    _output.stderr().print(f"  {line}", markup=False, emoji=False, highlight=False, soft_wrap=True)
+            if cause:
+                _output.warn(f"VM {vm.name} stopped before run {run_id} finished: {cause}")
+        if not lines and not extra.get("vm_lines"):
             if state is None:
                 raise InputError(
                     f"No run {run_id} in gs://{store.bucket}/runs/: list the runs with `newsclf models list`"
                 )
             _output.info(f"No log uploaded for run {run_id} yet ({store.logs_uri(run_id)})")
-    data = {"run_id": run_id, "state": state, "source": source, "lines": lines}
+    data = {"run_id": run_id, "state": state, "source": source, "lines": lines, **extra}
 
     def render(console) -> None:
         for line in lines:
@@ -628,7 +682,8 @@ def setup(
     project: str | None = typer.Option(None, "--project", help="Google Cloud project (default: NEWSCLF_GCP_PROJECT)."),
     bucket: str | None = typer.Option(None, "--bucket", help="Bucket name or gs:// URL (default: NEWSCLF_BUCKET)."),
     create: bool = typer.Option(
-        True, "--create/--no-create", help="Create the bucket and the repository when missing (--no-create: only check)."
+        True, "--create/--no-create",
+        help="Create the bucket, the repository and the VMs' service account and grants when missing (--no-create: only check).",
     ),
 ) -> None:
     """Get a project ready for `cloud build` and `cloud run`, and say what is still missing.
@@ -637,8 +692,11 @@ def setup(
     Application Default Credentials), the bucket (created in NEWSCLF_REGION with uniform
     bucket-level access if missing), your object access to it, the Docker repository
     NEWSCLF_ARTIFACT_REPO in Artifact Registry (created if missing), and the Cloud Build and
-    Compute Engine APIs. Safe to rerun: what exists is left alone. Exits 1 if any step is
-    missing or failed, after showing every row with its fix.
+    Compute Engine APIs; then the VMs' service account NEWSCLF_VM_SERVICE_ACCOUNT (created if
+    missing) with one row per grant it needs (objects in the bucket, reading the repository,
+    the W&B secret, writing logs) and whether you may create VMs that run as it. Safe to
+    rerun: what exists is left alone. Exits 1 if any step is missing or failed, after
+    showing every row with its fix.
 
     Examples:
 

@@ -221,6 +221,7 @@ class RunRequest:
     wandb_key: str | None = None  # only with the explicit metadata opt-in
     explicit: frozenset[str] = frozenset()  # hardware flags the user gave: machine_type, gpu, spot, zone
     sweep_id: str | None = None  # the run is (part of) a sweep: labelled on the VM
+    service_account: str = "default"  # the VM runs as it (`cloud run` passes NEWSCLF_VM_SERVICE_ACCOUNT's email)
 
     def __post_init__(self) -> None:
         if not layout.is_valid_run_id(self.run_id):
@@ -306,7 +307,7 @@ def instance_resource(req: RunRequest, zone: str, source_image: str, script: str
                 access_configs=[compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")],
             )
         ],
-        service_accounts=[compute_v1.ServiceAccount(email="default", scopes=[CLOUD_PLATFORM_SCOPE])],
+        service_accounts=[compute_v1.ServiceAccount(email=req.service_account, scopes=[CLOUD_PLATFORM_SCOPE])],
         metadata=compute_v1.Metadata(items=_metadata_items(instance_metadata(req, gpus, script))),
         scheduling=scheduling,
     )
@@ -443,6 +444,11 @@ def _translated(action: str, project: str) -> Iterator[None]:
             f"Cannot reach the Compute Engine API to {action}: check the network or NEWSCLF_COMPUTE_API_ENDPOINT"
         ) from e
     except gexc.GoogleAPICallError as e:
+        if "serviceaccount" in _short(e).lower().replace(" ", ""):  # missing, or not ours to use (actAs)
+            raise CloudError(
+                f"Could not {action}: {_short(e)}; run `newsclf cloud setup`, which creates the VMs' service account "
+                "(NEWSCLF_VM_SERVICE_ACCOUNT) and checks that you may use it (roles/iam.serviceAccountUser)"
+            ) from e
         if isinstance(e, gexc.NotFound) or capacity_reason(e):
             raise  # the caller decides what these mean
         raise CloudError(f"Could not {action}: {_short(e)}; check `newsclf cloud status` and retry") from e
