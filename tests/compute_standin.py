@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.rest_standin import Request, matching, read_request, send_reply
+from tests.rest_standin import Request, contract_violations, matching, read_request, reply_invalid, send_reply
 
 API = "https://www.googleapis.com/compute/v1"
 CAPACITY = "ZONE_RESOURCE_POOL_EXHAUSTED"
@@ -151,6 +151,8 @@ class ComputeStandIn:
         self.instances: dict[tuple[str, str], Instance] = {}
         self.operations: dict[tuple[str, str], Operation] = {}
         self.faults: list[Fault] = []
+        # what Google's contract (tests/discovery.py) rejected: the fixture fails the test on any
+        self.violations: list[tuple[Request, list[str]]] = []
         self.secrets: dict[str, str] = {}  # Secret Manager stand-in under /_secrets
         self.images = {
             ("deeplearning-platform-release", "common-cu128-ubuntu-2204-nvidia-570"): {
@@ -231,6 +233,11 @@ class ComputeStandIn:
         path, query, body = req.path, req.query, req.body
         with self.lock:
             self.requests.append(req)
+            errors = contract_violations("compute.v1", req) if path.startswith("/compute/v1/") else []
+            if errors:  # Google answers 400 before it looks at anything else
+                self.violations.append((req, errors))
+                reply_invalid(h, errors)
+                return
             try:
                 if path.startswith("/_metadata/") and h.headers.get("Metadata-Flavor") != "Google":
                     code, payload = 403, "Missing Metadata-Flavor: Google header"
@@ -743,6 +750,9 @@ def standin(gcs, tmp_path, monkeypatch):
     gcs.bucket(gcs.test_bucket).blob("data/processed/manifest.json").upload_from_string("{}")
     yield server
     server.close()
+    assert not server.violations, "requests Google would reject:\n" + "\n".join(
+        f"{r.method} {r.path}: {'; '.join(e)}" for r, e in server.violations
+    )
 
 
 @pytest.fixture
