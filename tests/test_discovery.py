@@ -122,3 +122,31 @@ def test_valid_instance_updates_pass():
     resize = "/compute/v1/projects/my-project/zones/europe-west1-b/disks/newsclf-train/resize"
     assert contract_errors("compute.v1", "POST", resize, {}, {"sizeGb": "200"}) == []
     assert any("at least 10 GB" in e for e in contract_errors("compute.v1", "POST", resize, {}, {"sizeGb": "5"}))
+
+
+def test_compute_standin_answers_400_and_records_the_violation(tmp_path):
+    """The stand-in behind the real compute_v1 client: what the contract rejects never reaches its state."""
+    from google.api_core import exceptions as gexc
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import compute_v1
+
+    from tests.compute_standin import ComputeStandIn
+
+    server = ComputeStandIn(tmp_path)
+    try:
+        client = compute_v1.InstancesClient(
+            client_options=ClientOptions(api_endpoint=server.url), credentials=AnonymousCredentials()
+        )
+        instance = compute_v1.Instance(
+            name="newsclf-train", machine_type="zones/europe-west1-b/machineTypes/n1-standard-8",
+            labels={"newsclf-run": "My.Run_2"},
+        )  # fmt: skip
+        with pytest.raises(gexc.BadRequest, match="invalid label value 'My.Run_2'"):
+            client.insert(project="test-project", zone="europe-west1-b", instance_resource=instance)
+        [(request, errors)] = server.violations
+        assert request.method == "POST" and request.path.endswith("/zones/europe-west1-b/instances")
+        assert any("invalid label value" in e for e in errors)
+        assert server.instances == {}
+    finally:
+        server.close()
