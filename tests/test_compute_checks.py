@@ -94,6 +94,8 @@ def test_builtin_gpu_machine_types_send_no_guest_accelerators(cli, standin):
     assert body["disks"][0]["initializeParams"]["diskType"] == f"zones/{ZONE}/diskTypes/pd-balanced"
     items = meta_items(body)
     assert items["newsclf-gpus"] == "1" and items["install-nvidia-driver"] == "True"
+    said = " ".join(r.stderr.split())  # rich wraps long lines
+    assert "(g2-standard-8 (1 x nvidia-l4 built in), est. $0.87/h" in said, said
 
 
 def test_a3_machine_types_boot_from_hyperdisk(cli, standin):

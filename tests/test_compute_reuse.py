@@ -101,6 +101,19 @@ def test_reuse_applies_max_hours_disk_machine_type_and_gpu(cli, standin):
     assert "n1-standard-4 + 1 x nvidia-tesla-t4" in r.stderr and "stops itself after 1 h" in r.stderr
 
 
+def test_reuse_of_a_spot_vm_keeps_its_scheduling_and_sets_the_new_limit(cli, standin):
+    assert cli("cloud", "run", "--detach", "--spot", "--gpu", "nvidia-tesla-t4:1").exit_code == 0
+    standin.shutdown(ZONE, VM)
+    r = cli("cloud", "run", "--detach", "--max-hours", "0.5")
+    assert r.exit_code == 0, r.stderr
+    assert vm_verbs(standin) == ["setScheduling", "setMetadata", "setLabels", "start"]
+    assert one_body(standin, "setScheduling") == {
+        "maxRunDuration": {"seconds": "1800"}, "instanceTerminationAction": "STOP", "provisioningModel": "SPOT",
+        "automaticRestart": False, "onHostMaintenance": "TERMINATE",
+    }  # fmt: skip
+    assert "n1-standard-8 + 1 x nvidia-tesla-t4 (spot)" in r.stderr and "stops itself after 0.5 h" in r.stderr
+
+
 def test_reuse_with_the_same_flags_changes_nothing_but_the_run(cli, standin):
     assert cli("cloud", "run", "--detach", "--max-hours", "2").exit_code == 0
     standin.shutdown(ZONE, VM)

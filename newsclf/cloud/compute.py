@@ -395,7 +395,7 @@ def validate_vm_request(req: RunRequest) -> None:
         if arg.split("=", 1)[0] in RESERVED_TRAIN_ARGS:
             raise InputError(f"{arg.split('=', 1)[0]} is set by `newsclf cloud run`: drop it from the train options")
     check_vm_name(req.vm_name)
-    if not MIN_RUN_SECONDS <= round(req.max_hours * 3600) <= MAX_RUN_SECONDS:
+    if not MIN_RUN_SECONDS <= _run_seconds(req.max_hours) <= MAX_RUN_SECONDS:
         raise InputError(
             f"Bad --max-hours {req.max_hours:g}: Compute Engine stops a VM after 30 seconds to 120 days, "
             "so use 0.0084 to 2880"
@@ -445,7 +445,7 @@ def instance_resource(req: RunRequest, zone: str, source_image: str, script: str
 
     gpus = req.gpus
     scheduling = compute_v1.Scheduling(
-        max_run_duration=compute_v1.Duration(seconds=int(round(req.max_hours * 3600))),
+        max_run_duration=compute_v1.Duration(seconds=_run_seconds(req.max_hours)),
         instance_termination_action="STOP",  # stop (keep the disk), never delete, when the time is up
     )
     if req.spot:
@@ -596,7 +596,9 @@ class VM:
         return max(0.0, (now - self.last_start).total_seconds())
 
     def hardware(self) -> str:
-        gpu = f" + {self.gpu_count} x {self.gpu_type}" if self.gpu_type else ""
+        builtin = builtin_gpu(self.machine_type)
+        gpu = f" + {self.gpu_count} x {self.gpu_type}" if self.attached_gpu else ""
+        gpu = f" ({builtin[1]} x {builtin[0]} built in)" if builtin else gpu
         return f"{self.machine_type}{gpu}{' (spot)' if self.spot else ''}"
 
 
