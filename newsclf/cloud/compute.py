@@ -185,8 +185,9 @@ def parse_gpu(value: str | None) -> tuple[str, int] | None:
 # only family GPUs attach to (T4, V100, P100, P4; T4 in counts of 1, 2 or 4, with at most 48 vCPUs for
 # 1-2 of them and 96 for 4); the accelerator-optimized families come with theirs built in: G2 = L4,
 # A2 = A100 (40 GB highgpu/megagpu, 80 GB ultragpu), A3 = H100 (highgpu, edgegpu, megagpu) or H200
-# (ultragpu), A4 = B200. The image's torch (the CUDA 13 build uv.lock resolves) ships kernels from sm_75
-# up, so T4 (sm_75) and everything newer runs; V100, P100, P4 and K80 do not.
+# (ultragpu), A4 = B200, G4 = RTX PRO 6000. The image's torch (uv.lock's 2.15.0+cu132) is built for
+# sm_75 sm_80 sm_86 sm_90 sm_100 sm_120 (torch._C._cuda_getArchFlags()), so T4 (sm_75) and everything
+# newer runs; V100 (sm_70), P100 (sm_60), P4 (sm_61) and K80 (sm_37) do not.
 _BUILTIN_GPUS: tuple[tuple[str, str], ...] = (
     (r"g2-standard-(\d+)", "nvidia-l4"),
     (r"a2-(?:high|mega)gpu-(\d+)g", "nvidia-tesla-a100"),
@@ -195,6 +196,7 @@ _BUILTIN_GPUS: tuple[tuple[str, str], ...] = (
     (r"a3-megagpu-(\d+)g", "nvidia-h100-mega-80gb"),
     (r"a3-ultragpu-(\d+)g", "nvidia-h200-141gb"),
     (r"a4-highgpu-(\d+)g", "nvidia-b200"),
+    (r"g4-standard-(\d+)", "nvidia-rtx-pro-6000"),
 )
 G2_GPUS = {24: 2, 32: 1, 48: 4, 96: 8}  # g2-standard-N: L4s by vCPUs (the rest have one)
 GPU_MACHINE_EXAMPLES = {  # a built-in GPU type -> the smallest machine type that carries it
@@ -205,6 +207,7 @@ GPU_MACHINE_EXAMPLES = {  # a built-in GPU type -> the smallest machine type tha
     "nvidia-h100-mega-80gb": "a3-megagpu-8g",
     "nvidia-h200-141gb": "a3-ultragpu-8g",
     "nvidia-b200": "a4-highgpu-8g",
+    "nvidia-rtx-pro-6000": "g4-standard-48",
 }
 ATTACHABLE_GPUS = {"nvidia-tesla-t4": (1, 2, 4)}  # what --gpu may attach (to N1), and in which counts
 T4_MAX_VCPUS = {1: 48, 2: 48, 4: 96}
@@ -233,7 +236,9 @@ def builtin_gpu(machine_type: str) -> tuple[str, int] | None:
         m = re.fullmatch(pattern, machine_type)
         if m:
             n = int(m.group(1))
-            return kind, (G2_GPUS.get(n, 1) if kind == "nvidia-l4" else n)
+            if kind == "nvidia-l4":
+                return kind, G2_GPUS.get(n, 1)
+            return kind, (max(1, n // 48) if kind == "nvidia-rtx-pro-6000" else n)  # g4-standard-48: one GPU
     return None
 
 
@@ -248,9 +253,9 @@ def machine_family(machine_type: str) -> str:
 
 
 def boot_disk_type(machine_type: str) -> str:
-    """pd-balanced, except where the machine series takes only Hyperdisk (A3, A4: the API's
-    diskType description names hyperdisk-balanced as their default and the type must match the series)."""
-    return "hyperdisk-balanced" if machine_family(machine_type) in ("a3", "a4") else "pd-balanced"
+    """pd-balanced, except where the machine series boots from Hyperdisk (A3, A4, G4: compute.v1's
+    diskType description names hyperdisk-balanced as their default, and the type must suit the series)."""
+    return "hyperdisk-balanced" if machine_family(machine_type) in ("a3", "a4", "g4") else "pd-balanced"
 
 
 def label_value(text: str) -> str:
