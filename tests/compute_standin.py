@@ -1,9 +1,13 @@
 """A stateful local stand-in for the Compute Engine REST API subset newsclf uses.
 
 Speaks what the real compute_v1 client sends (instances insert/get/list/aggregatedList/start/stop/
-delete/setMetadata/setLabels/getSerialPortOutput, zone operations get/wait, images getFromFamily, zones get),
-keeps instances and operations in memory, records every request (method, path, query, JSON body), and
-takes injected errors (capacity in one zone, quota, 403, API disabled). Operations finish after `op_polls` polls
+delete/setMetadata/setLabels/setScheduling/setMachineType/setMachineResources/getSerialPortOutput,
+disks resize, machineTypes and acceleratorTypes aggregatedList over a catalogue of real zones, zone
+operations get/wait, images getFromFamily, zones get), keeps instances and operations in memory, records
+every request (method, path, query, JSON body), and takes injected errors (capacity in one zone, quota,
+403, API disabled). Every /compute/v1 request is first checked against compute.v1's discovery document
+(tests/discovery.py); what Google would reject, or a machine type / GPU the zone lacks, is answered 400
+and recorded in `violations`, which fails the test at the fixture's teardown. Operations finish after `op_polls` polls
 (0: done at once); a stopped instance stays STOPPING for `stop_polls` reads before TERMINATED.
 `on_start(standin, instance)` runs whenever an instance starts (the e2e test runs the real startup
 script there); `shutdown()` is what the VM's `shutdown -h now` does.
