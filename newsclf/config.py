@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     gcp_project: str | None = None  # falls back to the ADC project
     region: str = "europe-west1"
     zone: str = "europe-west1-b"
-    zones: str = ""  # comma-separated fallback zones for capacity errors; empty: the region's b,c,d
+    zones: str = ""  # comma-separated fallback zones for capacity errors; empty: the zones of the region that offer the hardware
     bucket: str | None = None  # gs://BUCKET holds data/, runs/, builds/
     artifact_repo: str = "newsclf"  # Artifact Registry docker repository
     image: str | None = None  # training image; default REGION-docker.pkg.dev/PROJECT/REPO/newsclf-train

@@ -1,9 +1,13 @@
 """A stateful local stand-in for the Compute Engine REST API subset newsclf uses.
 
 Speaks what the real compute_v1 client sends (instances insert/get/list/aggregatedList/start/stop/
-delete/setMetadata/setLabels/getSerialPortOutput, zone operations get/wait, images getFromFamily, zones get),
-keeps instances and operations in memory, records every request (method, path, query, JSON body), and
-takes injected errors (capacity in one zone, quota, 403, API disabled). Operations finish after `op_polls` polls
+delete/setMetadata/setLabels/setScheduling/setMachineType/setMachineResources/getSerialPortOutput,
+disks resize, machineTypes and acceleratorTypes aggregatedList over a catalogue of real zones, zone
+operations get/wait, images getFromFamily, zones get), keeps instances and operations in memory, records
+every request (method, path, query, JSON body), and takes injected errors (capacity in one zone, quota,
+403, API disabled). Every /compute/v1 request is first checked against compute.v1's discovery document
+(tests/discovery.py); what Google would reject, or a machine type / GPU the zone lacks, is answered 400
+and recorded in `violations`, which fails the test at the fixture's teardown. Operations finish after `op_polls` polls
 (0: done at once); a stopped instance stays STOPPING for `stop_polls` reads before TERMINATED.
 `on_start(standin, instance)` runs whenever an instance starts (the e2e test runs the real startup
 script there); `shutdown()` is what the VM's `shutdown -h now` does.
@@ -16,6 +20,7 @@ import itertools
 import json
 import re
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,10 +30,35 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.rest_standin import Request, matching, read_request, send_reply
+from tests.rest_standin import Request, contract_violations, matching, read_request, reply_invalid, send_reply
 
 API = "https://www.googleapis.com/compute/v1"
 CAPACITY = "ZONE_RESOURCE_POOL_EXHAUSTED"
+
+# What the stand-in's Compute Engine offers where, after Google's "Regions and zones" and "GPU regions
+# and zones" tables (abridged): europe-west1 has zones b, c, d; us-central1 a, b, c, f; GPUs sit in
+# some zones only (L4 in europe-west1-b/-c, no V100 or A100 in europe-west1 at all).
+REGIONS = {"europe-west1": "bcd", "europe-west4": "abc", "us-central1": "abcf"}
+ZONES = tuple(f"{region}-{z}" for region, letters in REGIONS.items() for z in letters)
+ACCELERATORS = {  # type -> (zones, maximumCardsPerInstance)
+    "nvidia-tesla-t4": (ZONES, 4),
+    "nvidia-l4": (("europe-west1-b", "europe-west1-c", "europe-west4-a", "europe-west4-b", "europe-west4-c",
+                   "us-central1-a", "us-central1-b", "us-central1-c"), 8),
+    "nvidia-tesla-v100": (("europe-west4-a", "europe-west4-b", "europe-west4-c", "us-central1-a", "us-central1-b",
+                           "us-central1-c", "us-central1-f"), 8),
+    "nvidia-tesla-p100": (("europe-west1-b", "europe-west1-d", "europe-west4-a", "us-central1-c", "us-central1-f"), 4),
+    "nvidia-tesla-a100": (("europe-west4-a", "europe-west4-b", "us-central1-a", "us-central1-b", "us-central1-c",
+                           "us-central1-f"), 16),
+    "nvidia-h100-80gb": (("europe-west4-b", "europe-west4-c", "us-central1-a", "us-central1-b", "us-central1-c"), 8),
+}
+MACHINE_TYPES: dict[str, tuple[tuple[str, ...], int, tuple[str, int] | None]] = {  # name -> (zones, vCPUs, built-in GPUs)
+    **{f"n1-standard-{n}": (ZONES, n, None) for n in (1, 2, 4, 8, 16, 32, 64, 96)},
+    **{f"e2-standard-{n}": (ZONES, n, None) for n in (2, 4, 8, 16)},
+    **{f"g2-standard-{n}": (ACCELERATORS["nvidia-l4"][0], n, ("nvidia-l4", {24: 2, 48: 4, 96: 8}.get(n, 1)))
+       for n in (4, 8, 12, 16, 24, 32, 48, 96)},
+    **{f"a2-highgpu-{n}g": (ACCELERATORS["nvidia-tesla-a100"][0], 12 * n, ("nvidia-tesla-a100", n)) for n in (1, 2, 4, 8)},
+    "a3-highgpu-8g": (ACCELERATORS["nvidia-h100-80gb"][0], 208, ("nvidia-h100-80gb", 8)),
+}
 
 
 @dataclass
@@ -89,7 +119,8 @@ def _now() -> str:
 
 
 def _fingerprint() -> str:
-    return uuid.uuid4().hex[:12]
+    """What Compute Engine hands out: 8 bytes, base64 (e.g. "42WmSpB8rSM=")."""
+    return base64.b64encode(uuid.uuid4().bytes[:8]).decode()
 
 
 @dataclass
@@ -134,7 +165,7 @@ class ComputeStandIn:
         workdir: Path,
         *,
         project: str = "test-project",
-        zones: tuple[str, ...] = ("europe-west1-b", "europe-west1-c", "europe-west1-d"),
+        zones: tuple[str, ...] = ZONES,
         op_polls: int = 1,
         stop_polls: int = 1,
         on_start: Callable[[ComputeStandIn, Instance], Any] | None = None,
@@ -151,16 +182,22 @@ class ComputeStandIn:
         self.instances: dict[tuple[str, str], Instance] = {}
         self.operations: dict[tuple[str, str], Operation] = {}
         self.faults: list[Fault] = []
+        # what Google's contract (tests/discovery.py) rejected: the fixture fails the test on any
+        self.violations: list[tuple[Request, list[str]]] = []
         self.secrets: dict[str, str] = {}  # Secret Manager stand-in under /_secrets
         self.images = {
-            ("deeplearning-platform-release", "common-cu128-ubuntu-2204-nvidia-570"): {
+            ("deeplearning-platform-release", family): {
                 "kind": "compute#image",
-                "name": "common-cu128-ubuntu-2204-nvidia-570-v20250601",
-                "family": "common-cu128-ubuntu-2204-nvidia-570",
+                "name": f"{family}-{version}",
+                "family": family,
                 "status": "READY",
-                "selfLink": f"{API}/projects/deeplearning-platform-release/global/images/"
-                "common-cu128-ubuntu-2204-nvidia-570-v20250601",
+                "selfLink": f"{API}/projects/deeplearning-platform-release/global/images/{family}-{version}",
             }
+            for family, version in (
+                ("common-cu128-ubuntu-2204-nvidia-570", "v20250601"),
+                ("common-cu129-ubuntu-2204-nvidia-580", "v20260401"),
+                ("common-cu129-ubuntu-2404-nvidia-580", "v20260401"),
+            )
         }
         self.lock = threading.RLock()
         self._ids = itertools.count(1000)
@@ -231,6 +268,12 @@ class ComputeStandIn:
         path, query, body = req.path, req.query, req.body
         with self.lock:
             self.requests.append(req)
+            errors = contract_violations("compute.v1", req) if path.startswith("/compute/v1/") else []
+            if errors:  # Google answers 400 before it looks at anything else
+                self.violations.append((req, errors))
+                reply_invalid(h, errors)
+                return
+            self._current = req
             try:
                 if path.startswith("/_metadata/") and h.headers.get("Metadata-Flavor") != "Google":
                     code, payload = 403, "Missing Metadata-Flavor: Google header"
@@ -239,6 +282,11 @@ class ComputeStandIn:
             except Exception as e:  # a bug in the stand-in: make it visible in the test
                 code, payload = 500, _error(500, f"stand-in error: {type(e).__name__}: {e}", "backendError")
         send_reply(h, code, payload)  # the metadata server answers attributes as plain text
+
+    def _invalid(self, message: str, code: int = 400, reason: str = "invalid") -> tuple[int, dict]:
+        """What Google answers a request that names something it does not have: recorded as a violation."""
+        self.violations.append((self._current, [message]))
+        return code, _error(code, message, reason)
 
     def _fault(self, method: str, path: str) -> Fault | None:
         for fault in self.faults:
@@ -284,6 +332,12 @@ class ComputeStandIn:
             return 200, image
         if path == f"/compute/v1/projects/{self.project}/aggregated/instances" and method == "GET":
             return 200, self._aggregated(query)
+        m = re.fullmatch(rf"/compute/v1/projects/{p}/aggregated/(machineTypes|acceleratorTypes)", path)
+        if m and method == "GET":
+            return 200, self._catalogue(m.group(1), query)
+        m = re.fullmatch(rf"/compute/v1/projects/{p}/zones/([^/]+)/disks/([^/]+)/resize", path)
+        if m and method == "POST":
+            return self._resize(m.group(1), m.group(2), body, fault)
         m = re.fullmatch(rf"/compute/v1/projects/{p}/zones/([^/]+)/operations/([^/]+)(/wait)?", path)
         if m:
             return self._poll_operation(m.group(1), m.group(2))
@@ -346,8 +400,33 @@ class ComputeStandIn:
 
     # ------------------------------------------------------------------------------ instances
 
+    def _hardware_errors(self, zone: str, machine_type: str, accels: list[dict]) -> str | None:
+        """What Compute Engine says when the zone lacks the machine type or GPU, or they do not go together."""
+        offered = MACHINE_TYPES.get(machine_type)
+        if offered is None or zone not in offered[0]:
+            return (f"Invalid value for field 'resource.machineType': 'zones/{zone}/machineTypes/{machine_type}'. "
+                    f"Machine type with name '{machine_type}' does not exist in zone '{zone}'.")
+        for i, acc in enumerate(accels):
+            kind = acc.get("acceleratorType", "").rsplit("/", 1)[-1]
+            zones, most = ACCELERATORS.get(kind, ((), 0))
+            if zone not in zones:
+                return (f"Invalid value for field 'resource.guestAccelerators[{i}].acceleratorType': "
+                        f"'{acc.get('acceleratorType')}'. Accelerator type '{kind}' does not exist in zone '{zone}'.")
+            if offered[2] is not None or not machine_type.startswith("n1-"):
+                return (f"Invalid value for field 'resource.guestAccelerators[{i}]': {machine_type} does not take "
+                        "attached accelerators.")
+            if acc.get("acceleratorCount", 0) > most:
+                return f"Invalid value for field 'resource.guestAccelerators[{i}].acceleratorCount': at most {most}."
+        return None
+
     def _insert(self, zone: str, body: dict, fault: Fault | None) -> tuple[int, dict]:
         name = body.get("name", "")
+        if zone not in self.zones:
+            return self._invalid(f"Invalid value for field 'zone': '{zone}'. Unknown zone.")
+        problem = self._hardware_errors(zone, body.get("machineType", "").rsplit("/", 1)[-1],
+                                        body.get("guestAccelerators") or [])
+        if problem:
+            return self._invalid(problem)
         if (zone, name) in self.instances:
             return 409, _error(409, f"The resource 'projects/{self.project}/zones/{zone}/instances/{name}' already exists", "alreadyExists")
         if not body.get("machineType"):
@@ -383,8 +462,13 @@ class ComputeStandIn:
             resource.setdefault("metadata", {})["fingerprint"] = _fingerprint()
             for acc in resource.get("guestAccelerators", []):
                 acc["acceleratorType"] = _full(base, acc["acceleratorType"])
-            for disk in resource.get("disks", []):
-                disk["diskSizeGb"] = disk.get("initializeParams", {}).get("diskSizeGb", "10")
+            for i, disk in enumerate(resource.get("disks", [])):
+                params = disk.pop("initializeParams", {})
+                disk.update(
+                    diskSizeGb=str(params.get("diskSizeGb", "10")), type="PERSISTENT", mode="READ_WRITE",
+                    deviceName=disk.get("deviceName", f"persistent-disk-{i}"),
+                    source=f"{base}/disks/{params.get('diskName') or (name if i == 0 else f'{name}-{i}')}",
+                )
             serial = self.workdir / f"serial-{zone}-{name}.log"
             serial.touch()
             inst = Instance(zone, resource, serial)
@@ -455,7 +539,75 @@ class ComputeStandIn:
             def effect() -> None:
                 inst.resource.update(labels=body.get("labels", {}), labelFingerprint=_fingerprint())
             return self._operation(zone, "setLabels", name, effect, fault)
+        if verb == "setScheduling":
+            if inst.resource.get("guestAccelerators") and body.get("onHostMaintenance") != "TERMINATE":
+                return self._invalid("Instances with guest accelerators do not support live migration.")
+
+            def effect() -> None:
+                inst.resource["scheduling"] = body  # the whole Scheduling is replaced
+            return self._operation(zone, "setScheduling", name, effect, fault)
+        if verb in ("setMachineType", "setMachineResources"):
+            if inst.status != "TERMINATED":
+                return self._invalid(f"The resource '{name}' must be stopped for {verb}.", reason="resourceNotReady")
+            machine_type = (body.get("machineType") or inst.resource["machineType"]).rsplit("/", 1)[-1]
+            accels = body.get("guestAccelerators", []) if verb == "setMachineResources" else (
+                inst.resource.get("guestAccelerators") or [])
+            problem = self._hardware_errors(zone, machine_type, accels)
+            if problem:
+                return self._invalid(problem)
+            if accels and inst.resource.get("scheduling", {}).get("onHostMaintenance") != "TERMINATE":
+                return self._invalid("Instances with guest accelerators do not support live migration.")
+
+            def effect() -> None:
+                if verb == "setMachineType":
+                    inst.resource["machineType"] = _full(inst.resource["zone"], body["machineType"])
+                else:
+                    inst.resource["guestAccelerators"] = [
+                        {**a, "acceleratorType": _full(inst.resource["zone"], a["acceleratorType"])} for a in accels
+                    ]
+            return self._operation(zone, verb, name, effect, fault)
         return 404, _error(404, f"stand-in does not serve instances/{verb}", "notFound")
+
+    def _resize(self, zone: str, disk: str, body: dict, fault: Fault | None) -> tuple[int, dict]:
+        url = f"{API}/projects/{self.project}/zones/{zone}/disks/{disk}"
+        attached = [d for i in self.instances.values() for d in i.resource.get("disks", []) if d.get("source") == url]
+        if not attached:
+            return 404, _error(404, f"The resource 'projects/{self.project}/zones/{zone}/disks/{disk}' was not found", "notFound")
+        size = int(body["sizeGb"])
+        if size < int(attached[0]["diskSizeGb"]):
+            return self._invalid(
+                f"Invalid value for field 'sizeGb': '{size}'. New disk size '{size}' GiB must be larger than existing "
+                f"size '{attached[0]['diskSizeGb']}' GiB."
+            )
+
+        def effect() -> None:
+            attached[0]["diskSizeGb"] = str(size)
+        return self._operation(zone, "resizeDisk", disk, effect, fault)
+
+    def _catalogue(self, kind: str, query: dict) -> dict:
+        """machineTypes / acceleratorTypes aggregatedList: every zone a scope, empty ones with a warning."""
+        m = re.fullmatch(r'\s*name\s*=\s*"?([^"]*)"?\s*', query.get("filter", ""))
+        wanted = m.group(1) if m else None
+        items: dict[str, dict] = {}
+        for zone in self.zones:
+            found = []
+            if kind == "machineTypes":
+                for name, (zones, cpus, gpu) in MACHINE_TYPES.items():
+                    if zone in zones and wanted in (None, name):
+                        mt = {"kind": "compute#machineType", "name": name, "zone": zone, "guestCpus": cpus,
+                              "selfLink": f"{API}/projects/{self.project}/zones/{zone}/machineTypes/{name}"}
+                        if gpu:
+                            mt["accelerators"] = [{"guestAcceleratorType": gpu[0], "guestAcceleratorCount": gpu[1]}]
+                        found.append(mt)
+            else:
+                for name, (zones, most) in ACCELERATORS.items():
+                    if zone in zones and wanted in (None, name):
+                        found.append({"kind": "compute#acceleratorType", "name": name, "maximumCardsPerInstance": most,
+                                      "zone": f"{API}/projects/{self.project}/zones/{zone}",
+                                      "selfLink": f"{API}/projects/{self.project}/zones/{zone}/acceleratorTypes/{name}"})
+            items[f"zones/{zone}"] = {kind: found} if found else {"warning": {
+                "code": "NO_RESULTS_ON_PAGE", "message": f"There are no results for scope 'zones/{zone}' on this page."}}
+        return {"kind": f"compute#{kind[:-1]}AggregatedList", "items": items}
 
     def _kill(self, inst: Instance) -> None:
         if self.on_stop is not None:
@@ -743,6 +895,9 @@ def standin(gcs, tmp_path, monkeypatch):
     gcs.bucket(gcs.test_bucket).blob("data/processed/manifest.json").upload_from_string("{}")
     yield server
     server.close()
+    assert not server.violations, "requests Google would reject:\n" + "\n".join(
+        f"{r.method} {r.path}: {'; '.join(e)}" for r, e in server.violations
+    )
 
 
 @pytest.fixture
@@ -753,3 +908,71 @@ def sandbox(standin, fake_gcs, tmp_path):
     standin.on_stop = box.on_stop
     yield box
     box.close()
+
+
+# ------------------------------------------------------------------------------------------ test helpers
+# (shared by tests/test_compute*.py)
+
+VM = "newsclf-train"
+ZONE = "europe-west1-b"
+SCRIPT = (Path(__file__).resolve().parents[1] / "newsclf" / "cloud" / "startup.sh").read_text()
+
+
+class FakeVM:
+    """A VM whose job is a thread: job lines on the serial port, status.json/metrics.json in the bucket,
+    then the guest powers off. Fast, for the CLI's follow logic; the startup script has its own tests."""
+
+    def __init__(self, gcs, *, state="succeeded", exit_code=0, error=None, hold=None, power_off=True):
+        self.gcs, self.state, self.exit_code, self.error = gcs, state, exit_code, error
+        self.hold = hold  # an Event: the job waits for it before finishing
+        self.power_off = power_off
+        self.started = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def on_start(self, standin, inst):
+        meta = inst.metadata()
+        t = threading.Thread(target=self._job, args=(standin, inst, meta["newsclf-run-id"], meta["newsclf-bucket"]))
+        t.daemon = True
+        t.start()
+        self.threads.append(t)
+
+    def _put(self, bucket, name, doc):
+        self.gcs.bucket(bucket).blob(name).upload_from_string(json.dumps(doc), content_type="application/json")
+
+    def _job(self, standin, inst, run_id, bucket):
+        serial = lambda text: open(inst.serial, "a").write(text)  # noqa: E731
+        self._put(bucket, f"runs/{run_id}/status.json", {"state": "running", "exit_code": None})
+        serial(f"[   1.0] kernel: booting\nnewsclf-vm[{run_id}]: pulling image\n")
+        serial(f"Nov 27 google_metadata_script_runner[9]: startup-script: newsclf-vm[{run_id}]: pulling image\n")
+        serial(f"newsclf-job[{run_id}]: epoch 1 accuracy 0.91\nnewsclf-job[older-run]: not ours\n")
+        serial(f"newsclf-job[{run_id}]: half a li")  # a line split across two reads
+        self.started.set()
+        time.sleep(0.15)
+        serial("ne\r\n")
+        if self.hold is not None:
+            self.hold.wait(30)
+        serial(f"newsclf-job[{run_id}]: done\n")
+        if self.state == "succeeded":
+            self._put(bucket, f"runs/{run_id}/metrics.json", {"run_id": run_id, "test": {"accuracy": 0.93, "macro_f1": 0.925}})
+        if self.state:
+            self._put(
+                bucket, f"runs/{run_id}/status.json",
+                {"state": self.state, "exit_code": self.exit_code, "error": self.error},
+            )
+        self.gcs.bucket(bucket).blob(f"runs/{run_id}/logs/vm-1.log").upload_from_string("epoch 1 accuracy 0.91\ndone\n")
+        if self.power_off:
+            time.sleep(0.1)
+            standin.shutdown(inst.zone, inst.name)
+
+
+def insert_bodies(standin):
+    return [r.body for r in standin.calls("POST", r"/zones/[^/]+/instances$")]
+
+
+def meta_items(body):
+    """Metadata items of an insert body (Instance) or a setMetadata body (Metadata)."""
+    return {i["key"]: i.get("value", "") for i in body.get("metadata", body)["items"]}
+
+
+def last_line(text: str) -> str:
+    return [line for line in text.splitlines() if line.strip()][-1]

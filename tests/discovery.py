@@ -155,32 +155,134 @@ def duration_seconds(value: Any) -> float | None:
     return None
 
 
+# Resource URLs in request bodies, in the forms compute.v1 documents for each field (other forms may
+# happen to work, but are not promised): Instance.machineType and InstancesSetMachineTypeRequest
+# ("zones/zone/machineTypes/machine-type", full or partial URL), AttachedDiskInitializeParams.diskType
+# (full URL, projects/p/zones/z/diskTypes/t or zones/z/diskTypes/t), AcceleratorConfig.acceleratorType
+# (full or partial URL, e.g. projects/my-project/zones/us-central1-c/acceleratorTypes/nvidia-tesla-p100).
+_API_URL = r"(?:https://(?:www|compute)\.googleapis\.com/compute/v1/)?"
+MACHINE_TYPE_URL = re.compile(_API_URL + r"(?:projects/[^/]+/)?zones/[^/]+/machineTypes/[^/]+")
+DISK_TYPE_URL = re.compile(_API_URL + r"(?:projects/[^/]+/)?zones/[^/]+/diskTypes/[^/]+")
+ACCELERATOR_TYPE_URL = re.compile(_API_URL + r"projects/[^/]+/zones/[^/]+/acceleratorTypes/[^/]+")
+# Metadata (compute.v1 Metadata.items): each value at most 256 KiB, all keys and values under 512 KB.
+MAX_METADATA_VALUE, MAX_METADATA_TOTAL = 256 * 1024, 512 * 1024
+# Fingerprints are `format: byte` (base64), handed back exactly as instances.get returned them.
+BASE64 = re.compile(r"(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{2}==|[A-Za-z0-9+/_-]{3}=|[A-Za-z0-9+/_-]{2,3})?")
+MIN_DISK_GB = 10  # AttachedDiskInitializeParams.diskSizeGb: "The size must be at least 10 GB."
+
+
+def _url_errors(value: Any, pattern: re.Pattern, where: str, example: str) -> list[str]:
+    if isinstance(value, str) and pattern.fullmatch(value):
+        return []
+    return [f"{where}: {value!r} is not a URL of the documented form (e.g. {example!r})"]
+
+
+def _scheduling_errors(sched: Any, where: str) -> list[str]:
+    """Scheduling rules from the Limit-VM-runtime and Spot VM pages (instances.insert and setScheduling)."""
+    if not isinstance(sched, dict):
+        return []
+    errors: list[str] = []
+    if "maxRunDuration" in sched:
+        seconds = duration_seconds(sched["maxRunDuration"])
+        if seconds is None or not MIN_RUN_SECONDS <= seconds <= MAX_RUN_SECONDS:
+            errors.append(f"{where}maxRunDuration: {sched['maxRunDuration']!r} outside {MIN_RUN_SECONDS} s to 120 days")
+        if not sched.get("instanceTerminationAction"):
+            errors.append(f"{where}instanceTerminationAction: required with maxRunDuration")
+    spot = sched.get("provisioningModel") == "SPOT" or sched.get("preemptible")
+    if spot and sched.get("automaticRestart"):
+        errors.append(f"{where}automaticRestart: spot instances cannot restart automatically")
+    if spot and sched.get("onHostMaintenance") not in (None, "TERMINATE"):
+        errors.append(f"{where}onHostMaintenance: spot instances can only TERMINATE on host maintenance")
+    if sched.get("provisioningModel") == "STANDARD" and sched.get("preemptible"):
+        errors.append(f"{where}preemptible: contradicts provisioningModel STANDARD")
+    return errors
+
+
+def _accelerator_errors(accels: Any, where: str) -> list[str]:
+    errors: list[str] = []
+    for i, acc in enumerate(accels if isinstance(accels, list) else []):
+        if not isinstance(acc, dict):
+            continue
+        errors += _url_errors(acc.get("acceleratorType"), ACCELERATOR_TYPE_URL, f"{where}[{i}].acceleratorType",
+                              "projects/my-project/zones/us-central1-c/acceleratorTypes/nvidia-tesla-t4")
+        count = acc.get("acceleratorCount")
+        if not isinstance(count, int) or count < 1:
+            errors.append(f"{where}[{i}].acceleratorCount: {count!r}, at least 1")
+    return errors
+
+
+def _metadata_errors(metadata: Any, where: str) -> list[str]:
+    if not isinstance(metadata, dict):
+        return []
+    errors: list[str] = []
+    items = [i for i in metadata.get("items") or [] if isinstance(i, dict)]
+    keys = [i.get("key") for i in items]
+    for key in sorted({k for k in keys if keys.count(k) > 1}, key=str):
+        errors.append(f"{where}items: duplicate key {key!r}")
+    total = 0
+    for item in items:
+        size = len(str(item.get("value", "")).encode())
+        total += size + len(str(item.get("key", "")).encode())
+        if size > MAX_METADATA_VALUE:
+            errors.append(f"{where}items: value of {item.get('key')!r} is {size} bytes, at most {MAX_METADATA_VALUE}")
+    if total >= MAX_METADATA_TOTAL:
+        errors.append(f"{where}items: {total} bytes of keys and values, must be under {MAX_METADATA_TOTAL}")
+    if "fingerprint" in metadata and not BASE64.fullmatch(str(metadata["fingerprint"])):
+        errors.append(f"{where}fingerprint: {metadata['fingerprint']!r} is not base64")
+    return errors
+
+
+def _disk_size_errors(value: Any, where: str) -> list[str]:
+    if value is None or not INT64.fullmatch(str(value)) or int(value) >= MIN_DISK_GB:
+        return []  # a bad type is the schema's to report
+    return [f"{where}: {value} GB, the size must be at least {MIN_DISK_GB} GB"]
+
+
 def _compute_rules(method_id: str, body: Any) -> list[str]:
     errors: list[str] = []
-    if method_id == "compute.instances.insert" and isinstance(body, dict):
+    if not isinstance(body, dict):
+        return errors
+    if method_id == "compute.instances.insert":
         errors += name_errors(body.get("name"))
         errors += label_errors(body.get("labels"))
+        errors += _url_errors(body.get("machineType"), MACHINE_TYPE_URL, "machineType",
+                              "zones/us-central1-f/machineTypes/n1-standard-1")
         sched = body.get("scheduling") or {}
-        if "maxRunDuration" in sched:
-            seconds = duration_seconds(sched["maxRunDuration"])
-            if seconds is None or not MIN_RUN_SECONDS <= seconds <= MAX_RUN_SECONDS:
-                errors.append(
-                    f"scheduling.maxRunDuration: {sched['maxRunDuration']!r} outside {MIN_RUN_SECONDS} s to 120 days"
-                )
-            if not sched.get("instanceTerminationAction"):
-                errors.append("scheduling.instanceTerminationAction: required with maxRunDuration")
+        errors += _scheduling_errors(sched, "scheduling.")
         if body.get("guestAccelerators") and sched.get("onHostMaintenance") not in (None, "TERMINATE"):
             errors.append("scheduling.onHostMaintenance: instances with guest accelerators must be TERMINATE")
-        if sched.get("provisioningModel") == "SPOT" and sched.get("automaticRestart"):
-            errors.append("scheduling.automaticRestart: spot instances cannot restart automatically")
-    if method_id == "compute.instances.setLabels" and isinstance(body, dict):
+        if body.get("guestAccelerators") and sched.get("onHostMaintenance") is None:
+            # the default is MIGRATE for standard instances, which GPU instances do not support
+            if sched.get("provisioningModel") != "SPOT" and not sched.get("preemptible"):
+                errors.append("scheduling.onHostMaintenance: instances with guest accelerators must set TERMINATE")
+        errors += _accelerator_errors(body.get("guestAccelerators"), "guestAccelerators")
+        errors += _metadata_errors(body.get("metadata"), "metadata.")
+        for i, disk in enumerate(body.get("disks") or []):
+            params = disk.get("initializeParams") if isinstance(disk, dict) else None
+            if isinstance(params, dict):
+                if "diskType" in params:
+                    errors += _url_errors(params["diskType"], DISK_TYPE_URL, f"disks[{i}].initializeParams.diskType",
+                                          "zones/us-central1-f/diskTypes/pd-balanced")
+                errors += _disk_size_errors(params.get("diskSizeGb"), f"disks[{i}].initializeParams.diskSizeGb")
+    if method_id == "compute.instances.setLabels":
         errors += label_errors(body.get("labels"))
         if not body.get("labelFingerprint"):
             errors.append("labelFingerprint: required (read it from instances.get)")
-    if method_id == "compute.instances.setScheduling" and isinstance(body, dict) and "maxRunDuration" in body:
-        seconds = duration_seconds(body["maxRunDuration"])
-        if seconds is None or not MIN_RUN_SECONDS <= seconds <= MAX_RUN_SECONDS:
-            errors.append(f"maxRunDuration: {body['maxRunDuration']!r} outside {MIN_RUN_SECONDS} s to 120 days")
+        elif not BASE64.fullmatch(str(body["labelFingerprint"])):
+            errors.append(f"labelFingerprint: {body['labelFingerprint']!r} is not base64")
+    if method_id == "compute.instances.setMetadata":
+        errors += _metadata_errors(body, "")
+    if method_id == "compute.instances.setScheduling":
+        errors += _scheduling_errors(body, "")
+    if method_id == "compute.instances.setMachineType":
+        errors += _url_errors(body.get("machineType"), MACHINE_TYPE_URL, "machineType",
+                              "zones/us-central1-f/machineTypes/n1-standard-1")
+    if method_id == "compute.instances.setMachineResources":
+        errors += _accelerator_errors(body.get("guestAccelerators"), "guestAccelerators")
+    if method_id == "compute.disks.resize":
+        if "sizeGb" not in body:
+            errors.append("sizeGb: required")
+        errors += _disk_size_errors(body.get("sizeGb"), "sizeGb")
     return errors
 
 

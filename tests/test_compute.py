@@ -10,80 +10,15 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.compute_standin import VMSandbox, sandbox, standin  # noqa: F401  (fixtures)
+from tests.compute_standin import (  # noqa: F401  (fixtures)
+    SCRIPT, VM, ZONE, FakeVM, VMSandbox, insert_bodies, last_line, meta_items, sandbox, standin,
+)
 
 PROJECT = "test-project"
-VM = "newsclf-train"
-ZONE = "europe-west1-b"
-SCRIPT = (Path(__file__).resolve().parents[1] / "newsclf" / "cloud" / "startup.sh").read_text()
 POLL = ("--poll-interval", "0.05")
-
-
-# ------------------------------------------------------------------------------------------ fixtures
-
-
-class FakeVM:
-    """A VM whose job is a thread: job lines on the serial port, status.json/metrics.json in the bucket,
-    then the guest powers off. Fast, for the CLI's follow logic; the startup script has its own tests."""
-
-    def __init__(self, gcs, *, state="succeeded", exit_code=0, error=None, hold=None, power_off=True):
-        self.gcs, self.state, self.exit_code, self.error = gcs, state, exit_code, error
-        self.hold = hold  # an Event: the job waits for it before finishing
-        self.power_off = power_off
-        self.started = threading.Event()
-        self.threads: list[threading.Thread] = []
-
-    def on_start(self, standin, inst):
-        meta = inst.metadata()
-        t = threading.Thread(target=self._job, args=(standin, inst, meta["newsclf-run-id"], meta["newsclf-bucket"]))
-        t.daemon = True
-        t.start()
-        self.threads.append(t)
-
-    def _put(self, bucket, name, doc):
-        self.gcs.bucket(bucket).blob(name).upload_from_string(json.dumps(doc), content_type="application/json")
-
-    def _job(self, standin, inst, run_id, bucket):
-        serial = lambda text: open(inst.serial, "a").write(text)  # noqa: E731
-        self._put(bucket, f"runs/{run_id}/status.json", {"state": "running", "exit_code": None})
-        serial(f"[   1.0] kernel: booting\nnewsclf-vm[{run_id}]: pulling image\n")
-        serial(f"Nov 27 google_metadata_script_runner[9]: startup-script: newsclf-vm[{run_id}]: pulling image\n")
-        serial(f"newsclf-job[{run_id}]: epoch 1 accuracy 0.91\nnewsclf-job[older-run]: not ours\n")
-        serial(f"newsclf-job[{run_id}]: half a li")  # a line split across two reads
-        self.started.set()
-        time.sleep(0.15)
-        serial("ne\r\n")
-        if self.hold is not None:
-            self.hold.wait(30)
-        serial(f"newsclf-job[{run_id}]: done\n")
-        if self.state == "succeeded":
-            self._put(bucket, f"runs/{run_id}/metrics.json", {"run_id": run_id, "test": {"accuracy": 0.93, "macro_f1": 0.925}})
-        if self.state:
-            self._put(
-                bucket, f"runs/{run_id}/status.json",
-                {"state": self.state, "exit_code": self.exit_code, "error": self.error},
-            )
-        self.gcs.bucket(bucket).blob(f"runs/{run_id}/logs/vm-1.log").upload_from_string("epoch 1 accuracy 0.91\ndone\n")
-        if self.power_off:
-            time.sleep(0.1)
-            standin.shutdown(inst.zone, inst.name)
-
-
-def insert_bodies(standin):
-    return [r.body for r in standin.calls("POST", r"/zones/[^/]+/instances$")]
-
-
-def meta_items(body):
-    """Metadata items of an insert body (Instance) or a setMetadata body (Metadata)."""
-    return {i["key"]: i.get("value", "") for i in body.get("metadata", body)["items"]}
-
-
-def last_line(text: str) -> str:
-    return [line for line in text.splitlines() if line.strip()][-1]
 
 
 # ---------------------------------------------------------------------------------- pure helpers
@@ -93,15 +28,22 @@ def test_candidate_zones_and_gpu_parsing():
     from newsclf.cloud import compute
     from newsclf.errors import InputError
 
-    assert compute.candidate_zones("europe-west1-b") == ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
-    assert compute.candidate_zones("us-central1-a") == ["us-central1-a", "us-central1-b", "us-central1-c", "us-central1-d"]
-    assert compute.candidate_zones("europe-west1-b", "europe-west4-a, europe-west1-b") == ["europe-west1-b", "europe-west4-a"]
+    offered = {"europe-west1-b", "europe-west1-c", "europe-west1-d", "europe-west4-a", "us-central1-a", "us-central1-f"}
+    assert compute.candidate_zones("europe-west1-c", "", offered) == ["europe-west1-c", "europe-west1-b", "europe-west1-d"]
+    assert compute.candidate_zones("us-central1-a", "", offered) == ["us-central1-a", "us-central1-f"]
+    assert compute.candidate_zones("us-central1-b", "", offered) == ["us-central1-a", "us-central1-f"]
+    assert compute.candidate_zones("europe-west1-b", "europe-west4-a, europe-west1-b", offered) == [
+        "europe-west1-b", "europe-west4-a"
+    ]
     assert compute.parse_gpu("nvidia-tesla-t4:2") == ("nvidia-tesla-t4", 2)
     assert compute.parse_gpu("nvidia-l4") == ("nvidia-l4", 1)
     with pytest.raises(InputError, match=r"^Bad --gpu 'T4:x': use TYPE:COUNT, e.g. --gpu nvidia-tesla-t4:1$"):
         compute.parse_gpu("T4:x")
     assert compute.builtin_gpus("g2-standard-8") == 1
+    assert compute.builtin_gpu("g2-standard-48") == ("nvidia-l4", 4)
     assert compute.builtin_gpus("a2-highgpu-2g") == 2
+    assert compute.builtin_gpu("a3-ultragpu-8g") == ("nvidia-h200-141gb", 8)
+    assert compute.builtin_gpu("a4-highgpu-8g") == ("nvidia-b200", 8)
     assert compute.builtin_gpus("n1-standard-8") == 0
 
 
@@ -211,7 +153,7 @@ def test_run_gpu_spot_body(cli, standin):
     [body] = insert_bodies(standin)
     assert body["machineType"] == f"zones/{ZONE}/machineTypes/n1-standard-4"
     assert body["guestAccelerators"] == [
-        {"acceleratorType": f"zones/{ZONE}/acceleratorTypes/nvidia-tesla-t4", "acceleratorCount": 1}
+        {"acceleratorType": f"projects/{PROJECT}/zones/{ZONE}/acceleratorTypes/nvidia-tesla-t4", "acceleratorCount": 1}
     ]
     assert body["scheduling"] == {
         "maxRunDuration": {"seconds": "9000"},
@@ -266,52 +208,6 @@ def test_run_without_a_dataset_starts_no_vm(cli, standin):
         "upload one with `newsclf data push` first"
     )
     assert standin.requests == []
-
-
-# ---------------------------------------------------------------------------------- zone failover
-
-
-def test_zone_failover_on_operation_and_http_errors(cli, standin):
-    standin.fail("POST", f"zones/{ZONE}/instances$", "capacity", via="operation")
-    standin.fail("POST", "zones/europe-west1-c/instances$", "quota")
-    r = cli("--json", "cloud", "run", "--detach", "--gpu", "nvidia-tesla-t4:1")
-    assert r.exit_code == 0, r.stderr
-    assert r.json["data"]["zone"] == "europe-west1-d"
-    assert [c.path.split("/")[6] for c in standin.calls("POST", r"/instances$")] == [
-        "europe-west1-b", "europe-west1-c", "europe-west1-d"
-    ]
-    body = insert_bodies(standin)[-1]
-    assert body["guestAccelerators"][0]["acceleratorType"] == "zones/europe-west1-d/acceleratorTypes/nvidia-tesla-t4"
-    assert "No room in europe-west1-b (ZONE_RESOURCE_POOL_EXHAUSTED); trying the next zone" in r.stderr
-    assert "No room in europe-west1-c (quotaExceeded); trying the next zone" in r.stderr
-    assert standin.instance(VM, "europe-west1-d").status == "RUNNING"
-
-
-def test_zone_failover_gives_up_with_one_line(cli, standin, monkeypatch):
-    monkeypatch.setenv("NEWSCLF_ZONES", "europe-west1-c,europe-west4-a")
-    standin.fail("POST", f"zones/{ZONE}/instances$", "capacity_details", via="http")
-    standin.fail("POST", "zones/europe-west1-c/instances$", "capacity", via="operation")
-    standin.fail("POST", "zones/europe-west4-a/instances$", "quota", via="operation")
-    r = cli("cloud", "run", "--detach")
-    assert r.exit_code == 1
-    assert last_line(r.stderr) == (
-        "Error: No zone could take n1-standard-8: tried europe-west1-b (ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS), "
-        "europe-west1-c (ZONE_RESOURCE_POOL_EXHAUSTED), europe-west4-a (QUOTA_EXCEEDED); "
-        "request more quota (console: IAM & Admin > Quotas) or pick another --zone/--gpu"
-    )
-    assert standin.instances == {}
-
-
-def test_permission_denied_is_not_a_capacity_error(cli, standin):
-    standin.fail("POST", f"zones/{ZONE}/instances$", "forbidden")
-    r = cli("cloud", "run", "--detach")
-    assert r.exit_code == 1
-    assert last_line(r.stderr) == (
-        "Error: Permission denied to create the VM in project test-project: Required 'compute.instances.create' "
-        "permission; grant your account roles/compute.instanceAdmin.v1 and roles/iam.serviceAccountUser, "
-        "or check NEWSCLF_GCP_PROJECT"
-    )
-    assert len(standin.calls("POST", r"/instances$")) == 1  # no failover
 
 
 # ---------------------------------------------------------------------------------- follow
@@ -443,71 +339,6 @@ def test_logs_of_unknown_run(cli, standin):
     r = cli("cloud", "logs")
     assert last_line(r.stderr) == (
         "Error: No run given and no VM newsclf-train: pass a run id (list them with `newsclf models list`)"
-    )
-
-
-# ---------------------------------------------------------------------------------- existing VM
-
-
-def test_busy_vm_is_refused_and_force_restarts_it(cli, standin):
-    standin.on_start = FakeVM(standin.gcs, hold=threading.Event()).on_start
-    first = cli("--json", "cloud", "run", "--detach").json["data"]["run_id"]
-    deadline = time.time() + 10
-    while standin.gcs.bucket(standin.gcs.test_bucket).get_blob(f"runs/{first}/status.json") is None:
-        assert time.time() < deadline
-        time.sleep(0.05)
-    r = cli("cloud", "run", "--detach")
-    assert r.exit_code == 1
-    assert last_line(r.stderr) == (
-        f"Error: VM {VM} is busy with run {first} (running): follow it with `newsclf cloud logs {first} --follow`, "
-        "stop it with `newsclf cloud stop`, or pass --force to stop it and start this run"
-    )
-    standin.on_start = None
-    r = cli("--json", "cloud", "run", "--detach", "--force", *POLL)
-    assert r.exit_code == 0, r.stderr
-    second = r.json["data"]["run_id"]
-    verbs = [c.path.rsplit("/", 1)[-1] for c in standin.calls("POST", f"/instances/{VM}/")]
-    assert verbs == ["stop", "setMetadata", "setLabels", "start"]
-    assert standin.instance(VM).metadata()["newsclf-run-id"] == second
-
-
-def test_second_run_reuses_the_stopped_vm(cli, standin):
-    standin.op_polls = 2
-    standin.on_start = FakeVM(standin.gcs).on_start
-    r1 = cli("--json", "cloud", "run", *POLL)
-    assert r1.exit_code == 0, r1.stderr
-    inst = standin.instance(VM)
-    fingerprint = inst.resource["metadata"]["fingerprint"]
-    labels_fp = inst.resource["labelFingerprint"]
-    assert inst.status == "TERMINATED"
-
-    r2 = cli("--json", "cloud", "run", *POLL, "--", "--epochs", "2")
-    assert r2.exit_code == 0, r2.stderr
-    second = r2.json["data"]["run_id"]
-    assert second != r1.json["data"]["run_id"]
-    assert len(insert_bodies(standin)) == 1
-    verbs = [c.path.rsplit("/", 1)[-1] for c in standin.calls("POST", f"/instances/{VM}/")]
-    assert verbs == ["setMetadata", "setLabels", "start"]
-    set_meta = standin.calls("POST", "/setMetadata$")[0].body
-    assert set_meta["fingerprint"] == fingerprint
-    items = meta_items(set_meta)
-    assert items["newsclf-run-id"] == second and items["newsclf-train-args"] == "--epochs\n2"
-    assert items["startup-script"] == SCRIPT
-    set_labels = standin.calls("POST", "/setLabels$")[0].body
-    assert set_labels == {"labelFingerprint": labels_fp, "labels": {"newsclf": "train", "newsclf-run": second}}
-    assert r2.json["data"]["state"] == "succeeded"
-    # each operation was waited for until DONE (op_polls=2: two waits each; 4 operations)
-    assert len(standin.calls("POST", r"/operations/[^/]+/wait$")) == 2 * 4
-
-
-def test_explicit_flags_that_do_not_match_the_vm_are_refused(cli, standin):
-    assert cli("cloud", "run", "--detach").exit_code == 0
-    standin.shutdown(ZONE, VM)
-    r = cli("cloud", "run", "--detach", "--gpu", "nvidia-tesla-t4:1")
-    assert r.exit_code == 1
-    assert last_line(r.stderr) == (
-        f"Error: VM {VM} already exists with no GPU: use it without those flags, or delete it with "
-        "`newsclf cloud stop --delete` and rerun to create a new one"
     )
 
 

@@ -338,7 +338,9 @@ def run(
                 train = [a for a in vm.metadata.get(compute.META_TRAIN_ARGS, "").split("\n") if a]
     explicit = frozenset(
         name
-        for name, value in (("machine_type", machine_type), ("gpu", gpu), ("spot", spot), ("zone", zone))
+        for name, value in (
+            ("machine_type", machine_type), ("gpu", gpu), ("spot", spot), ("zone", zone), ("disk_gb", disk_gb)
+        )
         if value is not None
     )
     wandb_key = None

@@ -69,6 +69,9 @@ class Clients:
     images: Any  # compute_v1.ImagesClient
     storage: Any = None  # google.cloud.storage.Client, built on first use when None
     settings: Any = None
+    machine_types: Any = None  # compute_v1.MachineTypesClient: which zones offer a machine type
+    accelerator_types: Any = None  # compute_v1.AcceleratorTypesClient: which zones offer a GPU
+    disks: Any = None  # compute_v1.DisksClient: grow a reused VM's boot disk
 
     def storage_client(self) -> Any:
         if self.storage is None:
@@ -96,6 +99,9 @@ def make_clients(settings: Settings) -> Clients:
         operations=compute_v1.ZoneOperationsClient(**kwargs),
         images=compute_v1.ImagesClient(**kwargs),
         settings=settings,
+        machine_types=compute_v1.MachineTypesClient(**kwargs),
+        accelerator_types=compute_v1.AcceleratorTypesClient(**kwargs),
+        disks=compute_v1.DisksClient(**kwargs),
     )
 
 
@@ -175,26 +181,178 @@ def parse_gpu(value: str | None) -> tuple[str, int] | None:
     return kind, int(count or 1)
 
 
+# GPUs on Compute Engine (https://cloud.google.com/compute/docs/gpus, "GPU machine types"): N1 is the
+# only family GPUs attach to (T4, V100, P100, P4; T4 in counts of 1, 2 or 4, with at most 48 vCPUs for
+# 1-2 of them and 96 for 4); the accelerator-optimized families come with theirs built in: G2 = L4,
+# A2 = A100 (40 GB highgpu/megagpu, 80 GB ultragpu), A3 = H100 (highgpu, edgegpu, megagpu) or H200
+# (ultragpu), A4 = B200, G4 = RTX PRO 6000. The image's torch (uv.lock's 2.15.0+cu132) is built for
+# sm_75 sm_80 sm_86 sm_90 sm_100 sm_120 (torch._C._cuda_getArchFlags()), so T4 (sm_75) and everything
+# newer runs; V100 (sm_70), P100 (sm_60), P4 (sm_61) and K80 (sm_37) do not.
+_BUILTIN_GPUS: tuple[tuple[str, str], ...] = (
+    (r"g2-standard-(\d+)", "nvidia-l4"),
+    (r"a2-(?:high|mega)gpu-(\d+)g", "nvidia-tesla-a100"),
+    (r"a2-ultragpu-(\d+)g", "nvidia-a100-80gb"),
+    (r"a3-(?:high|edge)gpu-(\d+)g", "nvidia-h100-80gb"),
+    (r"a3-megagpu-(\d+)g", "nvidia-h100-mega-80gb"),
+    (r"a3-ultragpu-(\d+)g", "nvidia-h200-141gb"),
+    (r"a4-highgpu-(\d+)g", "nvidia-b200"),
+    (r"g4-standard-(\d+)", "nvidia-rtx-pro-6000"),
+)
+G2_GPUS = {24: 2, 32: 1, 48: 4, 96: 8}  # g2-standard-N: L4s by vCPUs (the rest have one)
+GPU_MACHINE_EXAMPLES = {  # a built-in GPU type -> the smallest machine type that carries it
+    "nvidia-l4": "g2-standard-8",
+    "nvidia-tesla-a100": "a2-highgpu-1g",
+    "nvidia-a100-80gb": "a2-ultragpu-1g",
+    "nvidia-h100-80gb": "a3-highgpu-8g",
+    "nvidia-h100-mega-80gb": "a3-megagpu-8g",
+    "nvidia-h200-141gb": "a3-ultragpu-8g",
+    "nvidia-b200": "a4-highgpu-8g",
+    "nvidia-rtx-pro-6000": "g4-standard-48",
+}
+ATTACHABLE_GPUS = {"nvidia-tesla-t4": (1, 2, 4)}  # what --gpu may attach (to N1), and in which counts
+T4_MAX_VCPUS = {1: 48, 2: 48, 4: 96}
+TOO_OLD_GPUS = {  # attachable to N1, but older than the image's torch supports
+    "nvidia-tesla-v100": "sm_70",
+    "nvidia-tesla-p100": "sm_60",
+    "nvidia-tesla-p4": "sm_61",
+    "nvidia-tesla-k80": "sm_37",
+}
+GPU_CHOICES = (
+    "--gpu nvidia-tesla-t4:1 (on n1-*), or a machine type with GPUs built in and no --gpu: "
+    "g2-standard-8 (L4), a2-highgpu-1g (A100), a3-highgpu-8g (H100), a3-ultragpu-8g (H200), a4-highgpu-8g (B200)"
+)
+
+# Compute Engine's limits (https://cloud.google.com/compute/docs/instances/limit-vm-runtime): a run
+# duration of 30 s to 120 days; names RFC 1035 (every compute.v1 `name`); label values 0-63 lowercase
+# letters, digits, '_' and '-' (https://cloud.google.com/compute/docs/labeling-resources#requirements).
+MIN_RUN_SECONDS, MAX_RUN_SECONDS = 30, 120 * 24 * 3600
+MIN_DISK_GB = 10
+_NAME_RE = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def builtin_gpu(machine_type: str) -> tuple[str, int] | None:
+    """(GPU type, count) that come with the machine type itself (g2/a2/a3/a4); None for others."""
+    for pattern, kind in _BUILTIN_GPUS:
+        m = re.fullmatch(pattern, machine_type)
+        if m:
+            n = int(m.group(1))
+            if kind == "nvidia-l4":
+                return kind, G2_GPUS.get(n, 1)
+            return kind, (max(1, n // 48) if kind == "nvidia-rtx-pro-6000" else n)  # g4-standard-48: one GPU
+    return None
+
+
 def builtin_gpus(machine_type: str) -> int:
-    """GPUs that come with the machine type itself (a2/a3/g2); 0 for others."""
-    m = re.fullmatch(r"a[23]-(?:high|mega|ultra|edge)gpu-(\d+)g", machine_type)
-    if m:
-        return int(m.group(1))
-    m = re.fullmatch(r"g2-standard-(\d+)", machine_type)
-    if m:
-        return {24: 2, 48: 4, 96: 8}.get(int(m.group(1)), 1)
-    return 0
+    """GPUs that come with the machine type itself; 0 for others."""
+    gpu = builtin_gpu(machine_type)
+    return gpu[1] if gpu else 0
 
 
-def candidate_zones(zone: str, zones_setting: str = "") -> list[str]:
-    """The zone first, then settings.zones (comma list), else the region's -b, -c, -d zones."""
+def machine_family(machine_type: str) -> str:
+    return machine_type.split("-", 1)[0]
+
+
+def boot_disk_type(machine_type: str) -> str:
+    """pd-balanced, except where the machine series boots from Hyperdisk (A3, A4, G4: compute.v1's
+    diskType description names hyperdisk-balanced as their default, and the type must suit the series)."""
+    return "hyperdisk-balanced" if machine_family(machine_type) in ("a3", "a4", "g4") else "pd-balanced"
+
+
+def label_value(text: str) -> str:
+    """A run or sweep id as a label value: `My.Run_2` -> `my-run_2`. Labels only find VMs; the exact
+    run id travels in metadata."""
+    return re.sub(r"[^a-z0-9_-]", "-", text.lower())[:63]
+
+
+def check_vm_name(name: str) -> str:
+    if not _NAME_RE.fullmatch(name):
+        raise InputError(
+            f"Bad VM name {name!r}: Compute Engine names are 1-63 lowercase letters, digits and '-', starting "
+            "with a letter and not ending with '-' (set NEWSCLF_VM_NAME, e.g. newsclf-train)"
+        )
+    return name
+
+
+def check_hardware(machine_type: str, gpu: tuple[str, int] | None) -> None:
+    """The machine type and --gpu make a VM Compute Engine creates and the image's torch can use."""
+    if gpu is None:
+        return
+    kind, count = gpu
+    if kind in TOO_OLD_GPUS:
+        raise InputError(
+            f"--gpu {kind} ({TOO_OLD_GPUS[kind]}) is too old for the training image's torch, which needs sm_75 "
+            f"or newer: use {GPU_CHOICES}"
+        )
+    builtin = builtin_gpu(machine_type)
+    if builtin:
+        raise InputError(
+            f"{machine_type} comes with {builtin[1]} x {builtin[0]} built in: drop --gpu "
+            f"(for more GPUs pick a larger {machine_family(machine_type).upper()} machine type)"
+        )
+    if kind in GPU_MACHINE_EXAMPLES:
+        raise InputError(
+            f"{kind} comes built into machine types, it does not attach: use --machine-type "
+            f"{GPU_MACHINE_EXAMPLES[kind]} and drop --gpu"
+        )
+    if kind not in ATTACHABLE_GPUS:
+        raise InputError(f"Unknown GPU type {kind!r}: use {GPU_CHOICES}")
+    if machine_family(machine_type) != "n1":
+        raise InputError(
+            f"{kind} attaches only to N1 machine types, not {machine_type}: use --machine-type n1-standard-8"
+        )
+    counts = ATTACHABLE_GPUS[kind]
+    if count not in counts:
+        raise InputError(
+            f"{kind} comes {', '.join(map(str, counts[:-1]))} or {counts[-1]} to a VM, not {count}: "
+            f"use --gpu {kind}:{min((c for c in counts if c >= count), default=counts[-1])}"
+        )
+    m = re.fullmatch(r"n1-[a-z]+-(\d+)", machine_type)
+    if m and int(m.group(1)) > T4_MAX_VCPUS[count]:
+        raise InputError(
+            f"{machine_type} has {m.group(1)} vCPUs, more than a VM with {count} x {kind} may have "
+            f"({T4_MAX_VCPUS[count]}): pick a smaller machine type or --gpu {kind}:4"
+        )
+
+
+def offering_zones(clients: Clients, project: str, machine_type: str, gpu: tuple[str, int] | None) -> set[str]:
+    """Every zone that offers the machine type and, if any, the attached GPUs in that number: one
+    aggregated list per type, filtered by name (zones that do not offer it come back empty)."""
+    flt = f'name = "{machine_type}"'
+    with _translated("list machine types", project):
+        zones = {
+            _last(scope)
+            for scope, scoped in clients.machine_types.aggregated_list(request={"project": project, "filter": flt})
+            for m in scoped.machine_types
+            if m.name == machine_type and m.deprecated.state not in ("OBSOLETE", "DELETED")
+        }
+    if gpu and zones:
+        kind, count = gpu
+        with _translated("list GPU types", project):
+            zones &= {
+                _last(scope)
+                for scope, scoped in clients.accelerator_types.aggregated_list(
+                    request={"project": project, "filter": f'name = "{kind}"'}
+                )
+                for a in scoped.accelerator_types
+                if a.name == kind and a.maximum_cards_per_instance >= count
+                and a.deprecated.state not in ("OBSOLETE", "DELETED")
+            }
+    return zones
+
+
+def region_of(zone: str) -> str:
+    return zone.rsplit("-", 1)[0]
+
+
+def candidate_zones(zone: str, zones_setting: str, offered: set[str] | frozenset[str]) -> list[str]:
+    """The zones to try, in order, among those that offer the hardware: the zone, then settings.zones
+    (comma list), else the zone's region's other zones (what the API listed, not guessed letters)."""
     extra = [z.strip() for z in zones_setting.split(",") if z.strip()]
     if not extra:
-        region = zone.rsplit("-", 1)[0]
-        extra = [f"{region}-{s}" for s in "bcd"]
+        extra = sorted(z for z in offered if region_of(z) == region_of(zone))
     out: list[str] = []
     for z in [zone, *extra]:
-        if z not in out:
+        if z not in out and z in offered:
             out.append(z)
     return out
 
@@ -219,29 +377,45 @@ class RunRequest:
     zones: str = ""  # settings.zones
     wandb_secret: str | None = None
     wandb_key: str | None = None  # only with the explicit metadata opt-in
-    explicit: frozenset[str] = frozenset()  # hardware flags the user gave: machine_type, gpu, spot, zone
+    explicit: frozenset[str] = frozenset()  # flags the user gave: machine_type, gpu, spot, zone, disk_gb
     sweep_id: str | None = None  # the run is (part of) a sweep: labelled on the VM
     service_account: str = "default"  # the VM runs as it (`cloud run` passes NEWSCLF_VM_SERVICE_ACCOUNT's email)
 
     def __post_init__(self) -> None:
-        if not layout.is_valid_run_id(self.run_id):
-            raise InputError(f"Bad run id {self.run_id!r}: use letters, digits, '.', '_' and '-'")
-        for arg in self.train_args:
-            if "\n" in arg or "\r" in arg:
-                raise InputError("A train option contains a line break: pass each option on one line")
-            if arg.split("=", 1)[0] in RESERVED_TRAIN_ARGS:
-                raise InputError(f"{arg.split('=', 1)[0]} is set by `newsclf cloud run`: drop it from the train options")
-        if self.max_hours <= 0:
-            raise InputError("--max-hours must be more than 0")
-        if self.disk_gb < 10:
-            raise InputError("--disk-gb must be at least 10")
+        validate_vm_request(self)
+
+    @property
+    def gpus(self) -> int:
+        return (self.gpu[1] if self.gpu else 0) + builtin_gpus(self.machine_type)
+
+
+def validate_vm_request(req: RunRequest) -> None:
+    """What Compute Engine (or the image on the VM) would refuse, checked before any request: the run id,
+    train options, VM name, run-time bound, disk size, and the GPU against the machine type and the
+    image's torch. Raises InputError naming the fix."""
+    if not layout.is_valid_run_id(req.run_id):
+        raise InputError(f"Bad run id {req.run_id!r}: use letters, digits, '.', '_' and '-'")
+    for arg in req.train_args:
+        if "\n" in arg or "\r" in arg:
+            raise InputError("A train option contains a line break: pass each option on one line")
+        if arg.split("=", 1)[0] in RESERVED_TRAIN_ARGS:
+            raise InputError(f"{arg.split('=', 1)[0]} is set by `newsclf cloud run`: drop it from the train options")
+    check_vm_name(req.vm_name)
+    if not MIN_RUN_SECONDS <= _run_seconds(req.max_hours) <= MAX_RUN_SECONDS:
+        raise InputError(
+            f"Bad --max-hours {req.max_hours:g}: Compute Engine stops a VM after 30 seconds to 120 days, "
+            "so use 0.0084 to 2880"
+        )
+    if req.disk_gb < MIN_DISK_GB:
+        raise InputError(f"--disk-gb must be at least {MIN_DISK_GB}")
+    check_hardware(req.machine_type, req.gpu)
 
 
 def run_labels(req: RunRequest) -> dict[str, str]:
     """The labels a VM carries for a run (and its sweep)."""
-    labels = {LABEL: LABEL_VALUE, RUN_LABEL: req.run_id}
+    labels = {LABEL: LABEL_VALUE, RUN_LABEL: label_value(req.run_id)}
     if req.sweep_id:
-        labels[SWEEP_LABEL] = req.sweep_id
+        labels[SWEEP_LABEL] = label_value(req.sweep_id)
     return labels
 
 
@@ -271,13 +445,13 @@ def _metadata_items(items: dict[str, str]) -> list[Any]:
     return [compute_v1.Items(key=k, value=v) for k, v in items.items()]
 
 
-def instance_resource(req: RunRequest, zone: str, source_image: str, script: str | None = None) -> Any:
+def instance_resource(req: RunRequest, zone: str, source_image: str, script: str | None = None, *, project: str) -> Any:
     """The compute_v1.Instance that `cloud run` inserts for a new VM."""
     from google.cloud import compute_v1
 
-    gpus = (req.gpu[1] if req.gpu else 0) + builtin_gpus(req.machine_type)
+    gpus = req.gpus
     scheduling = compute_v1.Scheduling(
-        max_run_duration=compute_v1.Duration(seconds=int(round(req.max_hours * 3600))),
+        max_run_duration=compute_v1.Duration(seconds=_run_seconds(req.max_hours)),
         instance_termination_action="STOP",  # stop (keep the disk), never delete, when the time is up
     )
     if req.spot:
@@ -296,7 +470,7 @@ def instance_resource(req: RunRequest, zone: str, source_image: str, script: str
                 initialize_params=compute_v1.AttachedDiskInitializeParams(
                     source_image=source_image,
                     disk_size_gb=req.disk_gb,
-                    disk_type=f"zones/{zone}/diskTypes/pd-balanced",
+                    disk_type=f"zones/{zone}/diskTypes/{boot_disk_type(req.machine_type)}",
                 ),
             )
         ],
@@ -312,12 +486,18 @@ def instance_resource(req: RunRequest, zone: str, source_image: str, script: str
         scheduling=scheduling,
     )
     if req.gpu:
-        instance.guest_accelerators = [
-            compute_v1.AcceleratorConfig(
-                accelerator_type=f"zones/{zone}/acceleratorTypes/{req.gpu[0]}", accelerator_count=req.gpu[1]
-            )
-        ]
+        instance.guest_accelerators = _accelerators(project, zone, req.gpu)
     return instance
+
+
+def _accelerators(project: str, zone: str, gpu: tuple[str, int] | None) -> list[Any]:
+    """guestAccelerators in the form compute.v1 documents: projects/P/zones/Z/acceleratorTypes/T."""
+    from google.cloud import compute_v1
+
+    if gpu is None:
+        return []
+    url = f"projects/{project}/zones/{zone}/acceleratorTypes/{gpu[0]}"
+    return [compute_v1.AcceleratorConfig(accelerator_type=url, accelerator_count=gpu[1])]
 
 
 # ------------------------------------------------------------------------------------------------- VMs
@@ -353,13 +533,16 @@ class VM:
     metadata_fingerprint: str
     label_fingerprint: str
     last_start: datetime | None
+    boot_disk: str = ""  # the boot disk's name (disks.resize)
+    scheduling: Any = None  # the compute_v1.Scheduling it has (setScheduling sends it back, changed)
 
     @classmethod
     def from_instance(cls, inst: Any) -> VM:
         accels = list(inst.guest_accelerators)
         gpu_type = _last(accels[0].accelerator_type) if accels else None
         gpu_count = sum(a.accelerator_count for a in accels)
-        disk_gb = sum(d.disk_size_gb for d in inst.disks if d.boot) if inst.disks else 0
+        boot = [d for d in inst.disks if d.boot]
+        disk_gb = sum(d.disk_size_gb for d in boot)
         return cls(
             name=inst.name,
             zone=_last(inst.zone),
@@ -374,6 +557,8 @@ class VM:
             metadata_fingerprint=inst.metadata.fingerprint,
             label_fingerprint=inst.label_fingerprint,
             last_start=_parse_time(inst.last_start_timestamp),
+            boot_disk=_last(boot[0].source) if boot else "",
+            scheduling=inst.scheduling,
         )
 
     @property
@@ -393,13 +578,21 @@ class VM:
         return self.metadata.get(META_KEEP_VM) == "true"
 
     @property
+    def attached_gpu(self) -> tuple[str, int] | None:
+        """The GPUs attached to it (a G2/A2/A3/A4 VM may list its built-in ones: those are not attached)."""
+        if builtin_gpu(self.machine_type) or not self.gpu_type:
+            return None
+        return self.gpu_type, self.gpu_count
+
+    @property
     def gpus(self) -> int:
-        return self.gpu_count + builtin_gpus(self.machine_type)
+        return builtin_gpus(self.machine_type) or self.gpu_count
 
     @property
     def hourly_usd(self) -> float | None:
+        gpu = self.attached_gpu  # the price of G2/A2/... machine types includes their GPUs
         return hourly_estimate(
-            self.machine_type, self.gpu_type, self.gpu_count, spot=self.spot, disk_gb=self.disk_gb
+            self.machine_type, gpu[0] if gpu else None, gpu[1] if gpu else 0, spot=self.spot, disk_gb=self.disk_gb
         )
 
     def uptime_s(self, now: datetime | None = None) -> float:
@@ -409,7 +602,9 @@ class VM:
         return max(0.0, (now - self.last_start).total_seconds())
 
     def hardware(self) -> str:
-        gpu = f" + {self.gpu_count} x {self.gpu_type}" if self.gpu_type else ""
+        builtin = builtin_gpu(self.machine_type)
+        gpu = f" + {self.gpu_count} x {self.gpu_type}" if self.attached_gpu else ""
+        gpu = f" ({builtin[1]} x {builtin[0]} built in)" if builtin else gpu
         return f"{self.machine_type}{gpu}{' (spot)' if self.spot else ''}"
 
 
@@ -635,11 +830,8 @@ class Started:
 
 
 def _conflicts(vm: VM, req: RunRequest) -> list[str]:
+    """What a reused VM cannot be changed to (machine type, GPUs, disk and run limit can: see _Reshape)."""
     out = []
-    if "machine_type" in req.explicit and vm.machine_type != req.machine_type:
-        out.append(f"machine type {vm.machine_type}")
-    if "gpu" in req.explicit and (vm.gpu_type, vm.gpu_count) != (req.gpu or (None, 0)):
-        out.append(f"GPUs {vm.gpu_count} x {vm.gpu_type}" if vm.gpu_type else "no GPU")
     if "spot" in req.explicit and vm.spot != req.spot:
         out.append("spot" if vm.spot else "not spot")
     if "zone" in req.explicit and vm.zone != req.zone:
@@ -647,8 +839,125 @@ def _conflicts(vm: VM, req: RunRequest) -> list[str]:
     return out
 
 
+def _run_seconds(max_hours: float) -> int:
+    return int(round(max_hours * 3600))
+
+
+@dataclass
+class _Reshape:
+    """What a stopped VM must change to be what the run asks for (None / False: keep it)."""
+
+    gpus: int  # GPUs it ends with (attached or built in)
+    scheduling: Any = None  # compute_v1.Scheduling to set
+    machine_type: str | None = None
+    set_gpu: bool = False
+    gpu: tuple[str, int] | None = None  # the attached GPUs it ends with, when set_gpu
+    disk_gb: int | None = None  # grow the boot disk to this
+    changes: list[str] = field(default_factory=list)
+
+
+def _plan_reshape(clients: Clients, project: str, vm: VM, req: RunRequest) -> _Reshape:
+    """Check, before touching anything, that the VM can become what the run asks for: the run limit
+    always (it is what `cloud run` promises), the disk when it must grow, the machine type and GPUs when
+    given as flags. A disk cannot shrink, and a move into or out of a family with built-in GPUs (or a
+    zone that does not offer the hardware) needs a new VM: those are refused naming the way out."""
+    from google.cloud import compute_v1
+
+    recreate = "delete the VM with `newsclf cloud stop --delete` and rerun to create a new one"
+    machine_type = req.machine_type if "machine_type" in req.explicit else vm.machine_type
+    if "gpu" in req.explicit:
+        gpu = req.gpu
+    elif builtin_gpu(machine_type) or machine_family(machine_type) != "n1":
+        gpu = None  # GPUs attach to N1 only
+    else:
+        gpu = vm.attached_gpu
+    if machine_family(machine_type) != machine_family(vm.machine_type) and (
+        builtin_gpu(machine_type) or builtin_gpu(vm.machine_type)
+    ):
+        raise InputError(f"VM {vm.name} is a {vm.machine_type}, and a {machine_type} needs a new VM: {recreate}")
+    check_hardware(machine_type, gpu)
+    plan = _Reshape(gpus=(gpu[1] if gpu else 0) + builtin_gpus(machine_type))
+    if machine_type != vm.machine_type or gpu != vm.attached_gpu:
+        what = machine_type + (f" + {gpu[1]} x {gpu[0]}" if gpu else "")
+        if vm.zone not in offering_zones(clients, project, machine_type, gpu):
+            raise InputError(f"Zone {vm.zone} of VM {vm.name} does not offer {what}: {recreate}")
+        plan.changes.append(f"{vm.hardware()} -> {what}")
+        if machine_type != vm.machine_type:
+            plan.machine_type = machine_type
+        if gpu != vm.attached_gpu:
+            plan.set_gpu, plan.gpu = True, gpu
+    if req.disk_gb > vm.disk_gb:
+        plan.disk_gb = req.disk_gb
+        plan.changes.append(f"disk {vm.disk_gb} -> {req.disk_gb} GB")
+    elif req.disk_gb < vm.disk_gb and "disk_gb" in req.explicit:
+        raise InputError(
+            f"VM {vm.name} has a {vm.disk_gb} GB boot disk and a disk cannot shrink: drop --disk-gb "
+            f"{req.disk_gb} (or ask for {vm.disk_gb} or more), or {recreate}"
+        )
+    before, sched = compute_v1.Scheduling(), compute_v1.Scheduling()
+    if vm.scheduling is not None:  # setScheduling replaces it all: send back what it has, changed
+        compute_v1.Scheduling.copy_from(before, vm.scheduling)
+        compute_v1.Scheduling.copy_from(sched, vm.scheduling)
+    sched.max_run_duration = compute_v1.Duration(seconds=_run_seconds(req.max_hours))
+    sched.instance_termination_action = "STOP"
+    if plan.gpus:
+        sched.on_host_maintenance = "TERMINATE"  # GPU VMs cannot live-migrate
+    if sched != before:
+        plan.scheduling = sched
+        old = vm.scheduling.max_run_duration.seconds if vm.scheduling is not None else 0
+        if old != _run_seconds(req.max_hours):
+            plan.changes.append(f"run limit {old / 3600:g} -> {req.max_hours:g} h" if old else f"run limit {req.max_hours:g} h")
+    return plan
+
+
+def _reshape(clients: Clients, project: str, vm: VM, plan: _Reshape) -> None:
+    """Apply the plan to the stopped VM: scheduling first (a GPU needs TERMINATE on host maintenance),
+    attached GPUs off before a machine type change and on after it, then grow the disk."""
+    from google.cloud import compute_v1
+
+    if not plan.changes and plan.scheduling is None:
+        return
+    log.info("Changing VM %s for the run: %s", vm.name, "; ".join(plan.changes) or "scheduling")
+    where = {"project": project, "zone": vm.zone, "instance": vm.name}
+
+    def gpus(gpu: tuple[str, int] | None) -> None:
+        op = clients.instances.set_machine_resources_unary(
+            **where,
+            instances_set_machine_resources_request_resource=compute_v1.InstancesSetMachineResourcesRequest(
+                guest_accelerators=_accelerators(project, vm.zone, gpu)
+            ),
+        )
+        wait_operation(clients, project, vm.zone, op)
+
+    with _translated("change the VM", project):
+        if plan.scheduling is not None:
+            op = clients.instances.set_scheduling_unary(**where, scheduling_resource=plan.scheduling)
+            wait_operation(clients, project, vm.zone, op)
+        if plan.machine_type is not None:
+            if plan.set_gpu and vm.attached_gpu:
+                gpus(None)
+            op = clients.instances.set_machine_type_unary(
+                **where,
+                instances_set_machine_type_request_resource=compute_v1.InstancesSetMachineTypeRequest(
+                    machine_type=f"zones/{vm.zone}/machineTypes/{plan.machine_type}"
+                ),
+            )
+            wait_operation(clients, project, vm.zone, op)
+            if plan.set_gpu and plan.gpu:
+                gpus(plan.gpu)
+        elif plan.set_gpu:
+            gpus(plan.gpu)
+        if plan.disk_gb is not None:
+            op = clients.disks.resize_unary(
+                project=project, zone=vm.zone, disk=vm.boot_disk,
+                disks_resize_request_resource=compute_v1.DisksResizeRequest(size_gb=plan.disk_gb),
+            )  # fmt: skip
+            wait_operation(clients, project, vm.zone, op)
+
+
 def start_run(clients: Clients, project: str, req: RunRequest, *, store: RunStore | None, poll_s: float = 2.0) -> Started:
-    """Create the VM for the run, or give the stopped VM the new run and start it."""
+    """Create the VM for the run, or give the stopped VM the new run (and the hardware, disk and run
+    limit it asks for) and start it."""
     vm = find_vm(clients, project, req.vm_name)
     if vm is None:
         return _create(clients, project, req)
@@ -659,6 +968,7 @@ def start_run(clients: Clients, project: str, req: RunRequest, *, store: RunStor
             f"VM {vm.name} already exists with {', '.join(conflicts)}: use it without those flags, or delete it "
             "with `newsclf cloud stop --delete` and rerun to create a new one"
         )
+    plan = _plan_reshape(clients, project, vm, req)  # refuse what cannot be done before stopping anything
     if vm.status in ACTIVE_STATES:
         state = run_state(store, vm.run_id)
         if vm.run_id and state not in FINAL_RUN_STATES and not req.force:
@@ -678,14 +988,15 @@ def start_run(clients: Clients, project: str, req: RunRequest, *, store: RunStor
         raise CloudError(
             f"VM {vm.name} is suspended: delete it with `newsclf cloud stop --delete` and rerun"
         )
-    return _restart(clients, project, vm, req)
+    return _restart(clients, project, vm, req, plan)
 
 
-def _restart(clients: Clients, project: str, vm: VM, req: RunRequest) -> Started:
+def _restart(clients: Clients, project: str, vm: VM, req: RunRequest, plan: _Reshape) -> Started:
     from google.cloud import compute_v1
 
+    _reshape(clients, project, vm, plan)
     items = {k: v for k, v in vm.metadata.items() if k not in OPTIONAL_META}
-    items.update(instance_metadata(req, vm.gpus))
+    items.update(instance_metadata(req, plan.gpus))
     log.info("Starting VM %s (%s) for run %s", vm.name, vm.zone, req.run_id)
     with _translated("update the VM", project):
         op = clients.instances.set_metadata_unary(
@@ -725,14 +1036,15 @@ def _restart(clients: Clients, project: str, vm: VM, req: RunRequest) -> Started
 def _create(clients: Clients, project: str, req: RunRequest) -> Started:
     from google.api_core import exceptions as gexc
 
+    zones = _zones_to_try(clients, project, req)
     source_image = _source_image(clients, project)
     tried: list[tuple[str, str]] = []
-    for zone in candidate_zones(req.zone, req.zones):
+    for zone in zones:
         log.info("Creating VM %s (%s) in %s", req.vm_name, _describe(req), zone)
         try:
             with _translated("create the VM", project):
                 op = clients.instances.insert_unary(
-                    project=project, zone=zone, instance_resource=instance_resource(req, zone, source_image)
+                    project=project, zone=zone, instance_resource=instance_resource(req, zone, source_image, project=project),
                 )
                 wait_operation(clients, project, zone, op)
         except OperationFailed as e:
@@ -763,9 +1075,34 @@ def _create(clients: Clients, project: str, req: RunRequest) -> Started:
     raise CloudError(f"No zone could take {_describe(req)}: tried {summary}; {fix}")
 
 
-def _describe(req: RunRequest) -> str:
+def _zones_to_try(clients: Clients, project: str, req: RunRequest) -> list[str]:
+    """The candidate zones that offer the machine type and GPUs (asked of the API, one list per type)."""
+    what = _describe(req, spot=False)
+    offered = offering_zones(clients, project, req.machine_type, req.gpu)
+    if not offered:
+        raise InputError(
+            f"No zone offers {what}: check the names (`gcloud compute machine-types list`, "
+            "`gcloud compute accelerator-types list`)"
+        )
+    zones = candidate_zones(req.zone, req.zones, offered)
+    wanted = [req.zone, *[z.strip() for z in req.zones.split(",") if z.strip()]]
+    skipped = [z for z in dict.fromkeys(wanted) if z not in offered]
+    if not zones:
+        elsewhere = sorted(offered)
+        more = f", … ({len(elsewhere)} zones)" if len(elsewhere) > 8 else ""
+        raise InputError(
+            f"No zone of {', '.join(sorted({region_of(z) for z in wanted}))} offers {what}: it is offered in "
+            f"{', '.join(elsewhere[:8])}{more}; pick one with --zone (or NEWSCLF_ZONE)"
+        )
+    if skipped:
+        log.warning("%s %s not offer %s; trying %s", ", ".join(skipped), "do" if len(skipped) > 1 else "does",
+                    what, ", ".join(zones))
+    return zones
+
+
+def _describe(req: RunRequest, *, spot: bool = True) -> str:
     gpu = f" + {req.gpu[1]} x {req.gpu[0]}" if req.gpu else ""
-    return f"{req.machine_type}{gpu}{' (spot)' if req.spot else ''}"
+    return f"{req.machine_type}{gpu}{' (spot)' if req.spot and spot else ''}"
 
 
 def _source_image(clients: Clients, project: str) -> str:
