@@ -546,6 +546,13 @@ class ComputeStandIn:
             def effect() -> None:
                 inst.resource["scheduling"] = body  # the whole Scheduling is replaced
             return self._operation(zone, "setScheduling", name, effect, fault)
+        if verb == "setServiceAccount":
+            if inst.status != "TERMINATED":
+                return self._invalid(f"The resource '{name}' must be stopped for {verb}.", reason="resourceNotReady")
+
+            def effect() -> None:
+                inst.resource["serviceAccounts"] = [{"email": body.get("email"), "scopes": body.get("scopes", [])}]
+            return self._operation(zone, verb, name, effect, fault)
         if verb in ("setMachineType", "setMachineResources"):
             if inst.status != "TERMINATED":
                 return self._invalid(f"The resource '{name}' must be stopped for {verb}.", reason="resourceNotReady")

@@ -71,6 +71,28 @@ def test_a_bad_account_setting_creates_nothing(cli, standin, monkeypatch):  # no
     assert insert_bodies(standin) == []
 
 
+def test_a_reused_vm_made_as_the_default_account_runs_as_the_newsclf_account(cli, standin, monkeypatch):  # noqa: F811
+    """A VM created before NEWSCLF_VM_SERVICE_ACCOUNT existed keeps the default account unless told otherwise."""
+    monkeypatch.setenv("NEWSCLF_VM_SERVICE_ACCOUNT", "default")
+    assert cli("cloud", "run", "--detach", *POLL).exit_code == 0
+    standin.shutdown("europe-west1-b", VM)
+    monkeypatch.delenv("NEWSCLF_VM_SERVICE_ACCOUNT")
+    r = cli("cloud", "run", "--detach", *POLL)
+    assert r.exit_code == 0, r.stderr
+    [call] = standin.calls("POST", f"/instances/{VM}/setServiceAccount$")
+    assert call.body == {"email": SA, "scopes": SCOPES}
+    assert standin.instance(VM).resource["serviceAccounts"] == [{"email": SA, "scopes": SCOPES}]
+    verbs = [c.path.rsplit("/", 1)[-1] for c in standin.calls("POST", f"/instances/{VM}/")]
+    assert verbs.index("setServiceAccount") < verbs.index("start")
+
+
+def test_a_reused_vm_with_the_right_account_is_not_changed(cli, standin):  # noqa: F811
+    assert cli("cloud", "run", "--detach", *POLL).exit_code == 0
+    standin.shutdown("europe-west1-b", VM)
+    assert cli("cloud", "run", "--detach", *POLL).exit_code == 0
+    assert standin.calls("POST", "/setServiceAccount$") == []
+
+
 # --- a VM whose account has no grants -------------------------------------------------------------
 
 

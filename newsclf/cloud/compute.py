@@ -535,6 +535,7 @@ class VM:
     last_start: datetime | None
     boot_disk: str = ""  # the boot disk's name (disks.resize)
     scheduling: Any = None  # the compute_v1.Scheduling it has (setScheduling sends it back, changed)
+    service_account: str = ""  # the email it runs as ("" when it has none)
 
     @classmethod
     def from_instance(cls, inst: Any) -> VM:
@@ -559,6 +560,7 @@ class VM:
             last_start=_parse_time(inst.last_start_timestamp),
             boot_disk=_last(boot[0].source) if boot else "",
             scheduling=inst.scheduling,
+            service_account=inst.service_accounts[0].email if inst.service_accounts else "",
         )
 
     @property
@@ -853,6 +855,7 @@ class _Reshape:
     set_gpu: bool = False
     gpu: tuple[str, int] | None = None  # the attached GPUs it ends with, when set_gpu
     disk_gb: int | None = None  # grow the boot disk to this
+    service_account: str | None = None  # run as this account from now on
     changes: list[str] = field(default_factory=list)
 
 
@@ -886,6 +889,10 @@ def _plan_reshape(clients: Clients, project: str, vm: VM, req: RunRequest) -> _R
             plan.machine_type = machine_type
         if gpu != vm.attached_gpu:
             plan.set_gpu, plan.gpu = True, gpu
+    if req.service_account not in (vm.service_account, "default"):
+        # a VM made before NEWSCLF_VM_SERVICE_ACCOUNT runs as the default account, which may hold no role
+        plan.service_account = req.service_account
+        plan.changes.append(f"service account {vm.service_account or 'none'} -> {req.service_account}")
     if req.disk_gb > vm.disk_gb:
         plan.disk_gb = req.disk_gb
         plan.changes.append(f"disk {vm.disk_gb} -> {req.disk_gb} GB")
@@ -932,6 +939,14 @@ def _reshape(clients: Clients, project: str, vm: VM, plan: _Reshape) -> None:
     with _translated("change the VM", project):
         if plan.scheduling is not None:
             op = clients.instances.set_scheduling_unary(**where, scheduling_resource=plan.scheduling)
+            wait_operation(clients, project, vm.zone, op)
+        if plan.service_account is not None:
+            op = clients.instances.set_service_account_unary(
+                **where,
+                instances_set_service_account_request_resource=compute_v1.InstancesSetServiceAccountRequest(
+                    email=plan.service_account, scopes=[CLOUD_PLATFORM_SCOPE]
+                ),
+            )
             wait_operation(clients, project, vm.zone, op)
         if plan.machine_type is not None:
             if plan.set_gpu and vm.attached_gpu:
