@@ -81,6 +81,33 @@ def _checkpoint_sync(client: "Client", bucket: "Bucket", lay: layout.RunLayout, 
     return CheckpointSync()
 
 
+def _status_progress(bucket: "Bucket", lay: layout.RunLayout, status: dict[str, Any]) -> Any:
+    """A TrainerCallback putting each evaluation into status.json (`progress`): what a sweep's live
+    table shows while the run trains, read from the bucket."""
+    from transformers import TrainerCallback
+
+    from newsclf.cloud import storage
+
+    class StatusProgress(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001
+            if not state.is_world_process_zero or not metrics:
+                return
+            values = {k.removeprefix("eval_"): v for k, v in metrics.items() if isinstance(v, (int, float))}
+            status["progress"] = {"epoch": state.epoch, "step": state.global_step, "max_steps": state.max_steps,
+                                  "validation": values}  # fmt: skip
+            log.info(
+                "epoch %g validation: accuracy %.4f  macro-F1 %.4f  loss %.4f", state.epoch or 0,
+                values.get("accuracy", float("nan")), values.get("macro_f1", float("nan")),
+                values.get("loss", float("nan")),
+            )  # fmt: skip
+            try:
+                storage.write_json(bucket, lay.status, status)
+            except Exception as e:  # progress is a nicety: training goes on
+                log.warning("Could not update status.json: %s", e)
+
+    return StatusProgress()
+
+
 def _fetch_data(client: "Client", bucket: "Bucket", workdir: Path, seed: int) -> Path:
     """data/processed from the bucket, or data/raw (Fake.csv + True.csv) prepared here."""
     from newsclf.cloud import storage
@@ -171,7 +198,7 @@ def run_job(
             options,
             run_dir=run_dir,
             resume_from=run_dir if resumed_from else None,
-            callbacks=[sync, *callbacks],
+            callbacks=[sync, _status_progress(bucket, lay, status), *callbacks],
         )
         _publish(client, bucket, lay, result.run_dir)
     except BaseException as e:

@@ -6,8 +6,8 @@ Heavy imports stay inside functions (this module is imported by command bodies o
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -387,68 +387,74 @@ def _run_local(sweep: "Sweep", options: Any) -> None:
     _finish(sweep.summary(), sweep)
 
 
-# -- newsclf job --sweep (in the container) -----------------------------------------------------------
+# -- newsclf job --sweep-plan (a Batch task) -----------------------------------------------------------
 
 
-def job_sweep_args(args: list[str]) -> dict[str, Any] | None:
-    """The sweep flags among `newsclf job`'s train options, or None when there is no --sweep."""
-    from newsclf.cli import app
+def job_trial(client: Any, bucket: str, plan: str, workdir: Path) -> None:
+    """`newsclf job --sweep-plan OBJECT`: this task's trial (BATCH_TASK_INDEX) as an ordinary run.
 
-    train_cmd = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
-    params = train_cmd.make_context("newsclf job", list(args)).params
-    if params.get("sweep_file") is not None:
-        raise typer.BadParameter("--sweep-file cannot be used in a job: give the grid with --sweep")
-    if params.get("sweep") is None:
-        if params.get("sweep_runs") is not None or params.get("metric") is not None:
-            raise typer.BadParameter("--sweep-runs and --metric need --sweep")
-        return None
-    return {k: params.get(k) for k in SWEEP_OPTIONS}
+    Exits 0 when the trial succeeded (or had already), batch.TRIAL_FAILED_EXIT when it failed by
+    itself (Batch does not retry that), 130 when stopped (Batch retries: the run resumes)."""
+    import logging
+    import os
+    import tempfile
 
-
-def job_sweep(client: Any, bucket: str, run_id: str, options: Any, workdir: Path, sweep_args: dict[str, Any]) -> None:
-    """`newsclf job --run-id ID --sweep GRID ...`: the trials as runs in the bucket (see sweep.run_sweep_job)."""
     from newsclf import sweep as sw
+    from newsclf.cli.job import _train_options
     from newsclf.cli.train import _progress_callback, _quiet_libraries
+    from newsclf.cloud import layout
+    from newsclf.cloud.batch import TRIAL_FAILED_EXIT
+    from newsclf.job import run_job
 
-    grid, metric = resolve_grid(sweep_args["sweep"], None, sweep_args["metric"])
-    sw.validate_trials(options, grid)
-    sid = sweep_args["sweep_id"] or sw.make_sweep_id(grid, sw.base_identity(options, grid))
-    sw.check_sweep_id(sid)
-    if sweep_args["sweep_runs"]:
-        runs = sw.parse_runs_arg(sweep_args["sweep_runs"], grid)
-    else:  # by hand: every trial, as RUN_ID-1, RUN_ID-2, ...
-        runs = {i: f"{run_id}-{i}" for i in range(1, len(grid) + 1)}
-    sweep = sw.Sweep.new(sid, grid, metric=metric, location=f"gs://{bucket}/runs/")
-    _output.info(f"Sweep {sid}: {len(runs)} of {len(grid)} trials in this job ({run_id})")
+    raw = os.environ.get("BATCH_TASK_INDEX", "")
+    if not raw.isdigit():
+        raise typer.BadParameter(
+            "BATCH_TASK_INDEX is not set: --sweep-plan runs as a task of the Batch job `newsclf cloud run --sweep` "
+            "submits", param_hint="--sweep-plan",
+        )  # fmt: skip
+    task = sw.read_task(client, bucket, plan, int(raw))
+    trial = task.trial
+    assert trial.run_id is not None
+    options = sw.trial_options(_train_options(task.train_args), trial, task.sweep_id)
+    _output.info(
+        f"Sweep {task.sweep_id}, task {task.index + 1}/{task.count}: trial {trial.trial} ({sw.label(trial.params)}) "
+        f"as run {trial.run_id} in gs://{bucket}/runs/{trial.run_id}/"
+    )
     _quiet_libraries()
-    open_callbacks: list[Any] = []
-
-    def callbacks(trial: "Trial") -> list[Any]:
-        for cb in open_callbacks:
-            cb.close()
-        open_callbacks.clear()
-        if _output.state.quiet or _output.state.json:
-            return []
-        open_callbacks.append(_progress_callback())
-        return list(open_callbacks)
-
-    view = SweepView(sweep)
+    callbacks = () if (_output.state.quiet or _output.state.json) else (_progress_callback(),)
+    # the task's own log goes to runs/<run-id>/logs/ too (Cloud Logging has it live): `cloud logs RUN`
+    attempt = os.environ.get("BATCH_TASK_RETRY_ATTEMPT", "0")
+    log_name = f"batch-{os.environ.get('BATCH_JOB_ID', 'job')}-task{task.index}-attempt{attempt}.log"
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    log_file = Path(tempfile.mkdtemp(dir=workdir)) / log_name
+    handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%SZ"))
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger("newsclf")
+    logger.addHandler(handler)
     try:
-        code = sw.run_sweep_job(
-            client, bucket, run_id, options, workdir, sweep, runs, callbacks=callbacks, on_change=view.changed
-        )
+        result = run_job(client, bucket, trial.run_id, options, workdir, callbacks=callbacks)
     finally:
-        for cb in open_callbacks:
+        for cb in callbacks:
             cb.close()
-    ran = [t for t in sweep.trials if t.trial in runs]
-    sweep.trials = ran
-    doc = sweep.summary()
-    if code:
-        message = f"All {len(ran)} trials of sweep {sid} failed (see runs/<run-id>/status.json in gs://{bucket})"
-        _output.emit(doc, render_summary(doc, pull_hint=True), exit_code=code, errors=[message])
-        _output.emit_error(message, code)
-        raise typer.Exit(code)
-    _output.emit(doc, render_summary(doc, pull_hint=True))
+        logger.removeHandler(handler)
+        handler.close()
+        try:
+            blob = client.bucket(bucket).blob(layout.RunLayout(trial.run_id).logs + log_name)
+            blob.upload_from_filename(str(log_file), content_type="text/plain")
+        except Exception as e:  # noqa: BLE001 - the trial's outcome matters more than its log
+            _output.warn(f"Could not upload the task's log: {e}")
+    data = {"sweep_id": task.sweep_id, "trial": trial.trial, "params": trial.params, "task_index": task.index,
+            **dataclasses.asdict(result)}  # fmt: skip
+    if result.exit_code != 0:
+        message = (
+            f"Trial {trial.trial} ({sw.label(trial.params)}) failed: {result.error} "
+            f"(recorded in gs://{bucket}/runs/{trial.run_id}/status.json)"
+        )
+        _output.emit(data, None, exit_code=TRIAL_FAILED_EXIT, errors=[message])
+        _output.emit_error(message, TRIAL_FAILED_EXIT)
+        raise typer.Exit(TRIAL_FAILED_EXIT)
+    _output.emit(data, lambda c: c.print(f"Run {trial.run_id} succeeded", highlight=False))
 
 
 # -- newsclf cloud run --sweep ------------------------------------------------------------------------
@@ -480,192 +486,130 @@ def cloud_base(train_args: list[str], grid: "Grid") -> tuple[Any, dict[str, Any]
     return options, explicit
 
 
-def check_cloud_flags(*, sweeping: bool, parallel: int | None, resume: str | None, detach: bool) -> None:
+# `cloud run` options that concern the single run's own VM, not a sweep's Batch job
+SINGLE_RUN_ONLY = {"resume": "--resume", "keep_vm": "--keep-vm", "force": "--force", "zone": "--zone",
+                   "wandb_key_in_metadata": "--wandb-key-in-metadata"}  # fmt: skip
+
+
+def check_cloud_flags(*, sweeping: bool, parallel: int | None, given: set[str] | None = None) -> None:
     if not sweeping:
         if parallel is not None:
-            raise typer.BadParameter(
-                "--parallel runs a sweep's trials on several VMs: use it with --sweep or --sweep-file"
-            )
+            raise typer.BadParameter("--parallel runs a sweep's trials on several VMs: use it with --sweep or --sweep-file")
         return
-    if resume is not None:
+    if "resume" in (given or set()):
+        raise typer.BadParameter("--resume RUN_ID restarts one run; a sweep carries on when you run the same command again")
+    bad = [flag for name, flag in SINGLE_RUN_ONLY.items() if name in (given or set())]
+    if bad:
         raise typer.BadParameter(
-            "--resume RUN_ID restarts one run; a sweep carries on when you run the same command again"
+            f"{', '.join(bad)} concern a single run's VM; a sweep runs on Cloud Batch VMs in NEWSCLF_REGION "
+            "(the W&B key from NEWSCLF_WANDB_SECRET): drop them"
         )
-    if detach and parallel is not None:
-        raise typer.BadParameter("--detach needs the sweep on one VM: drop --parallel (this command drives the VMs)")
 
 
 def cloud_run(
     settings: Any,
     project: str,
-    clients: Any,
     store: Any,
-    req: Any,
     *,
+    train_args: list[str],
     spec: str | None,
     sweep_file: Path | None,
     metric: str | None,
     parallel: int | None,
+    machine_type: str,
+    gpu: tuple[str, int] | None,
+    spot: bool,
+    max_hours: float,
+    disk_gb: int,
     detach: bool,
     poll_s: float,
 ) -> None:
-    """`newsclf cloud run --sweep ...`: the whole grid in one job on one VM, or each trial on one of
-    up to --parallel VMs; then the table, built from the runs in the bucket."""
-    import dataclasses
-
+    """`newsclf cloud run --sweep ...`: one Cloud Batch job, one task per unfinished trial, at most
+    --parallel at once; followed here until it ends (detachable), then the table from the bucket."""
     from newsclf import sweep as sw
-    from newsclf.cloud import compute
-    from newsclf.runs import new_run_id
+    from newsclf.cloud import batch, compute
+    from newsclf.cloud.iam import vm_service_account
 
     grid, metric = resolve_grid(spec, sweep_file, metric)
-    options, explicit = cloud_base(list(req.train_args), grid)
+    options, explicit = cloud_base(list(train_args), grid)
     sw.validate_trials(options, grid)
     sid = sw.make_sweep_id(grid, {"cloud": explicit})
-    bucket = store.bucket
-    client = store.client
+    bucket, client = store.bucket, store.client
     sweep = sw.Sweep.new(sid, grid, metric=metric, base=explicit, location=f"gs://{bucket}/runs/")
-    todo = sw.plan_remote(client, bucket, sweep)
-    done = len(sweep.trials) - len(todo)
-    base_args = list(req.train_args)
-    sweep_args = ["--sweep", grid.spec(), "--sweep-id", sid, "--metric", metric]
-    extra: dict[str, Any] = {"vms": []}
-    if not todo:
+    image = compute.default_image(settings, project)
+    account = vm_service_account(settings, project)
+    n = parallel or 1
+
+    def make_request(job_id: str, plan: str, task_count: int) -> batch.SweepJobRequest:
+        return batch.SweepJobRequest(
+            project=project, region=settings.region, job_id=job_id, sweep_id=sid, bucket=bucket, plan=plan,
+            task_count=task_count, parallel=n, image=image, machine_type=machine_type, gpu=gpu, spot=spot,
+            max_hours=max_hours, disk_gb=disk_gb, service_account=account, wandb_secret=settings.wandb_secret,
+        )  # fmt: skip
+
+    batch_client = batch.make_client(settings)
+    started = sw.start_cloud_sweep(batch_client, client, bucket, sweep, project=project, region=settings.region,
+                                   train_args=list(train_args), make_request=make_request)  # fmt: skip
+    done = sum(1 for t in sweep.trials if t.status == sw.SUCCEEDED)
+    if started.job is None:
         _output.info(f"Sweep {sid}: all {len(sweep.trials)} trials already succeeded in gs://{bucket}/runs/")
         final = sw.remote_sweep(client, bucket, sid, metric=metric) or sweep
-        _finish(final.summary(), final, pull_hint=True, extra=extra)
+        _finish(final.summary(), final, pull_hint=True)
         return
-    if done:
-        _output.info(
-            f"Sweep {sid}: {done} of {len(sweep.trials)} trials already succeeded; running the other {len(todo)}"
-        )
-    sw.write_plans(client, bucket, sweep, todo)
-    view = SweepView(sweep)
-    hourly = None
-
-    if parallel is None:  # one VM, one job, every trial
-        job_run = new_run_id(sid)
-        job_req = dataclasses.replace(
-            req, run_id=job_run, sweep_id=sid,
-            train_args=[*base_args, *sweep_args, "--sweep-runs", sw.runs_arg(todo)],
-        )  # fmt: skip
-        from newsclf.cloud import layout
-        from newsclf.cloud.storage import write_json
-
-        record = sw.job_record(job_run, sid, {t.trial: t.run_id for t in todo}, grid)
-        write_json(client.bucket(bucket), layout.RunLayout(job_run).config, record)  # `models list`: a sweep job
-        started = compute.start_run(clients, project, job_req, store=store, poll_s=poll_s)
-        vm = started.vm
-        hourly = vm.hourly_usd
-        _output.info(
-            f"Sweep {sid}: {len(todo)} trials one after another in run {job_run} on VM {vm.name} in {vm.zone} "
-            f"({vm.hardware()}, est. {'?' if hourly is None else f'${hourly:,.2f}'}/h; the VM stops itself after "
-            f"{req.max_hours:g} h in all: raise --max-hours for long sweeps)"
-        )
-        extra.update(vms=[vm.name], job_run_id=job_run)
-        if detach:
-            _output.info(
-                f"Follow it: newsclf cloud logs {job_run} --follow · the table: newsclf models list --sweep {sid}"
-            )
-            data = {"sweep_id": sid, "state": "detached", "job_run_id": job_run, "vm": vm.name, "zone": vm.zone}
-            _output.emit(data, lambda c: c.print(sid, highlight=False))
-            return
-        for t in todo:
-            t.vm = vm.name
-        outcome = _follow_sequential(clients, project, vm, job_run, store, sweep, todo, view, poll_s)
-        if outcome is None:
-            _cloud_detached(sid, f"the job {job_run} keeps running on VM {vm.name}", extra)
-        if outcome.state != "succeeded" and outcome.error:
-            _output.warn(f"Sweep job {job_run} {outcome.state}: {outcome.error}")
+    job = started.job
+    extra: dict[str, Any] = {"job_id": job.job_id, "region": job.region, "attached": started.attached}
+    kept = f"{done} of {len(sweep.trials)} trials already succeeded; " if done else ""
+    hourly = job.hourly_usd
+    if started.attached:
+        _output.info(f"Sweep {sid}: {kept}following Batch job {job.job_id} ({job.state}), submitted earlier")
     else:
-        n = min(parallel, len(todo))
-        vm_names = [sw.slot_vm_name(req.vm_name, sid, k) for k in range(n)]
-
-        def make_request(trial: "Trial", name: str) -> Any:
-            return dataclasses.replace(
-                req, run_id=trial.run_id, vm_name=name, sweep_id=sid,
-                train_args=[*base_args, *sweep_args, "--sweep-runs", sw.runs_arg([trial])],
-            )  # fmt: skip
-
-        def on_event(event: Any) -> None:
-            if event.kind in ("started",):
-                view.changed(sweep, event.trial)
-            elif event.kind in ("finished", "error"):
-                view.changed(sweep, event.trial)
-            elif event.kind == "vm_stopped":
-                view.say(f"Stopped VM {event.vm}")
-
-        _output.info(f"Sweep {sid}: {len(todo)} trials on up to {n} VMs ({', '.join(vm_names)})")
-        stop = threading.Event()
-        try:
-            with view:
-                used = sw.run_cloud_parallel(
-                    lambda: compute.make_clients(settings), project, bucket, sweep, todo, make_request,
-                    vm_names=vm_names, poll_s=poll_s, keep_vm=req.keep_vm, on_event=on_event, stop=stop,
-                )  # fmt: skip
-        except KeyboardInterrupt:
-            running = [t for t in todo if t.status == "running"]
-            _cloud_detached(
-                sid,
-                f"{len(running)} trials keep running on their VMs (they stop themselves); trials not started wait",
-                {"vms": vm_names},
-            )
-        extra["vms"] = used
-        if not req.keep_vm:
-            _output.info(
-                f"VMs {', '.join(used)} are stopped; their disks cost until deleted: "
-                f"newsclf cloud stop --sweep {sid} --delete"
-            )
+        _output.info(
+            f"Sweep {sid}: {kept}{len(started.todo)} trials in Batch job {job.job_id} ({job.region}), at most "
+            f"{min(n, len(started.todo))} at once on {compute_hardware(machine_type, gpu, spot)} "
+            f"(est. {'?' if hourly is None else f'${hourly:,.2f}'}/h per VM; each trial stops after {max_hours:g} h)"
+        )
+    if detach:
+        _output.info(
+            f"The sweep runs on without this command: newsclf cloud status · newsclf models list --sweep {sid} "
+            f"· stop it: newsclf cloud stop --sweep {sid}"
+        )
+        data = {"sweep_id": sid, "state": "detached", **extra, "trials": len(started.todo)}
+        _output.emit(data, lambda c: c.print(sid, highlight=False))
+        return
+    view = SweepView(sweep)
+    last = None
+    try:
+        with view:
+            for event in sw.follow_cloud_sweep(batch_client, client, bucket, started, poll_s=poll_s):
+                if event.kind == "trial" and event.trial is not None:
+                    if event.attempt and event.trial.status == sw.RUNNING:
+                        view.say(f"Trial {event.trial.trial}/{len(sweep.trials)}: attempt {event.attempt} "
+                                 "(retried by Batch), resuming from its checkpoints")  # fmt: skip
+                    view.changed(sweep, event.trial)
+                last = event
+    except KeyboardInterrupt:
+        _cloud_detached(sid, f"Batch job {job.job_id} goes on running its trials", extra)
+    if last is not None and last.job is not None and last.job.state == "CANCELLED":
+        _output.warn(f"Batch job {job.job_id} was cancelled (newsclf cloud stop --sweep {sid})")
+    if last is not None and last.cost_usd is not None:
+        extra["est_usd"] = last.cost_usd
     final = sw.remote_sweep(client, bucket, sid, metric=metric) or sweep
     _finish(final.summary(), final, pull_hint=True, extra=extra)
 
 
+def compute_hardware(machine_type: str, gpu: tuple[str, int] | None, spot: bool) -> str:
+    g = f" + {gpu[1]} x {gpu[0]}" if gpu else ""
+    return f"{machine_type}{g}{' (spot)' if spot else ''}"
+
+
 def _cloud_detached(sweep_id: str, what: str, extra: dict[str, Any]) -> None:
-    message = f"Detached from sweep {sweep_id}: {what}; run the same command again to carry on"
+    message = f"Detached from sweep {sweep_id}: {what}; run the same command again to follow it"
     _output.emit({"sweep_id": sweep_id, "state": "detached", **extra}, lambda c: c.print(sweep_id, highlight=False),
                  exit_code=130, errors=[message])  # fmt: skip
     _output.warn(message)
     if not _output.state.quiet:
         _output.stderr().print(f"The table so far: newsclf models list --sweep {sweep_id}", highlight=False)
     raise typer.Exit(130)
-
-
-def _follow_sequential(clients: Any, project: str, vm: Any, job_run: str, store: Any, sweep: "Sweep",
-                       todo: list["Trial"], view: SweepView, poll_s: float) -> Any:  # fmt: skip
-    """Follow the sweep job: its lines, and the trials' states from the bucket; None on Ctrl-C."""
-    from newsclf import sweep as sw
-    from newsclf.cloud import compute
-
-    last = 0.0
-
-    def refresh() -> None:
-        for t in todo:
-            if t.status in (sw.SUCCEEDED, sw.FAILED):
-                continue
-            status = store.status(t.run_id) or {}
-            state = status.get("state")
-            if state == sw.RUNNING and t.status != sw.RUNNING:
-                t.status, t.t0, t.started_at = sw.RUNNING, time.monotonic(), status.get("started_at")
-                view.changed(sweep, t)
-            elif state in (sw.SUCCEEDED, sw.FAILED) and status.get("finished_at"):
-                metrics = store.metrics(t.run_id) if state == sw.SUCCEEDED else None
-                t.finish(state, error=status.get("error"), metrics=metrics)
-                view.changed(sweep, t)
-
-    try:
-        with view:
-            for event in compute.follow(clients, project, vm, job_run, store, poll_s=poll_s):
-                if isinstance(event, compute.JobLine):
-                    view.say(event.text)
-                elif isinstance(event, compute.Tick):
-                    if time.monotonic() - last >= max(poll_s, 5.0) or last == 0.0:
-                        last = time.monotonic()
-                        refresh()
-                elif isinstance(event, compute.Outcome):
-                    refresh()
-                    return event
-    except KeyboardInterrupt:
-        return None
-    return None
 
 
 # -- newsclf models list --sweep ----------------------------------------------------------------------
@@ -681,3 +625,79 @@ def models_list_sweep(client: Any, bucket: str, sweep_id: str, metric: str | Non
         )
     doc = final.summary()
     _output.emit({"bucket": bucket, **doc}, render_summary(doc, pull_hint=True))
+
+
+# -- newsclf cloud status / stop --sweep --------------------------------------------------------------
+
+
+def status_jobs(settings: Any, project: str) -> list[dict[str, Any]]:
+    """`cloud status`: newsclf's sweep jobs on Cloud Batch in NEWSCLF_REGION (a warning, not a failure,
+    when Batch cannot be asked: the VMs are still worth showing)."""
+    from newsclf.cloud import batch
+    from newsclf.cloud.build import is_local_endpoint
+    from newsclf.errors import NewsclfError
+
+    if settings.batch_api_endpoint is None and is_local_endpoint(settings.compute_api_endpoint):
+        return []  # Compute on a local stand-in: never mix in the real Batch API
+    try:
+        return batch.describe_jobs(batch.make_client(settings), project, settings.region)
+    except NewsclfError as e:
+        _output.warn(f"Cannot list the sweep jobs on Cloud Batch: {e}")
+        return []
+
+
+def render_jobs(console: Any, rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    from newsclf.cli.cloud import _money
+
+    if not console.is_terminal:
+        console.width = max(console.width, 200)
+    table = Table("sweep job", "sweep", "state", "tasks", "retries", "machine", "spot", "est. $/h", "est. so far",
+                  box=None, title="Sweep jobs on Cloud Batch", title_justify="left")  # fmt: skip
+    for r in rows:
+        tasks = ", ".join(f"{n} {s.lower()}" for s, n in r["tasks"].items()) or "-"
+        machine = r["machine_type"] + (f" + {r['gpu']}" if r["gpu"] else "")
+        table.add_row(r["job_id"], r["sweep_id"] or "-", r["state"], f"{tasks} (of {r['task_count']})",
+                      str(r["retries"]), machine, "yes" if r["spot"] else "no", _money(r["est_usd_per_hour"]),
+                      _money(r["est_usd_so_far"]))  # fmt: skip
+    console.print(table)
+
+
+def stop_sweep(sweep_id: str, *, yes: bool, poll_s: float, confirm: Callable[[str], None]) -> None:
+    """`cloud stop --sweep SWEEP_ID`: cancel the sweep's Batch jobs (their running trials stop; Batch
+    deletes the VMs), then delete them and wait until Batch no longer lists them."""
+    from newsclf import sweep as sw
+    from newsclf.cloud import batch, compute
+    from newsclf.config import get_settings
+
+    sw.check_sweep_id(sweep_id)
+    settings = get_settings()
+    project = compute.project_id(settings)
+    client = batch.make_client(settings)
+    jobs = batch.list_jobs(client, project, settings.region, sweep_id=sweep_id)
+    if not jobs:
+        data = {"sweep_id": sweep_id, "jobs": []}
+        _output.emit(data, lambda c: c.print(
+            f"No Batch job of sweep {sweep_id} in {settings.region} (project {project}): nothing to stop", highlight=False))
+        return
+    busy = [j for j in jobs if j.active]
+    if busy and not yes:
+        running = sum(j.counts.get("RUNNING", 0) + j.counts.get("ASSIGNED", 0) for j in busy)
+        confirm(f"Cancel Batch job {', '.join(j.job_id for j in busy)} of sweep {sweep_id}, stopping {running} running trials")
+    results = []
+    for job in jobs:
+        if job.active:
+            _output.info(f"Cancelling Batch job {job.job_id} ({job.state}); waiting until it is gone")
+        results.append(batch.stop_job(client, job, poll_s=poll_s))
+    rows = [{"job_id": r.job_id, "before": r.before, "cancelled": r.cancelled, "deleted": r.deleted} for r in results]
+
+    def render(console: Any) -> None:
+        for r in results:
+            what = "Cancelled and deleted" if r.cancelled else "Deleted"
+            console.print(f"{what} Batch job {r.job_id} (was {r.before})", highlight=False)
+        if busy:
+            console.print(f"Run the same `newsclf cloud run --sweep ...` again to finish sweep {sweep_id}",
+                          highlight=False)  # fmt: skip
+
+    _output.emit({"sweep_id": sweep_id, "jobs": rows}, render)

@@ -13,7 +13,7 @@ from newsclf.cli import _output
 from newsclf.cli._transfer import bucket_option
 
 # train flags that make no sense inside the job (data and run dir come from the bucket)
-NOT_IN_JOB = ("data", "demo", "resume", "run", "num_processes", "run_id")
+NOT_IN_JOB = ("data", "demo", "resume", "run", "num_processes", "run_id", "sweep", "sweep_file", "metric", "sweep_id", "sweep_runs")
 
 
 def _train_options(args: list[str]) -> Any:
@@ -43,8 +43,12 @@ def _sigterm(signum: int, frame: Any) -> None:
 def job(
     ctx: typer.Context,
     bucket: Optional[str] = bucket_option(),
-    run_id: str = typer.Option(..., "--run-id", help="The run to execute, resume or skip: runs/<RUN_ID>/ in the bucket."),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="The run to execute, resume or skip: runs/<RUN_ID>/ in the bucket."),
     workdir: Path = typer.Option(Path("."), "--workdir", help="Local scratch directory for data and checkpoints."),
+    sweep_plan: Optional[str] = typer.Option(
+        None, "--sweep-plan", metavar="OBJECT", hidden=True,
+        help="A cloud sweep's task: the trial at BATCH_TASK_INDEX of this plan in the bucket (set by `cloud run --sweep`).",
+    ),
 ) -> None:
     """Run one training job against the bucket: what the image runs on a VM.
 
@@ -58,17 +62,22 @@ def job(
     from newsclf.cloud import layout
     from newsclf.job import run_job
 
+    if sweep_plan is not None:  # a task of a cloud sweep's Batch job: the plan names run and options
+        if run_id is not None or ctx.args:
+            raise typer.BadParameter("the sweep plan names the run and its options: drop --run-id and the train options")
+        from newsclf.cli import _sweep
+
+        _, name, client = connect(bucket)
+        signal.signal(signal.SIGTERM, _sigterm)
+        _sweep.job_trial(client, name, sweep_plan, workdir)
+        return
+    if run_id is None:
+        raise typer.BadParameter("give the run to execute, e.g. --run-id 20261127-120000-abc123", param_hint="--run-id")
     if not layout.is_valid_run_id(run_id):
         raise typer.BadParameter(f"{run_id!r} is not a run id (letters, digits, . _ -)", param_hint="--run-id")
     options = _train_options(ctx.args)
-    from newsclf.cli import _sweep
-
-    sweep_args = _sweep.job_sweep_args(ctx.args)  # `cloud run --sweep`: the trials of a sweep
     _, name, client = connect(bucket)
     signal.signal(signal.SIGTERM, _sigterm)
-    if sweep_args is not None:
-        _sweep.job_sweep(client, name, run_id, options, workdir, sweep_args)
-        return
     _output.info(f"Job {run_id}: gs://{name}/runs/{run_id}/ (training {options.base_model or 'the packaged all-MiniLM-L6-v2'})")
     from newsclf.cli.train import _progress_callback, _quiet_libraries
 
