@@ -67,11 +67,11 @@ def bare_image(box: VMSandbox, *, missing: tuple[str, ...]) -> None:
 
 def with_env(box: VMSandbox, monkeypatch, **extra: str) -> None:
     env = box.env
-    monkeypatch.setattr(box, "env", lambda standin, inst: {**env(standin, inst), **extra})
+    monkeypatch.setattr(box, "env", lambda server, inst: {**env(server, inst), **extra})
 
 
-def status_of(standin, run_id: str) -> dict:
-    bucket = standin.gcs.bucket(standin.gcs.test_bucket)
+def status_of(server, run_id: str) -> dict:
+    bucket = server.gcs.bucket(server.gcs.test_bucket)
     return json.loads(bucket.blob(f"runs/{run_id}/status.json").download_as_bytes())
 
 
@@ -85,13 +85,13 @@ def sandbox_output(box: VMSandbox) -> str:
 def test_default_vm_image_family_has_the_driver_the_image_needs():
     from newsclf.config import Settings
 
-    min_driver = int(re.search(r"^MIN_DRIVER=(\d+)", SCRIPT, re.M).group(1))
+    min_driver = int(re.search(r"^MIN_DRIVER=(\d+)", SCRIPT, re.MULTILINE).group(1))
     family = Settings().vm_image_family
     m = re.fullmatch(r"common-cu\d+-ubuntu-\d{4}-nvidia-(\d+)", family)
     assert m, f"{family} is not a Deep Learning VM family name with its driver branch"
     assert int(m.group(1)) >= min_driver
     example = (REPO / ".env.example").read_text()
-    assert re.search(rf"^NEWSCLF_VM_IMAGE_FAMILY={re.escape(family)}\s", example, re.M)
+    assert re.search(rf"^NEWSCLF_VM_IMAGE_FAMILY={re.escape(family)}\s", example, re.MULTILINE)
 
 
 # ---------------------------------------------------------------------------------- docker, toolkit
@@ -108,7 +108,7 @@ def test_missing_docker_and_toolkit_are_installed(cli, standin, sandbox):
     assert len([a for a in apt if a.endswith(" update")]) == 2
     assert calls(sandbox, "nvidia-ctk") == ["runtime configure --runtime=docker"]
     assert calls(sandbox, "systemctl") == ["enable --now docker", "restart docker"]
-    pull, rm, run = sandbox.docker_calls()
+    pull, _rm, run = sandbox.docker_calls()
     assert pull["argv"] == ["pull", "--quiet", FAKE] and run["argv"][8:10] == ["--gpus", "all"]
     serial = standin.instance(VM).serial.read_text()
     assert "docker is not installed on this VM image: installing docker.io" in serial
