@@ -124,3 +124,32 @@ def test_job_killed_after_first_checkpoint_resumes_from_bucket(cli, gcs, tiny_da
     assert status["state"] == "succeeded" and status["attempt"] == 2
     metrics = json.loads(gcs.bucket(gcs.test_bucket).blob(f"runs/{RUN}/metrics.json").download_as_bytes())
     assert [e["epoch"] for e in metrics["validation"]] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.slow
+def test_job_trains_data_parallel_with_num_processes(cli, gcs, tiny_data, tiny_model, tmp_path):
+    """What a 2-GPU VM does, with 2 CPU processes (gloo): half the steps per epoch, one published run."""
+    _push_data(gcs, tiny_data)
+    r = cli("--json", "job", "--run-id", RUN, "--workdir", tmp_path / "work", *_train_flags(tiny_model, epochs=1),
+            "--num-processes", "2")  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    assert r.json["data"]["state"] == "succeeded"
+    bucket = gcs.bucket(gcs.test_bucket)
+    run = json.loads(bucket.blob(f"runs/{RUN}/run.json").download_as_bytes())
+    assert run["num_processes"] == 2
+    metrics = json.loads(bucket.blob(f"runs/{RUN}/metrics.json").download_as_bytes())
+    assert metrics["train"]["global_step"] == 96 // (8 * 2)  # 96 rows, batch 8 per process, 2 processes
+    assert metrics == r.json["data"]["metrics"]
+    assert _status(gcs)["state"] == "succeeded"
+    assert f"runs/{RUN}/model/model.safetensors" in _names(gcs, f"runs/{RUN}/")
+
+
+@pytest.mark.slow
+def test_data_parallel_job_records_the_processes_failure(cli, gcs, tiny_data, tmp_path):
+    _push_data(gcs, tiny_data)
+    r = cli("job", "--run-id", RUN, "--workdir", tmp_path, "--model", str(tmp_path / "no-such-model"),
+            "--epochs", "1", "--num-processes", "2")  # fmt: skip
+    assert r.exit_code == 1
+    status = _status(gcs)
+    assert status["state"] == "failed"
+    assert "no-such-model" in status["error"] and "training processes failed" not in status["error"]
