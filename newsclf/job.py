@@ -11,11 +11,12 @@ checkpoints in, the run out) and has `launch` start the processes, each running 
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from newsclf.cloud import layout
 from newsclf.errors import InputError, NewsclfError
@@ -58,6 +59,34 @@ def running_status(run_id: str, previous: dict[str, Any]) -> dict[str, Any]:
         "host": socket.gethostname(),
         "error": None,
     }
+
+
+# the training image sets these (its default model ships inside it); a named Hub model needs them off
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # `name` or `namespace/name`
+
+
+def hub_env(base_model: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment changes a job training `base_model` needs: the offline switches off for a Hub id
+    when they are on; nothing for the packaged model, a local path, or when already online."""
+    from newsclf.train import PACKAGED_MODEL
+
+    if base_model in ("", PACKAGED_MODEL) or not HUB_ID.fullmatch(base_model) or Path(base_model).exists():
+        return {}
+    if not any(environ.get(k, "").strip().upper() in ("1", "ON", "YES", "TRUE") for k in OFFLINE_VARS):
+        return {}
+    return dict.fromkeys(OFFLINE_VARS, "0")
+
+
+def allow_hub_downloads(changes: dict[str, str]) -> None:
+    """Apply hub_env's changes to this process (and the processes it starts)."""
+    import os
+    import sys
+
+    os.environ.update(changes)
+    constants = sys.modules.get("huggingface_hub.constants")
+    if changes and constants is not None:  # it read the variables when imported: tell it too
+        constants.HF_HUB_OFFLINE = False  # type: ignore[attr-defined]
 
 
 def _checkpoint_sync(client: "Client", bucket: "Bucket", lay: layout.RunLayout, local: Path) -> Any:

@@ -120,6 +120,12 @@ def job(
     if not layout.is_valid_run_id(run_id):
         raise typer.BadParameter(f"{run_id!r} is not a run id (letters, digits, . _ -)", param_hint="--run-id")
     options = _train_options(ctx.args)
+    from newsclf.job import allow_hub_downloads, hub_env
+
+    online = hub_env(options.base_model, os.environ)
+    if online and "LOCAL_RANK" not in os.environ:
+        _output.info(f"Downloading {options.base_model} from the Hugging Face Hub (HF_HUB_OFFLINE=0 for this job)")
+    allow_hub_downloads(online)
     from newsclf.cli import _sweep
 
     sweep_args = _sweep.job_sweep_args(ctx.args)  # `cloud run --sweep`: the trials of a sweep
