@@ -256,16 +256,18 @@ def run_job(
             launch()
             metrics = _finished_metrics(run_dir)
         _publish(client, bucket, lay, run_dir)
-    except BaseException as e:
-        interrupted = isinstance(e, (KeyboardInterrupt, SystemExit))
-        message = "interrupted" if interrupted else (str(e) or type(e).__name__).splitlines()[0]
-        status.update(state=FAILED, exit_code=130 if interrupted else 1, finished_at=_now(), error=message)
+    except (KeyboardInterrupt, SystemExit):
+        # SIGTERM from a stopping or preempted VM: the run stays `running`, so the VM's next boot
+        # resumes it from its checkpoints (a final `failed` would make the startup script skip it)
+        log.info("Interrupted: run %s resumes from %s when started again", run_id, layout.uri(bucket_name, lay.checkpoints))
+        raise
+    except Exception as e:
+        message = (str(e) or type(e).__name__).splitlines()[0]
+        status.update(state=FAILED, exit_code=1, finished_at=_now(), error=message)
         try:
             storage.write_json(bucket, lay.status, status)
         except Exception as write_error:  # the original failure matters more
             log.warning("Could not record the failure in status.json: %s", write_error)
-        if interrupted:
-            raise
         return JobResult(run_id, FAILED, 1, resumed_from=resumed_from, error=message)
     summary = {k: metrics.get(k) for k in ("best_validation", "test")}
     status.update(state=SUCCEEDED, exit_code=0, finished_at=_now(), metrics=summary)

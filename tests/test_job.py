@@ -228,3 +228,32 @@ def test_job_with_a_hub_model_downloads_it_in_an_offline_image(gcs, tiny_data, t
     assert any("newsclf-tests/tiny-bert" in path for path in hub.paths), proc.stderr
     status = _status(gcs)
     assert status["state"] == "failed" and "newsclf-tests/tiny-bert" in status["error"]
+
+
+@pytest.mark.slow
+def test_job_stopped_by_sigterm_stays_resumable(gcs, tiny_data, tiny_model, tmp_path):
+    """A stopping or preempted VM stops the container with SIGTERM: the run must stay `running` (the
+    startup script skips a run whose status is final, so `failed` would end it for good)."""
+    import signal
+
+    _push_data(gcs, tiny_data)
+    cmd = [sys.executable, "-m", "newsclf", "job", "--run-id", RUN, "--workdir", str(tmp_path / "vm1"),
+           *_train_flags(tiny_model, epochs=6)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, cwd=tmp_path)  # fmt: skip
+    seen = []
+    deadline = time.time() + 240
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        seen.append(line)
+        if "synced to" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+        assert time.time() < deadline, "".join(seen)
+    seen += proc.stderr.readlines()
+    proc.wait(timeout=60)
+    assert proc.returncode == 130, "".join(seen)
+    status = _status(gcs)
+    assert status["state"] == "running" and status["error"] is None, status
+    assert f"runs/{RUN}/metrics.json" not in _names(gcs, f"runs/{RUN}/")
+    assert any(n.startswith(f"runs/{RUN}/checkpoints/checkpoint-") for n in _names(gcs, f"runs/{RUN}/"))
