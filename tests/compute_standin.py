@@ -195,7 +195,7 @@ class ComputeStandIn:
             }
             for family, version in (
                 ("common-cu128-ubuntu-2204-nvidia-570", "v20250601"),
-                ("common-cu129-ubuntu-2204-nvidia-580", "v20260401"),
+                ("common-cu129-ubuntu-2204-nvidia-580", "v20260415"),
                 ("common-cu129-ubuntu-2404-nvidia-580", "v20260401"),
             )
         }
