@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     disk_gb: int = 100
     max_hours: float = 6.0  # the VM stops itself after this long, whatever happens
     vm_image_project: str = "deeplearning-platform-release"
-    vm_image_family: str = "common-cu128-ubuntu-2204-nvidia-570"
+    vm_image_family: str = "common-cu129-ubuntu-2204-nvidia-580"  # driver 580: the CUDA 13 torch needs it
     wandb_secret: str | None = None  # Secret Manager secret holding the W&B key, for VMs
     vm_service_account: str | None = None  # the VMs' service account; default newsclf-vm@PROJECT.iam.gserviceaccount.com
     compute_api_endpoint: str | None = None  # e.g. http://127.0.0.1:8080 for a local stand-in

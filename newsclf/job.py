@@ -3,19 +3,23 @@
 status.json moves `running` -> `succeeded` | `failed`. A restarted VM runs the job again with the
 same run id: a succeeded run is left alone, an unfinished one resumes from the checkpoints synced
 to runs/<id>/checkpoints/ at every save.
+
+Data parallel (one process per GPU): `run_job` does everything but the training (status, data,
+checkpoints in, the run out) and has `launch` start the processes, each running `train_worker`.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from newsclf.cloud import layout
-from newsclf.errors import InputError
+from newsclf.errors import InputError, NewsclfError
 
 if TYPE_CHECKING:
     from google.cloud.storage import Bucket, Client
@@ -55,6 +59,34 @@ def running_status(run_id: str, previous: dict[str, Any]) -> dict[str, Any]:
         "host": socket.gethostname(),
         "error": None,
     }
+
+
+# the training image sets these (its default model ships inside it); a named Hub model needs them off
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # `name` or `namespace/name`
+
+
+def hub_env(base_model: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment changes a job training `base_model` needs: the offline switches off for a Hub id
+    when they are on; nothing for the packaged model, a local path, or when already online."""
+    from newsclf.train import PACKAGED_MODEL
+
+    if base_model in ("", PACKAGED_MODEL) or not HUB_ID.fullmatch(base_model) or Path(base_model).exists():
+        return {}
+    if not any(environ.get(k, "").strip().upper() in ("1", "ON", "YES", "TRUE") for k in OFFLINE_VARS):
+        return {}
+    return dict.fromkeys(OFFLINE_VARS, "0")
+
+
+def allow_hub_downloads(changes: dict[str, str]) -> None:
+    """Apply hub_env's changes to this process (and the processes it starts)."""
+    import os
+    import sys
+
+    os.environ.update(changes)
+    constants = sys.modules.get("huggingface_hub.constants")
+    if changes and constants is not None:  # it read the variables when imported: tell it too
+        constants.HF_HUB_OFFLINE = False  # type: ignore[attr-defined]
 
 
 def _checkpoint_sync(client: "Client", bucket: "Bucket", lay: layout.RunLayout, local: Path) -> Any:
@@ -143,6 +175,50 @@ def _fetch_checkpoints(client: "Client", bucket: "Bucket", lay: layout.RunLayout
     return any(p.is_dir() for p in local.glob("checkpoint-*"))
 
 
+def _local_paths(workdir: Path, run_id: str) -> tuple[Path, Path, Path]:
+    """(data/processed, models, models/<run_id>) under the job's scratch directory."""
+    workdir = Path(workdir)
+    return workdir / "data" / "processed", workdir / "models", workdir / "models" / run_id
+
+
+def _worker_error_file(workdir: Path, rank: int) -> Path:
+    return Path(workdir) / f".worker-{rank}.error"
+
+
+def train_worker(
+    client: "Client", bucket_name: str, run_id: str, options: "TrainOptions", workdir: Path, *, callbacks: tuple = ()
+) -> None:
+    """One process of a data-parallel job (under torch.distributed.run): train on what `run_job`
+    fetched into `workdir`; rank 0 syncs the checkpoints and writes the finished run locally.
+
+    A failure is also left in workdir for `run_job` to record (the processes' own output is only a log).
+    """
+    import os
+
+    from newsclf.train import run_training
+
+    rank = int(os.environ.get("RANK", "0"))
+    _worker_error_file(workdir, rank).unlink(missing_ok=True)
+    try:
+        options.data_dir, options.models_dir, run_dir = _local_paths(workdir, run_id)
+        checkpoints = run_dir / "checkpoints"
+        resume = any(p.is_dir() for p in checkpoints.glob("checkpoint-*"))
+        sync = _checkpoint_sync(client, client.bucket(bucket_name), layout.RunLayout(run_id), checkpoints)
+        run_training(options, run_dir=run_dir, resume_from=run_dir if resume else None, callbacks=[sync, *callbacks])
+    except Exception as e:
+        _worker_error_file(workdir, rank).write_text((str(e) or type(e).__name__).splitlines()[0])
+        raise
+
+
+def worker_error(workdir: Path, world_size: int) -> str | None:
+    """The failure a process of a data-parallel job left (the lowest rank's), or None."""
+    for rank in range(world_size):
+        path = _worker_error_file(workdir, rank)
+        if path.is_file():
+            return path.read_text().strip() or None
+    return None
+
+
 def _publish(client: "Client", bucket: "Bucket", lay: layout.RunLayout, run_dir: Path) -> None:
     """Upload the finished run (model/, run.json, logs/; metrics.json last)."""
     from newsclf.cloud import storage
@@ -166,9 +242,12 @@ def run_job(
     workdir: Path,
     *,
     callbacks: tuple = (),
+    launch: Callable[[], None] | None = None,
 ) -> JobResult:
     """Run (or resume, or skip) training run `run_id`, keeping its state in gs://bucket/runs/<run_id>/.
 
+    launch: trains in other processes instead of this one (each runs `train_worker`); it returns
+        once they all exited and raises when they failed.
     Never raises for a training failure: it is recorded in status.json and returned (exit_code 1).
     """
     from newsclf.cloud import storage
@@ -187,32 +266,48 @@ def run_job(
     try:
         workdir = Path(workdir)
         options.data_dir = _fetch_data(client, bucket, workdir, options.seed)
-        options.models_dir = workdir / "models"
-        run_dir = options.models_dir / run_id
+        _, options.models_dir, run_dir = _local_paths(workdir, run_id)
         checkpoints = run_dir / "checkpoints"
         if _fetch_checkpoints(client, bucket, lay, checkpoints):
             resumed_from = layout.uri(bucket_name, lay.checkpoints)
             log.info("Resuming from the checkpoints in %s", resumed_from)
-        sync = _checkpoint_sync(client, bucket, lay, checkpoints)
-        result = run_training(
-            options,
-            run_dir=run_dir,
-            resume_from=run_dir if resumed_from else None,
-            callbacks=[sync, _status_progress(bucket, lay, status), *callbacks],
-        )
-        _publish(client, bucket, lay, result.run_dir)
-    except BaseException as e:
-        interrupted = isinstance(e, (KeyboardInterrupt, SystemExit))
-        message = "interrupted" if interrupted else (str(e) or type(e).__name__).splitlines()[0]
-        status.update(state=FAILED, exit_code=130 if interrupted else 1, finished_at=_now(), error=message)
+        if launch is None:
+            sync = _checkpoint_sync(client, bucket, lay, checkpoints)
+            metrics = run_training(
+                options,
+                run_dir=run_dir,
+                resume_from=run_dir if resumed_from else None,
+                callbacks=[sync, _status_progress(bucket, lay, status), *callbacks],
+            ).metrics
+        else:
+            launch()
+            metrics = _finished_metrics(run_dir)
+        _publish(client, bucket, lay, run_dir)
+    except (KeyboardInterrupt, SystemExit):
+        # SIGTERM from a stopping or preempted VM: the run stays `running`, so the VM's next boot
+        # resumes it from its checkpoints (a final `failed` would make the startup script skip it)
+        log.info("Interrupted: run %s resumes from %s when started again", run_id, layout.uri(bucket_name, lay.checkpoints))
+        raise
+    except Exception as e:
+        message = (str(e) or type(e).__name__).splitlines()[0]
+        status.update(state=FAILED, exit_code=1, finished_at=_now(), error=message)
         try:
             storage.write_json(bucket, lay.status, status)
         except Exception as write_error:  # the original failure matters more
             log.warning("Could not record the failure in status.json: %s", write_error)
-        if interrupted:
-            raise
         return JobResult(run_id, FAILED, 1, resumed_from=resumed_from, error=message)
-    summary = {k: result.metrics.get(k) for k in ("best_validation", "test")}
+    summary = {k: metrics.get(k) for k in ("best_validation", "test")}
     status.update(state=SUCCEEDED, exit_code=0, finished_at=_now(), metrics=summary)
     storage.write_json(bucket, lay.status, status)
-    return JobResult(run_id, SUCCEEDED, 0, resumed_from=resumed_from, metrics=result.metrics)
+    return JobResult(run_id, SUCCEEDED, 0, resumed_from=resumed_from, metrics=metrics)
+
+
+def _finished_metrics(run_dir: Path) -> dict[str, Any]:
+    import json
+
+    from newsclf.runs import COMPLETE_MARKER
+
+    path = Path(run_dir) / COMPLETE_MARKER
+    if not path.is_file():
+        raise NewsclfError(f"The training processes exited without finishing the run ({path} is missing)")
+    return json.loads(path.read_text())

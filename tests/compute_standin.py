@@ -195,7 +195,7 @@ class ComputeStandIn:
             }
             for family, version in (
                 ("common-cu128-ubuntu-2204-nvidia-570", "v20250601"),
-                ("common-cu129-ubuntu-2204-nvidia-580", "v20260401"),
+                ("common-cu129-ubuntu-2204-nvidia-580", "v20260415"),
                 ("common-cu129-ubuntu-2404-nvidia-580", "v20260401"),
             )
         }
@@ -741,6 +741,11 @@ if [[ "$*" == *--query-gpu=driver_version* ]]; then echo "$NEWSCLF_SANDBOX_DRIVE
 exit 0
 '''
 
+NVIDIA_CTK_SHIM = '''#!/usr/bin/env bash
+# the NVIDIA Container Toolkit's CLI, as on a VM image that ships the toolkit
+printf '%s\\n' "$*" >>"$NEWSCLF_SANDBOX_DIR/nvidia-ctk-calls"
+'''
+
 FAKE_JOB = r'''#!{python}
 """A quick stand-in for `newsclf job`: status running, a few lines, metrics, status succeeded (or failed)."""
 import argparse, json, os, sys, time
@@ -772,8 +777,8 @@ print("fake job: done", flush=True)
 
 class VMSandbox:
     """What a started instance does in the e2e tests: the real startup script from its metadata, run by
-    bash with PATH shims for `docker`, `shutdown` and `nvidia-smi`, the stand-in as metadata server and
-    Secret Manager, a file as /dev/ttyS0 (the stand-in serves it as serial port 1), and Cloud Storage
+    bash with PATH shims for `docker`, `shutdown`, `nvidia-smi` and `nvidia-ctk`, the stand-in as metadata
+    server and Secret Manager, a file as /dev/ttyS0 (the stand-in serves it as serial port 1), and Cloud Storage
     at STORAGE_EMULATOR_HOST. Use `on_start` / `on_stop` as the stand-in's hooks."""
 
     def __init__(self, workdir: Path, storage_url: str, *, python: str | None = None) -> None:
@@ -793,6 +798,7 @@ class VMSandbox:
             ("docker", DOCKER_SHIM.replace("{python}", self.python)),
             ("shutdown", SHUTDOWN_SHIM),
             ("nvidia-smi", NVIDIA_SMI_SHIM),
+            ("nvidia-ctk", NVIDIA_CTK_SHIM),
         ):
             path = self.bin / name
             path.write_text(text)

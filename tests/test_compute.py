@@ -110,7 +110,7 @@ def test_run_creates_vm_with_expected_body(cli, standin):
 
     family = standin.calls("GET", "/global/images/family/")
     assert [c.path for c in family] == [
-        "/compute/v1/projects/deeplearning-platform-release/global/images/family/common-cu128-ubuntu-2204-nvidia-570"
+        "/compute/v1/projects/deeplearning-platform-release/global/images/family/common-cu129-ubuntu-2204-nvidia-580"
     ]
     [body] = insert_bodies(standin)
     assert body["name"] == VM
@@ -126,7 +126,7 @@ def test_run_creates_vm_with_expected_body(cli, standin):
     assert disk["initializeParams"]["diskSizeGb"] == "100"
     assert disk["initializeParams"]["sourceImage"] == (
         "https://www.googleapis.com/compute/v1/projects/deeplearning-platform-release/global/images/"
-        "common-cu128-ubuntu-2204-nvidia-570-v20250601"
+        "common-cu129-ubuntu-2204-nvidia-580-v20260415"
     )
     items = meta_items(body)
     bucket = standin.gcs.test_bucket

@@ -235,3 +235,73 @@ def test_repository_context_has_what_the_build_needs():
         assert not ignore.excluded(rel) or rel in ("Dockerfile", ".dockerignore")
         assert not rel.startswith((".git/", ".venv/", "data/", "models/", "tests/", "wandb/")), rel
         assert "__pycache__" not in rel and not rel.startswith(".env")
+
+
+# --- what the image leaves out -------------------------------------------------------------------
+
+
+def _load_docker_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "docker" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_slim_venv_removes_what_training_never_loads(tmp_path):
+    site = tmp_path / "venv" / "lib" / "python3.11" / "site-packages"
+    gone = ["triton/__init__.py", "triton/_C/libtriton.so", "triton-3.9.0.dist-info/METADATA",
+            "torch/include/ATen/Tensor.h", "sympy/core/tests/test_basic.py", "scipy/linalg/tests/test_x.py",
+            "pandas/tests/frame/test_api.py", "nvidia/cu13/lib/libcusolverMg.so.12", "nvidia/cu13/lib/libcudart_static.a",
+            "nvidia/nvshmem/lib/libnvshmem_device.a"]  # fmt: skip
+    kept = ["torch/__init__.py", "torch/lib/libtorch_cuda.so", "torch/lib/libtorch_cuda_linalg.so",
+            "torch/testing/_internal/common_utils.py", "nvidia/cu13/lib/libcusolver.so.12",
+            "nvidia/cu13/lib/libcublasLt.so.13", "nvidia/cu13/lib/libnvrtc-builtins.so.13.2",
+            "nvidia/cudnn/lib/libcudnn_engines_precompiled.so.9", "nvidia/nvshmem/lib/libnvshmem_host.so.3",
+            "nvidia/cu13/include/cuda_runtime.h", "sympy/testing/pytest.py", "transformers/trainer.py",
+            "newsclf/tests/__init__.py", "newsclf/cloud/startup.sh"]  # fmt: skip
+    for rel in gone + kept:
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_bytes(b"x" * 1000)
+    proc = subprocess.run([sys.executable, str(REPO / "docker" / "slim_venv.py"), str(tmp_path / "venv")],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert [rel for rel in gone if (site / rel).exists()] == []
+    assert [rel for rel in kept if not (site / rel).exists()] == []
+    assert not (site / "triton").exists() and not (site / "torch" / "include").exists()
+    assert "slim_venv: triton: 0 MB removed" in proc.stdout  # 2 kB here
+    assert proc.stdout.splitlines()[-1] == "slim_venv: 0 MB removed in all"
+
+
+def test_builder_slims_the_venv_then_trains_once(steps):
+    builder = next(s for s in stages(steps) if re.search(r"\bAS builder\b", s[0][1], re.I))
+    env = " ".join(v for k, v in builder if k == "ENV")
+    assert "UV_COMPILE_BYTECODE=1" not in env.split()  # bytecode for everything: 430 MB, mostly never run
+    runs = [v for k, v in builder if k == "RUN"]
+    last_sync = max(i for i, v in enumerate(runs) if "uv sync" in v)
+    slim = next(i for i, v in enumerate(runs) if "docker/slim_venv.py /opt/venv" in v)
+    assert slim > last_sync
+    assert re.search(r"slim_venv\.py /opt/venv .*check_image\.py --train", runs[slim])  # the same layer, after
+
+
+def test_check_image_finds_a_cuda_library_the_image_lost(tmp_path):
+    """--require-cuda's ldd check: a torch library whose CUDA dependency is gone is named; the driver's are not."""
+    if shutil.which("ldd") is None:
+        pytest.skip("ldd not installed")
+    check_image = _load_docker_script("check_image")
+    dev = Path(sysconfig_purelib())
+    site = tmp_path / "site-packages"
+    (site / "torch" / "lib").mkdir(parents=True)
+    for lib in ("libc10.so", "libc10_cuda.so"):
+        shutil.copy(dev / "torch" / "lib" / lib, site / "torch" / "lib" / lib)
+    assert check_image.missing_libraries(site) == ["torch/lib/libc10_cuda.so needs libcudart.so.13"]
+    (site / "nvidia" / "cu13" / "lib").mkdir(parents=True)
+    shutil.copy(dev / "nvidia" / "cu13" / "lib" / "libcudart.so.13", site / "nvidia" / "cu13" / "lib")
+    assert check_image.missing_libraries(site) == []
+
+
+def sysconfig_purelib() -> str:
+    import sysconfig
+
+    return sysconfig.get_paths()["purelib"]

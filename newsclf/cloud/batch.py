@@ -131,11 +131,14 @@ class SweepJobRequest:
 
 
 def job_id_for(sweep_id: str, now: datetime | None = None) -> str:
-    """`newsclf-1a2b3c4d-20261130-181500`: unique per submission, within Batch's job id rule."""
+    """`newsclf-1a2b3c4d-20261130-181500-9f3c`: unique per submission (two in one second too), within
+    Batch's job id rule."""
+    import secrets
+
     from newsclf.sweep.grid import short_id
 
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
-    return f"newsclf-{short_id(sweep_id)}-{stamp}"
+    return f"newsclf-{short_id(sweep_id)}-{stamp}-{secrets.token_hex(2)}"
 
 
 def label_value(text: str) -> str:

@@ -8,6 +8,8 @@
 # The job's output goes to the serial port as `newsclf-job[RUN_ID]: ...` (what `newsclf cloud run`
 # shows) and this script's progress as `newsclf-vm[RUN_ID]: ...`.
 # Secrets (the access token, the W&B key) never reach argv, the serial port, the log or the image.
+# Every path powers the VM off at the end (unless newsclf-keep-vm is true), also when the metadata
+# server cannot be read: an idle VM bills until --max-hours.
 # Tests point the NEWSCLF_* / STORAGE_EMULATOR_HOST variables below at local stand-ins.
 set -euo pipefail
 
@@ -16,10 +18,13 @@ SERIAL="${NEWSCLF_SERIAL_DEVICE:-/dev/ttyS0}"
 STORAGE_URL="${STORAGE_EMULATOR_HOST:-https://storage.googleapis.com}"
 SECRETS_URL="${NEWSCLF_SECRETMANAGER_URL:-https://secretmanager.googleapis.com}"
 WORK="${NEWSCLF_WORKDIR:-/var/lib/newsclf}"
+META_WAIT_S="${NEWSCLF_METADATA_WAIT_S:-300}"  # the metadata server can lag the network at boot
+NVIDIA_REPO="${NEWSCLF_NVIDIA_REPO_URL:-https://nvidia.github.io/libnvidia-container}"
 CONTAINER=newsclf-job
 MIN_DRIVER=580  # the image's torch is a CUDA 13 build (uv.lock); CUDA 13 needs driver 580 or newer
 
 RUN_ID="?"
+KEEP_VM=false  # until the metadata says otherwise
 STARTED_AT="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 LOG_NAME="vm-$(date -u +%Y%m%dT%H%M%SZ).log"
 LOG="$WORK/$LOG_NAME"
@@ -28,7 +33,19 @@ UPLOAD=1    # 0: nothing worth uploading (the run had already finished)
 STOPPING=0  # 1 when the VM is shutting down under us (stop, preemption): the run resumes later
 
 meta() { curl -fsS --retry 5 --retry-connrefused -H 'Metadata-Flavor: Google' "$META_URL/$1"; }
-attr() { meta "instance/attributes/$1" 2>/dev/null || true; }  # a missing attribute reads as empty
+attr() {  # an instance attribute: a missing one (HTTP 404) reads as empty, an unreachable server fails
+  local rc=0
+  meta "instance/attributes/$1" 2>/dev/null || rc=$?
+  ((rc == 0 || rc == 22)) # 22: curl -f got an HTTP error
+}
+
+wait_for_metadata() {  # any HTTP answer will do: the server is up
+  local deadline=$((SECONDS + META_WAIT_S))
+  until curl -sS -o /dev/null --max-time 10 -H 'Metadata-Flavor: Google' "$META_URL/instance/attributes/" 2>/dev/null; do
+    ((SECONDS < deadline)) || return 1
+    sleep 5
+  done
+}
 
 json_field() {  # json_field KEY < JSON: prints the value, or nothing for bad JSON / a missing key
   python3 -c 'import json, sys
@@ -82,6 +99,56 @@ print(json.dumps({"state": "failed", "exit_code": int(sys.argv[1]),
   gcs_put "$WORK/status.json" "runs/$RUN_ID/status.json" application/json
 }
 
+fail_run() {  # fail_run ERROR: a final status.json naming the problem; on_exit then powers off
+  say "$1"
+  write_failed 1 "$1" || say "could not write runs/$RUN_ID/status.json"
+  SETTLED=1
+  exit 1
+}
+
+apt_install() {  # apt_install PACKAGE...: waits for a boot-time apt run (unattended-upgrades) to let go
+  local apt=(apt-get -q -o DPkg::Lock::Timeout=600)
+  {
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" update &&
+      DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y --no-install-recommends "$@"
+  } >>"$LOG" 2>&1
+}
+
+add_nvidia_repo() {  # NVIDIA's apt repository (its install guide), staged in $WORK until both parts arrived
+  local key=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg
+  curl -fsSL --retry 3 "$NVIDIA_REPO/gpgkey" -o "$WORK/nvidia.gpgkey" &&
+    curl -fsSL --retry 3 "$NVIDIA_REPO/stable/deb/nvidia-container-toolkit.list" -o "$WORK/nvidia.list" &&
+    gpg --batch --yes --dearmor -o "$key" "$WORK/nvidia.gpgkey" &&
+    sed "s#deb https://#deb [signed-by=$key] https://#g" "$WORK/nvidia.list" \
+      >/etc/apt/sources.list.d/nvidia-container-toolkit.list
+}
+
+ensure_docker() {  # Google does not promise docker on its Deep Learning VM images
+  command -v docker >/dev/null 2>&1 && return 0
+  say "docker is not installed on this VM image: installing docker.io"
+  if ! apt_install docker.io || ! command -v docker >/dev/null 2>&1; then
+    local error="docker is missing on the VM and installing docker.io with apt-get failed (see runs/$RUN_ID/logs/):"
+    fail_run "$error set NEWSCLF_VM_IMAGE_FAMILY to an image with docker, or let the VM reach the Ubuntu archive"
+  fi
+  systemctl enable --now docker >>"$LOG" 2>&1 || true  # the package starts it; this only makes sure
+}
+
+ensure_gpu_runtime() {  # `docker run --gpus` needs the NVIDIA Container Toolkit
+  command -v nvidia-ctk >/dev/null 2>&1 && return 0
+  say "the NVIDIA Container Toolkit is not installed on this VM image: installing nvidia-container-toolkit"
+  if ! apt_install nvidia-container-toolkit; then
+    say "nvidia-container-toolkit is not in the configured apt sources: adding NVIDIA's repository"
+    add_nvidia_repo >>"$LOG" 2>&1 && apt_install nvidia-container-toolkit || true
+  fi
+  if ! command -v nvidia-ctk >/dev/null 2>&1; then
+    local error="the NVIDIA Container Toolkit is missing on the VM and installing nvidia-container-toolkit failed"
+    fail_run "$error (see runs/$RUN_ID/logs/): set NEWSCLF_VM_IMAGE_FAMILY to an image with it, or let the VM reach $NVIDIA_REPO"
+  fi
+  if ! nvidia-ctk runtime configure --runtime=docker >>"$LOG" 2>&1 || ! systemctl restart docker >>"$LOG" 2>&1; then
+    fail_run "could not configure docker's NVIDIA runtime (nvidia-ctk runtime configure; see runs/$RUN_ID/logs/)"
+  fi
+}
+
 power_off() {
   if [[ "$KEEP_VM" == true ]]; then
     say "keep-vm is set: the VM stays up (stop it with: newsclf cloud stop)"
@@ -101,7 +168,8 @@ on_exit() {
   trap - EXIT
   set +e
   rm -f "$WORK/job.env"
-  if [[ "$RUN_ID" == "?" ]]; then
+  if [[ "$RUN_ID" == "?" ]]; then  # no run to record (no metadata, no run id): only power off
+    [[ "$STOPPING" == 1 ]] || power_off
     exit "$rc"
   fi
   if [[ "$STOPPING" == 1 ]] || preempted; then
@@ -121,25 +189,31 @@ on_exit() {
   exit "$rc"
 }
 
+trap on_term TERM INT
+trap on_exit EXIT
+
 mkdir -p "$WORK"
 chmod 700 "$WORK"
 
+if ! wait_for_metadata; then
+  say "the metadata server ($META_URL) did not answer for ${META_WAIT_S}s: cannot tell which run to start"
+  exit 1
+fi
+KEEP_VM="$(attr newsclf-keep-vm)"
 RUN_ID="$(attr newsclf-run-id)"
 if [[ ! "$RUN_ID" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]]; then
   RUN_ID="?"
-  echo "newsclf: no valid newsclf-run-id in the instance metadata; nothing to do" >&2
+  say "no valid newsclf-run-id in the instance metadata: nothing to do"
   exit 0
 fi
 IMAGE="$(attr newsclf-image)"
 BUCKET="$(attr newsclf-bucket)"
-KEEP_VM="$(attr newsclf-keep-vm)"
 GPUS="$(attr newsclf-gpus)"
 WANDB_SECRET="$(attr newsclf-wandb-secret)"
-mapfile -t TRAIN_ARGS < <(attr newsclf-train-args)  # one argument per line
+train_args="$(attr newsclf-train-args)"
+TRAIN_ARGS=()
+[[ -z "$train_args" ]] || mapfile -t TRAIN_ARGS <<<"$train_args" # one argument per line
 [[ "$GPUS" =~ ^[0-9]+$ ]] || GPUS=0
-
-trap on_term TERM INT
-trap on_exit EXIT
 
 say "starting run $RUN_ID with $IMAGE"
 if [[ -z "$IMAGE" || -z "$BUCKET" ]]; then
@@ -173,15 +247,14 @@ if ((GPUS > 0)); then
   if [[ "${driver%%.*}" =~ ^[0-9]+$ ]] && ((${driver%%.*} < MIN_DRIVER)); then
     # the container would see no GPU and train on the CPU for hours on a GPU VM: fail now instead
     error="NVIDIA driver $driver is older than $MIN_DRIVER, which the image's CUDA 13 torch needs: set"
-    error+=" NEWSCLF_VM_IMAGE_FAMILY to a Deep Learning VM image family with driver $MIN_DRIVER or newer"
-    say "$error"
-    write_failed 1 "$error"
-    SETTLED=1
-    exit 1
+    fail_run "$error NEWSCLF_VM_IMAGE_FAMILY to a Deep Learning VM image family with driver $MIN_DRIVER or newer"
   fi
   say "NVIDIA driver $driver"
   GPU_FLAGS=(--gpus all)
 fi
+
+ensure_docker
+((GPUS == 0)) || ensure_gpu_runtime
 
 REGISTRY="${IMAGE%%/*}"
 case "$REGISTRY" in

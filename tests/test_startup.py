@@ -1,0 +1,197 @@
+"""The VM startup script on what a real first boot can bring: an old driver family, no docker, no NVIDIA
+Container Toolkit, a metadata server that does not answer. `newsclf cloud run` against the Compute
+stand-in runs the real script in the sandbox (tests/compute_standin.py VMSandbox)."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.compute_standin import VMSandbox, sandbox, standin  # noqa: F401  (fixtures)
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = (REPO / "newsclf" / "cloud" / "startup.sh").read_text()
+VM = "newsclf-train"
+FAKE = "registry.example/newsclf:fake"
+POLL = ("--poll-interval", "0.05")
+T4 = ("--gpu", "nvidia-tesla-t4:1")
+
+# `apt-get` on the sandboxed VM: `install` puts the package's command on PATH (from $SANDBOX/packages/),
+# or fails like an unreachable archive when $SANDBOX/apt-broken exists
+APT_GET_SHIM = r"""#!/usr/bin/env bash
+printf '%s\n' "$*" >>"$NEWSCLF_SANDBOX_DIR/apt-calls"
+[[ -e "$NEWSCLF_SANDBOX_DIR/apt-broken" ]] && { echo "E: Unable to locate package" >&2; exit 100; }
+[[ " $* " == *" install "* ]] || exit 0
+for arg in "$@"; do
+  case "$arg" in
+    docker.io) cp "$NEWSCLF_SANDBOX_DIR/packages/docker" "$NEWSCLF_SANDBOX_DIR/bin/docker" ;;
+    nvidia-container-toolkit) cp "$NEWSCLF_SANDBOX_DIR/packages/nvidia-ctk" "$NEWSCLF_SANDBOX_DIR/bin/nvidia-ctk" ;;
+  esac
+done
+"""
+
+SYSTEMCTL_SHIM = r"""#!/usr/bin/env bash
+printf '%s\n' "$*" >>"$NEWSCLF_SANDBOX_DIR/systemctl-calls"
+"""
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def calls(box: VMSandbox, name: str) -> list[str]:
+    path = box.dir / f"{name}-calls"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def bare_image(box: VMSandbox, *, missing: tuple[str, ...]) -> None:
+    """The VM image lacks `missing` (docker, nvidia-ctk); apt-get can install them. PATH holds only the
+    sandbox's shims and /usr/bin:/bin, so a docker CLI elsewhere on this machine does not count."""
+    box._base_path = "/usr/bin:/bin"
+    assert not any(Path(d, "docker").exists() for d in ("/usr/bin", "/bin"))
+    packages = box.dir / "packages"
+    packages.mkdir(exist_ok=True)
+    for name in missing:
+        (box.bin / name).rename(packages / name)
+    for name, text in (("apt-get", APT_GET_SHIM), ("systemctl", SYSTEMCTL_SHIM)):
+        (box.bin / name).write_text(text)
+        (box.bin / name).chmod(0o755)
+
+
+def with_env(box: VMSandbox, monkeypatch, **extra: str) -> None:
+    env = box.env
+    monkeypatch.setattr(box, "env", lambda server, inst: {**env(server, inst), **extra})
+
+
+def status_of(server, run_id: str) -> dict:
+    bucket = server.gcs.bucket(server.gcs.test_bucket)
+    return json.loads(bucket.blob(f"runs/{run_id}/status.json").download_as_bytes())
+
+
+def sandbox_output(box: VMSandbox) -> str:
+    return "\n".join(p.read_text() for p in sorted(box.dir.glob("startup-*.out")))
+
+
+# ---------------------------------------------------------------------------------- image family
+
+
+def test_default_vm_image_family_has_the_driver_the_image_needs():
+    from newsclf.config import Settings
+
+    min_driver = int(re.search(r"^MIN_DRIVER=(\d+)", SCRIPT, re.MULTILINE).group(1))
+    family = Settings().vm_image_family
+    m = re.fullmatch(r"common-cu\d+-ubuntu-\d{4}-nvidia-(\d+)", family)
+    assert m, f"{family} is not a Deep Learning VM family name with its driver branch"
+    assert int(m.group(1)) >= min_driver
+    example = (REPO / ".env.example").read_text()
+    assert re.search(rf"^NEWSCLF_VM_IMAGE_FAMILY={re.escape(family)}\s", example, re.MULTILINE)
+
+
+# ---------------------------------------------------------------------------------- docker, toolkit
+
+
+def test_missing_docker_and_toolkit_are_installed(cli, standin, sandbox):
+    bare_image(sandbox, missing=("docker", "nvidia-ctk"))
+    r = cli("--json", "cloud", "run", "--image", FAKE, *T4, *POLL, "--", "--epochs", "1")
+    assert r.exit_code == 0, r.stderr + sandbox_output(sandbox)
+    assert r.json["data"]["state"] == "succeeded"
+    sandbox.wait_all()
+    apt = calls(sandbox, "apt")
+    assert [a.split()[-1] for a in apt if " install " in f" {a} "] == ["docker.io", "nvidia-container-toolkit"]
+    assert len([a for a in apt if a.endswith(" update")]) == 2
+    assert calls(sandbox, "nvidia-ctk") == ["runtime configure --runtime=docker"]
+    assert calls(sandbox, "systemctl") == ["enable --now docker", "restart docker"]
+    pull, _rm, run = sandbox.docker_calls()
+    assert pull["argv"] == ["pull", "--quiet", FAKE] and run["argv"][8:10] == ["--gpus", "all"]
+    serial = standin.instance(VM).serial.read_text()
+    assert "docker is not installed on this VM image: installing docker.io" in serial
+    assert "the NVIDIA Container Toolkit is not installed on this VM image: installing nvidia-container-toolkit" in serial
+    assert calls(sandbox, "shutdown") == ["-h now"]
+
+
+def test_docker_that_cannot_be_installed_fails_the_run_and_powers_off(cli, standin, sandbox):
+    bare_image(sandbox, missing=("docker",))
+    (sandbox.dir / "apt-broken").touch()
+    r = cli("--json", "cloud", "run", "--image", FAKE, *POLL)
+    assert r.exit_code == 1, r.stderr + sandbox_output(sandbox)
+    run_id = r.json["data"]["run_id"]
+    status = status_of(standin, run_id)
+    assert status["state"] == "failed" and status["exit_code"] == 1
+    assert status["error"] == (
+        f"docker is missing on the VM and installing docker.io with apt-get failed (see runs/{run_id}/logs/): "
+        "set NEWSCLF_VM_IMAGE_FAMILY to an image with docker, or let the VM reach the Ubuntu archive"
+    )
+    assert status["error"] in r.stderr
+    assert standin.instance(VM).status == "TERMINATED"
+    sandbox.wait_all()
+    assert calls(sandbox, "shutdown") == ["-h now"]
+    assert sandbox.docker_calls() == []
+    logs = list(standin.gcs.list_blobs(standin.gcs.test_bucket, prefix=f"runs/{run_id}/logs/"))
+    assert "E: Unable to locate package" in logs[0].download_as_text()
+
+
+def test_toolkit_that_cannot_be_installed_fails_the_run_and_powers_off(cli, standin, sandbox, monkeypatch):
+    bare_image(sandbox, missing=("nvidia-ctk",))
+    (sandbox.dir / "apt-broken").touch()
+    repo = closed_port_url()  # NVIDIA's repository, unreachable
+    with_env(sandbox, monkeypatch, NEWSCLF_NVIDIA_REPO_URL=repo)
+    r = cli("--json", "cloud", "run", "--image", FAKE, *T4, *POLL)
+    assert r.exit_code == 1, r.stderr + sandbox_output(sandbox)
+    run_id = r.json["data"]["run_id"]
+    error = status_of(standin, run_id)["error"]
+    assert error == (
+        "the NVIDIA Container Toolkit is missing on the VM and installing nvidia-container-toolkit failed "
+        f"(see runs/{run_id}/logs/): set NEWSCLF_VM_IMAGE_FAMILY to an image with it, or let the VM reach {repo}"
+    )
+    assert "adding NVIDIA's repository" in standin.instance(VM).serial.read_text()
+    assert standin.instance(VM).status == "TERMINATED"
+    sandbox.wait_all()
+    assert calls(sandbox, "shutdown") == ["-h now"]
+    assert sandbox.docker_calls() == []
+
+
+# ---------------------------------------------------------------------------------- every path powers off
+
+
+def test_unreachable_metadata_server_at_boot_powers_off(cli, standin, sandbox, monkeypatch):
+    dead = closed_port_url()
+    with_env(sandbox, monkeypatch, NEWSCLF_METADATA_URL=f"{dead}/computeMetadata/v1", NEWSCLF_METADATA_WAIT_S="0")
+    r = cli("--json", "cloud", "run", "--detach", "--image", FAKE)
+    assert r.exit_code == 0, r.stderr
+    sandbox.wait_all(timeout=120)
+    assert calls(sandbox, "shutdown") == ["-h now"], sandbox_output(sandbox)
+    assert standin.instance(VM).status in ("STOPPING", "TERMINATED")
+    serial = standin.instance(VM).serial.read_text()
+    assert (f"newsclf-vm[?]: the metadata server ({dead}/computeMetadata/v1) did not answer for 0s: "
+            "cannot tell which run to start") in serial  # fmt: skip
+    assert "newsclf-vm[?]: powering off" in serial
+    assert sandbox.docker_calls() == []
+
+
+@pytest.mark.parametrize("keep_vm", [False, True])
+def test_a_vm_without_a_run_id_powers_off_unless_kept(cli, standin, sandbox, keep_vm):
+    start = sandbox.on_start
+
+    def without_run_id(server, inst):  # e.g. a VM made by hand from a newsclf VM's metadata
+        meta = inst.resource["metadata"]
+        meta["items"] = [i for i in meta["items"] if i["key"] != "newsclf-run-id"]
+        return start(server, inst)
+
+    standin.on_start = without_run_id
+    r = cli("--json", "cloud", "run", "--detach", "--image", FAKE, *(["--keep-vm"] if keep_vm else []))
+    assert r.exit_code == 0, r.stderr
+    sandbox.wait_all()
+    serial = standin.instance(VM).serial.read_text()
+    assert "newsclf-vm[?]: no valid newsclf-run-id in the instance metadata: nothing to do" in serial
+    if keep_vm:
+        assert calls(sandbox, "shutdown") == [] and standin.instance(VM).status == "RUNNING"
+        assert "keep-vm is set: the VM stays up" in serial
+    else:
+        assert calls(sandbox, "shutdown") == ["-h now"], sandbox_output(sandbox)
