@@ -416,6 +416,12 @@ def job_trial(client: Any, bucket: str, plan: str, workdir: Path) -> None:
     trial = task.trial
     assert trial.run_id is not None
     options = sw.trial_options(_train_options(task.train_args), trial, task.sweep_id)
+    from newsclf.job import allow_hub_downloads, hub_env
+
+    online = hub_env(options.base_model, os.environ)
+    if online:
+        _output.info(f"Downloading {options.base_model} from the Hugging Face Hub (HF_HUB_OFFLINE=0 for this job)")
+    allow_hub_downloads(online)
     _output.info(
         f"Sweep {task.sweep_id}, task {task.index + 1}/{task.count}: trial {trial.trial} ({sw.label(trial.params)}) "
         f"as run {trial.run_id} in gs://{bucket}/runs/{trial.run_id}/"
