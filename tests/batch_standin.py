@@ -178,6 +178,7 @@ class BatchStandIn:
         self.jobs: dict[str, Job] = {}
         self.secrets: dict[str, str] = {}  # secret version name -> value (secretVariables)
         self.preemptions: list[tuple[str, int, Callable[[], bool]]] = []
+        self.faults: list[list] = []  # [method, path regex, (code, body), times left]
         self.started: list[TaskRun] = []  # every attempt started, in order
         self.task_started = threading.Event()  # set at each task start (tests wait on it)
         self.lock = threading.RLock()
@@ -212,6 +213,11 @@ class BatchStandIn:
                     task.handle.kill()
         self.server.shutdown()
         self.server.server_close()
+
+    def fail(self, method: str, path: str, reply: tuple[int, dict], *, times: int = 1) -> None:
+        """The next `times` requests matching method + path regex get `reply` (e.g. tests.google_errors.service_disabled)."""
+        with self.lock:
+            self.faults.append([method, path, reply, times])
 
     def calls(self, method: str | None = None, path: str = "") -> list[Request]:
         with self.lock:
@@ -257,6 +263,11 @@ class BatchStandIn:
             if errors:
                 self.violations.append((req, errors))
                 reply_invalid(h, errors)
+                return
+            fault = next((f for f in self.faults if f[3] > 0 and f[0] == req.method and re.search(f[1], req.path)), None)
+            if fault is not None:
+                fault[3] -= 1
+                send_reply(h, *fault[2])
                 return
             try:
                 code, payload = self._route(req)

@@ -264,3 +264,14 @@ def test_sweep_flags_are_checked_before_anything_is_submitted(cli, standin, batc
     r = cli("cloud", "stop", "--sweep", "sweep-1a2b3c4d", "--delete")
     assert r.exit_code == 2 and "go with it: drop --delete" in r.stderr
     assert batch.requests == []
+
+
+def test_a_disabled_batch_api_names_cloud_setup(cli, standin, batch):
+    from tests.google_errors import service_disabled
+
+    batch.fail("GET", "/jobs$", service_disabled("batch.googleapis.com", "Batch API"))
+    r = cli("cloud", "run", "--sweep", "lr=0.1,0.2", *POLL)
+    assert r.exit_code == 1
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("Error: The Batch API is not enabled in project test-project: run `newsclf cloud setup` (")
+    assert batch.created_jobs() == []

@@ -658,10 +658,11 @@ def setup(
     Checks each step and prints one row for it: the project (NEWSCLF_GCP_PROJECT or your
     Application Default Credentials), the bucket (created in NEWSCLF_REGION with uniform
     bucket-level access if missing), your object access to it, the Docker repository
-    NEWSCLF_ARTIFACT_REPO in Artifact Registry (created if missing), and the Cloud Build and
-    Compute Engine APIs; then the VMs' service account NEWSCLF_VM_SERVICE_ACCOUNT (created if
-    missing) with one row per grant it needs (objects in the bucket, reading the repository,
-    the W&B secret, writing logs) and whether you may create VMs that run as it. Safe to
+    NEWSCLF_ARTIFACT_REPO in Artifact Registry (created if missing), and the Cloud Build,
+    Compute Engine and Cloud Batch (sweeps) APIs; then the VMs' service account
+    NEWSCLF_VM_SERVICE_ACCOUNT (created if missing) with one row per grant it needs (objects in
+    the bucket, reading the repository, the W&B secret, writing logs, reporting to Batch) and
+    whether you may create VMs that run as it. Safe to
     rerun: what exists is left alone. Exits 1 if any step is missing or failed, after
     showing every row with its fix.
 

@@ -31,11 +31,13 @@ TITLES = {
     "repository": "Artifact Registry",
     "cloudbuild-api": "Cloud Build API",
     "compute-api": "Compute Engine API",
+    "batch-api": "Cloud Batch API",
     "vm-account": "VM service account",
     "vm-bucket": "VM bucket access",
     "vm-repository": "VM image access",
     "vm-secret": "VM W&B secret",
     "vm-logging": "VM log writing",
+    "vm-batch": "VM Batch reporting",
     "vm-act-as": "Run VMs as it",
 }
 # what newsclf does in the bucket: read, list, write, and overwrite (status.json, resumed uploads)
@@ -113,6 +115,7 @@ class SetupClients:
     iam: Any = None  # newsclf.cloud.iam.IamClient (IAM's REST API)
     projects: Any = None  # resourcemanager_v3.ProjectsClient
     secrets: Any = None  # secretmanager_v1.SecretManagerServiceClient
+    batch: Any = None  # batch_v1.BatchServiceClient (cloud sweeps)
 
 
 # --- clients ------------------------------------------------------------------------------------
@@ -168,6 +171,13 @@ def secrets_client(settings: Settings, credentials: Any = None) -> Any:
     return secretmanager_v1.SecretManagerServiceClient(transport="rest", **kwargs)
 
 
+def batch_client(settings: Settings, credentials: Any = None) -> Any:
+    """A batch_v1.BatchServiceClient over REST; NEWSCLF_BATCH_API_ENDPOINT points it elsewhere."""
+    from google.cloud import batch_v1
+
+    return batch_v1.BatchServiceClient(transport="rest", **_client_options(settings.batch_api_endpoint, credentials))
+
+
 def _needs_credentials(settings: Settings) -> bool:
     """False when every service is a local emulator or stand-in (they take anonymous calls)."""
     return not (
@@ -175,6 +185,7 @@ def _needs_credentials(settings: Settings) -> bool:
         and _is_local(settings.artifactregistry_api_endpoint)
         and _is_local(settings.cloudbuild_api_endpoint)
         and _is_local(settings.compute_api_endpoint)
+        and _is_local(settings.batch_api_endpoint)
         and _is_local(settings.iam_api_endpoint)
         and _is_local(settings.resourcemanager_api_endpoint)
         and _is_local(settings.secretmanager_api_endpoint)
@@ -530,6 +541,26 @@ def _compute_api(ctx: _Context) -> tuple[str, str]:
     status = getattr(found, "status", "") or "?"
     return OK, f"enabled; zone {zone} is {status}"
 
+def _batch_api(ctx: _Context) -> tuple[str, str]:
+    """Cloud sweeps run as Batch jobs in NEWSCLF_REGION: list them once to see the API answers."""
+    settings, project = ctx.settings, ctx.project or ""
+    try:
+        if ctx.clients.batch is None:
+            ctx.clients.batch = batch_client(settings, ctx.credentials)
+        parent = f"projects/{project}/locations/{settings.region}"
+        ctx.clients.batch.list_jobs(request={"parent": parent, "page_size": 1}, timeout=CALL_TIMEOUT_S)
+    except Exception as e:
+        answer = _api_failure(
+            e, title="Cloud Batch API", service="batch.googleapis.com", project=project,
+            what="run sweeps on Cloud Batch", role="roles/batch.jobsEditor", member=_member(ctx.credentials),
+            endpoint=settings.batch_api_endpoint, endpoint_setting="NEWSCLF_BATCH_API_ENDPOINT",
+        )  # fmt: skip
+        if answer is None:
+            raise
+        return answer
+    return OK, f"enabled; sweeps run as Batch jobs in {settings.region}"
+
+
 # --- the VMs' service account and its grants ----------------------------------------------------
 
 
@@ -819,9 +850,22 @@ def _vm_secret(ctx: _Context) -> tuple[str, str]:
 def _vm_logging(ctx: _Context) -> tuple[str, str]:
     from newsclf.cloud import iam
 
+    return _project_grant(ctx, iam.LOGGING_ROLE)
+
+
+def _vm_batch(ctx: _Context) -> tuple[str, str]:
+    from newsclf.cloud import iam
+
+    return _project_grant(ctx, iam.BATCH_AGENT_ROLE)
+
+
+def _project_grant(ctx: _Context, role: str) -> tuple[str, str]:
+    """`role` on the project for the VMs' account (roles that have no narrower resource to go on)."""
+    from newsclf.cloud import iam
+
     settings, project, account = ctx.settings, ctx.project or "", ctx.account or ""
     resource = f"projects/{project}"
-    grant_cmd = _grant(project, iam.LOGGING_ROLE, iam.member(account))
+    grant_cmd = _grant(project, role, iam.member(account))
     try:
         if ctx.clients.projects is None:
             ctx.clients.projects = projects_client(settings, ctx.credentials)
@@ -832,7 +876,7 @@ def _vm_logging(ctx: _Context) -> tuple[str, str]:
                 request={"resource": resource, "options": {"requested_policy_version": 3}}, timeout=CALL_TIMEOUT_S
             ),
             put=lambda policy: client.set_iam_policy(request={"resource": resource, "policy": policy}, timeout=CALL_TIMEOUT_S),
-            binding=_proto_binding(iam.LOGGING_ROLE, iam.member(account)), role=iam.LOGGING_ROLE,
+            binding=_proto_binding(role, iam.member(account)), role=role,
             where=f"project {project}", grant_cmd=grant_cmd,
         )
     except Exception as e:
@@ -905,6 +949,7 @@ def run_setup(settings: Settings, *, create: bool = True, clients: SetupClients 
     repository = run("repository", _repository, no_project)
     run("cloudbuild-api", _cloudbuild_api, no_project)
     run("compute-api", _compute_api, no_project)
+    run("batch-api", _batch_api, no_project)
     account = run("vm-account", _vm_account, no_project)
     no_account = no_project or (None if account.status in (OK, CREATED) else "VM service account")
     run("vm-bucket", _vm_bucket, no_account or (None if bucket.status in (OK, CREATED) else "bucket"))
@@ -914,5 +959,6 @@ def run_setup(settings: Settings, *, create: bool = True, clients: SetupClients 
         run("vm-repository", _vm_repository, no_account or (None if repository.status in (OK, CREATED) else "Artifact Registry repository"))
     run("vm-secret", _vm_secret, no_account)
     run("vm-logging", _vm_logging, no_account)
+    run("vm-batch", _vm_batch, no_account)
     run("vm-act-as", _vm_act_as, no_account)
     return report
