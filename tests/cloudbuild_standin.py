@@ -1,6 +1,9 @@
 """A local stand-in for the Cloud Build REST API (v1), driven by the real cloudbuild_v1 client.
 
-It records every request, answers `projects.builds.create` with an Operation whose metadata holds
+It records every request, checks each against Cloud Build's published contract (the discovery
+document `cloudbuild.v1`: unknown fields, enum values, types) and answers what Google would reject
+with 400, recording the violation in `violations` (stop() fails the test over any); it answers
+`projects.builds.create` with an Operation whose metadata holds
 the new build, and "builds" in a background thread: QUEUED for a moment (no log object yet), then
 WORKING while it writes the build log to the GCS emulator in pieces (re-uploading the growing
 object, split mid-line), then SUCCESS (results.images with digests) or FAILURE.
@@ -10,7 +13,6 @@ Errors are answered in Google's JSON error shape, so the client raises what it r
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 import uuid
@@ -20,7 +22,7 @@ from typing import Any
 
 from tests import google_errors
 from tests.google_errors import google_error
-from tests.rest_standin import send_reply
+from tests.rest_standin import contract_violations, read_request, reply_invalid, send_reply
 
 BUILD_TYPE = "type.googleapis.com/google.devtools.cloudbuild.v1.Build"
 METADATA_TYPE = "type.googleapis.com/google.devtools.cloudbuild.v1.BuildOperationMetadata"
@@ -77,13 +79,14 @@ def default_log(build_id: str, build: dict) -> list[str]:
 class CloudBuildStandIn:
     """`url` is the API endpoint; `requests` the recorded calls; set `error` to answer the next
     create or list with that (status, body), `outcome` = "FAILURE" for a failing build, `log_lines` to
-    choose what the build writes."""
+    choose what the build writes. `violations`: what Google's contract rejected, one line per request."""
 
     def __init__(self, storage_url: str, *, build_s: float = 2.0, pieces: int = 8) -> None:
         self.storage_url = storage_url
         self.build_s = build_s
         self.pieces = pieces
         self.requests: list[dict[str, Any]] = []
+        self.violations: list[str] = []
         self.builds: dict[str, dict] = {}
         self.error: tuple[int, dict] | None = None
         self.outcome = "SUCCESS"
@@ -111,19 +114,23 @@ class CloudBuildStandIn:
                 send_reply(self, status, body)
 
             def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                body = json.loads(raw) if raw else {}
-                self._dispatch("POST", body)
+                self._dispatch()
 
             def do_GET(self) -> None:
-                self._dispatch("GET", None)
+                self._dispatch()
 
-            def _dispatch(self, method: str, body: dict | None) -> None:
-                path = self.path.split("?", 1)[0]
+            def _dispatch(self) -> None:
+                req = read_request(self)
+                body = {} if req.body is None and req.method == "POST" else req.body
                 with standin._lock:
-                    standin.requests.append({"method": method, "path": path, "body": body})
-                status, reply = standin.handle(method, path, body)
+                    standin.requests.append({"method": req.method, "path": req.path, "body": body})
+                errors = contract_violations("cloudbuild.v1", req)
+                if errors:
+                    with standin._lock:
+                        standin.violations.append(f"{req.method} {req.path}: {'; '.join(errors)}")
+                    reply_invalid(self, errors)
+                    return
+                status, reply = standin.handle(req.method, req.path, body)
                 self._reply(status, reply)
 
         return Handler
@@ -265,7 +272,11 @@ class CloudBuildStandIn:
             t.join(max(0.0, deadline - time.time()))
 
     def stop(self) -> None:
+        """Shut down; fails (AssertionError) if any request broke Google's contract, so no test passes
+        on a request Cloud Build would refuse. A test that sends one on purpose clears `violations`."""
         self._stop.set()
         self.wait_idle()
         self.server.shutdown()
         self.server.server_close()
+        if self.violations:
+            raise AssertionError("requests Cloud Build would reject with 400:\n" + "\n".join(self.violations))
