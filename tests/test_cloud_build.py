@@ -81,7 +81,7 @@ def object_sha(gcs, name):
 
 
 def test_build_streams_the_log_once_and_prints_image_and_digest(cli, project, gcs, standin):
-    r = cli("cloud", "build")
+    r = cli("cloud", "build", "--source", ".")
     assert r.exit_code == 0, r.stderr
 
     [body] = standin.create_bodies()
@@ -89,14 +89,17 @@ def test_build_streams_the_log_once_and_prints_image_and_digest(cli, project, gc
     sha = obj.removeprefix("builds/").removesuffix(".tar.gz")
     assert body["source"]["storageSource"]["bucket"] == gcs.test_bucket
     assert object_sha(gcs, obj) == sha  # content-addressed
+    # tagged with the source hash, the newsclf version of the tree (its newsclf/__init__.py) and latest
     assert body["steps"] == [{
         "name": "gcr.io/cloud-builders/docker",
-        "args": ["build", "-t", f"{IMAGE}:{sha}", "-t", f"{IMAGE}:latest", "."],
+        "args": ["build", "-t", f"{IMAGE}:{sha}", "-t", f"{IMAGE}:0", "-t", f"{IMAGE}:latest", "."],
     }]
-    assert body["images"] == [f"{IMAGE}:{sha}", f"{IMAGE}:latest"]
+    assert body["images"] == [f"{IMAGE}:{sha}", f"{IMAGE}:0", f"{IMAGE}:latest"]
     assert body["tags"] == ["newsclf"]
     assert body["logsBucket"] == f"gs://{gcs.test_bucket}/builds/logs"
     assert body["timeout"] == "3600s"
+    # a worker sized for a 7 GB image, not the default small one (enums go as numbers: E2_HIGHCPU_8 = 5)
+    assert body["options"] == {"machineType": 5, "diskSizeGb": "200"}
 
     build_id = next(iter(standin.builds))
     written = standin.written_logs[build_id]
@@ -109,18 +112,22 @@ def test_build_streams_the_log_once_and_prints_image_and_digest(cli, project, gc
     digest = standin.builds[build_id]["results"]["images"][0]["digest"]
     out = r.stdout.splitlines()
     assert out[0] == f"Image   {IMAGE}:{sha}"
-    assert out[1] == f"Digest  {digest}"
-    assert out[2].startswith("Built in ") and out[2].endswith(f"(Cloud Build {build_id})")
+    assert out[1] == f"Tagged  {IMAGE}:0 (newsclf 0: what `cloud run` starts)"
+    assert out[2] == f"Digest  {digest}"
+    assert out[3].startswith("Built in ") and out[3].endswith(f"(Cloud Build {build_id})")
     assert f"Uploaded gs://{gcs.test_bucket}/{obj}" in r.stderr
 
 
 def test_build_json_shape(cli, project, gcs, standin):
-    r = cli("--json", "cloud", "build")
+    r = cli("--json", "cloud", "build", "--source", ".")
     assert r.exit_code == 0, r.stderr
     doc = r.json
     assert doc["status"] == "ok" and doc["command"] == "cloud build"
     data = doc["data"]
-    assert set(data) == {"build_id", "status", "image", "digest", "duration_s", "log_url", "source"}
+    assert set(data) == {
+        "build_id", "status", "image", "digest", "duration_s", "log_url", "source", "version", "version_image"
+    }
+    assert (data["version"], data["version_image"]) == ("0", f"{IMAGE}:0")
     build = standin.builds[data["build_id"]]
     sha = data["image"].rsplit(":", 1)[1]
     assert data["status"] == "SUCCESS"
@@ -136,20 +143,45 @@ def test_project_and_bucket_flags_override_settings(cli, project, gcs, standin, 
     monkeypatch.delenv("NEWSCLF_GCP_PROJECT")
     monkeypatch.delenv("NEWSCLF_BUCKET")
     monkeypatch.setenv("NEWSCLF_IMAGE", "us-docker.pkg.dev/other/repo/trainer:v3")
-    r = cli("--json", "cloud", "build", "--no-wait", "--project", "flag-project", "--bucket", f"gs://{gcs.test_bucket}")
+    r = cli("--json", "cloud", "build", "--source", ".", "--no-wait", "--project", "flag-project", "--bucket", f"gs://{gcs.test_bucket}")
     assert r.exit_code == 0, r.stderr
     assert standin.requests[0]["path"] == "/v1/projects/flag-project/builds"
     sha = r.json["data"]["image"].rsplit(":", 1)[1]
     assert standin.create_bodies()[0]["images"] == [
-        f"us-docker.pkg.dev/other/repo/trainer:{sha}", "us-docker.pkg.dev/other/repo/trainer:latest"
+        f"us-docker.pkg.dev/other/repo/trainer:{sha}", "us-docker.pkg.dev/other/repo/trainer:0",
+        "us-docker.pkg.dev/other/repo/trainer:latest",
     ]
+
+
+# --- the stand-in holds the code to Google's contract ----------------------------------------------
+
+
+def test_the_standin_answers_400_for_what_cloud_build_rejects(fake_gcs):
+    import requests
+
+    server = CloudBuildStandIn(fake_gcs.url)
+    bad = {
+        "steps": [{"name": "gcr.io/cloud-builders/docker", "args": ["build", "."]}],
+        "options": {"machineType": "E2_HUGE", "diskSizeGb": "lots"},
+        "imagez": [f"{IMAGE}:latest"],
+    }
+    r = requests.post(f"{server.url}/v1/projects/{PROJECT}/builds", json=bad, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["status"] == "INVALID_ARGUMENT"
+    [violation] = server.violations
+    assert violation.startswith(f"POST /v1/projects/{PROJECT}/builds: ")
+    assert 'Unknown name "imagez"' in violation
+    assert "options.machineType: invalid value 'E2_HUGE'" in violation
+    assert "options.diskSizeGb: expected an int64, got 'lots'" in violation
+    assert server.builds == {}  # nothing was started
+    with pytest.raises(AssertionError, match="requests Cloud Build would reject with 400"):
+        server.stop()  # a test that sent it unknowingly fails, whatever the CLI made of the 400
 
 
 # --- --no-wait and the upload cache --------------------------------------------------------------
 
 
 def test_no_wait_prints_the_build_id_and_returns(cli, project, standin):
-    r = cli("cloud", "build", "--no-wait")
+    r = cli("cloud", "build", "--source", ".", "--no-wait")
     assert r.exit_code == 0, r.stderr
     [build_id] = standin.builds
     assert r.stdout == f"{build_id}\n"
@@ -158,21 +190,21 @@ def test_no_wait_prints_the_build_id_and_returns(cli, project, standin):
 
 
 def test_upload_is_skipped_when_the_archive_is_there(cli, project, gcs, standin):
-    first = cli("cloud", "build", "--no-wait")
+    first = cli("cloud", "build", "--source", ".", "--no-wait")
     assert first.exit_code == 0, first.stderr
     obj = standin.create_bodies()[0]["source"]["storageSource"]["object"]
     generation = gcs.bucket(gcs.test_bucket).get_blob(obj).generation
     assert f"Uploaded gs://{gcs.test_bucket}/{obj}" in first.stderr
 
     (project / "data" / "raw" / "Fake.csv").write_text("changed, but ignored\n")  # .dockerignore'd
-    second = cli("cloud", "build", "--no-wait")
+    second = cli("cloud", "build", "--source", ".", "--no-wait")
     assert second.exit_code == 0, second.stderr
     assert f"Source already in gs://{gcs.test_bucket}/{obj}: upload skipped" in second.stderr
     assert standin.create_bodies()[1]["source"]["storageSource"]["object"] == obj
     assert gcs.bucket(gcs.test_bucket).get_blob(obj).generation == generation
 
     (project / "newsclf" / "__init__.py").write_text("__version__ = '1'\n")
-    third = cli("cloud", "build", "--no-wait")
+    third = cli("cloud", "build", "--source", ".", "--no-wait")
     assert "Uploaded gs://" in third.stderr
     assert standin.create_bodies()[2]["source"]["storageSource"]["object"] != obj
 
@@ -182,7 +214,7 @@ def test_upload_is_skipped_when_the_archive_is_there(cli, project, gcs, standin)
 
 def test_failed_build_exits_nonzero_showing_the_log_tail(cli, project, standin):
     standin.outcome = "FAILURE"
-    r = cli("cloud", "build")
+    r = cli("cloud", "build", "--source", ".")
     assert r.exit_code == 1
     [build_id] = standin.builds
     written = standin.written_logs[build_id]
@@ -199,7 +231,7 @@ def test_failed_build_exits_nonzero_showing_the_log_tail(cli, project, standin):
 
 def test_failed_build_json_still_shows_the_tail(cli, project, standin):
     standin.outcome = "FAILURE"
-    r = cli("--json", "cloud", "build")
+    r = cli("--json", "cloud", "build", "--source", ".")
     assert r.exit_code == 1
     doc = r.json
     assert doc["status"] == "error" and doc["errors"][0].startswith("Cloud Build ")
@@ -218,7 +250,7 @@ def test_push_to_a_missing_repository_names_the_fix(cli, project, standin):
         'name unknown: Repository "newsclf" not found',
         "ERROR: failed to push because we ran out of retries.",
     ]
-    r = cli("cloud", "build")
+    r = cli("cloud", "build", "--source", ".")
     assert r.exit_code == 1
     assert r.stderr.splitlines()[-1] == (
         f"Error: Artifact Registry repository 'newsclf' not found in europe-west1 (project {PROJECT}): create it "
@@ -252,7 +284,7 @@ def test_push_to_a_missing_repository_names_the_fix(cli, project, standin):
 )
 def test_api_errors_are_one_line_with_the_fix(cli, project, standin, answer, message):
     standin.error = answer
-    r = cli("cloud", "build")
+    r = cli("cloud", "build", "--source", ".")
     assert r.exit_code == 1
     assert r.stderr.splitlines()[-1] == f"Error: {message}"
     assert r.stdout == ""
@@ -263,7 +295,7 @@ def test_no_credentials(cli, project, monkeypatch, tmp_path):
     monkeypatch.delenv("NEWSCLF_CLOUDBUILD_API_ENDPOINT")  # the real endpoint: Application Default Credentials
     missing = tmp_path / "nope.json"
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(missing))
-    r = cli("cloud", "build")
+    r = cli("cloud", "build", "--source", ".")
     assert r.exit_code == 1
     assert r.stderr.splitlines()[-1] == (
         f"Error: No Google Cloud credentials: GOOGLE_APPLICATION_CREDENTIALS points at {missing}, which does not "
@@ -273,19 +305,19 @@ def test_no_credentials(cli, project, monkeypatch, tmp_path):
 
 def test_missing_project_and_bucket_name_the_setting(cli, project, monkeypatch):
     monkeypatch.delenv("NEWSCLF_GCP_PROJECT")
-    r = cli("cloud", "build")
+    r = cli("cloud", "build", "--source", ".")
     assert (r.exit_code, r.stderr.strip()) == (
         1, "Error: No Google Cloud project set: set NEWSCLF_GCP_PROJECT or pass --project"
     )
     monkeypatch.setenv("NEWSCLF_GCP_PROJECT", PROJECT)
     monkeypatch.delenv("NEWSCLF_BUCKET")
-    r = cli("cloud", "build")
+    r = cli("cloud", "build", "--source", ".")
     assert (r.exit_code, r.stderr.strip()) == (1, "Error: No bucket configured: set NEWSCLF_BUCKET or pass --bucket")
 
 
 def test_missing_bucket(cli, project, monkeypatch, standin):
     monkeypatch.setenv("NEWSCLF_BUCKET", "no-such-bucket-here")
-    r = cli("cloud", "build")
+    r = cli("cloud", "build", "--source", ".")
     assert r.exit_code == 1
     assert r.stderr.splitlines()[-1].startswith("Error: Bucket gs://no-such-bucket-here not found: create it with ")
     assert standin.builds == {}
@@ -296,7 +328,7 @@ def test_unreachable_endpoint(cli, project, monkeypatch):
 
     endpoint = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("NEWSCLF_CLOUDBUILD_API_ENDPOINT", endpoint)
-    r = cli("cloud", "build", "--no-wait")
+    r = cli("cloud", "build", "--source", ".", "--no-wait")
     assert r.exit_code == 1
     assert r.stderr.splitlines()[-1] == (
         f"Error: Cannot reach Cloud Build at {endpoint}: check the network or NEWSCLF_CLOUDBUILD_API_ENDPOINT"
@@ -305,10 +337,11 @@ def test_unreachable_endpoint(cli, project, monkeypatch):
 
 def test_no_dockerfile(cli, project):
     (project / "Dockerfile").unlink()
-    r = cli("cloud", "build")
+    r = cli("cloud", "build", "--source", ".")
     assert r.exit_code == 1
     assert r.stderr.strip() == (
-        "Error: No Dockerfile in .: run this in the newsclf project directory or pass --source"
+        "Error: No Dockerfile in .: pass --source a newsclf project directory, or leave --source out to build "
+        "the installed newsclf"
     )
 
 

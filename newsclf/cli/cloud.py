@@ -17,8 +17,9 @@ app = typer.Typer(help="Build the training image and train on a Compute Engine V
 
 @app.command("build")
 def build(
-    source: Path = typer.Option(
-        Path("."), "--source", help="Project directory holding the Dockerfile (default: the current one)."
+    source: Path | None = typer.Option(
+        None, "--source", help="A newsclf project directory to build (default: the installed newsclf itself).",
+        show_default=False,
     ),
     project: str | None = typer.Option(None, "--project", help="Google Cloud project (default: NEWSCLF_GCP_PROJECT)."),
     bucket: str | None = typer.Option(
@@ -30,16 +31,21 @@ def build(
 ) -> None:
     """Build the training image with Cloud Build and push it to Artifact Registry.
 
-    Packs the project (minus what .dockerignore and .gcloudignore exclude) into
+    Builds the installed newsclf (its package, plus the Dockerfile, uv.lock and
+    project files it carries), so it works from anywhere after `pipx install
+    newsclf`; --source builds a project directory instead. Packs the source
+    (minus what .dockerignore and .gcloudignore exclude) into
     gs://BUCKET/builds/<sha256>.tar.gz, skipping the upload when that archive is
     already there, builds the Dockerfile on Cloud Build and pushes
-    REGION-docker.pkg.dev/PROJECT/REPO/newsclf-train tagged with the source hash
-    and `latest`. The build log streams to stderr; the image and its digest are
-    printed at the end.
+    REGION-docker.pkg.dev/PROJECT/REPO/newsclf-train tagged with the source hash,
+    the newsclf version (the tag `cloud run` starts) and `latest`. The build
+    log streams to stderr; the image and its digest are printed at the end.
 
     Examples:
 
-      newsclf cloud build --project my-project --bucket my-bucket
+      newsclf cloud build --project my-project --bucket my-newsclf-bucket
+
+      newsclf cloud build --source .
 
       newsclf cloud build --no-wait --json
     """
@@ -78,6 +84,8 @@ def build(
 
     def render(console) -> None:
         console.print(f"Image   {result.image}", highlight=False)
+        if result.version_image:
+            console.print(f"Tagged  {result.version_image} (newsclf {result.version}: what `cloud run` starts)", highlight=False)
         console.print(f"Digest  {result.digest or 'unknown'}", highlight=False)
         console.print(f"Built in {_build_took(result.duration_s)} (Cloud Build {result.build_id})", highlight=False)
 
