@@ -214,6 +214,46 @@ def _detached(run_id: str, vm, *, interrupted: bool) -> None:
         raise typer.Exit(130)
 
 
+def _check_train_options(args: list[str]) -> None:
+    """Parse the options after `--` with the parser the VM's `newsclf job` uses: a typo, a bad value or
+    a flag a job cannot take fails here (exit 2), before a VM is paid for."""
+    from newsclf.cli import app as root
+    from newsclf.cli.job import _train_options
+    from newsclf.cloud.compute import RESERVED_TRAIN_ARGS
+    from newsclf.errors import InputError
+
+    if any(a.split("=", 1)[0] in RESERVED_TRAIN_ARGS for a in args):
+        return  # RunRequest refuses them, naming `cloud run` as the one that sets them
+    usage_error = typer.BadParameter.__base__  # click's UsageError, which typer does not re-export
+
+    def refuse(message: str) -> BaseException:
+        return usage_error(f"Train options after `--`: {message}")  # exit 2, as for the command's own flags
+
+    train_cmd = typer.main.get_command(root).commands["train"]  # type: ignore[attr-defined]
+    try:
+        demo = train_cmd.make_context("newsclf job", list(args)).params.get("demo")
+        if not demo:
+            _train_options(args).validate()
+    except usage_error as e:  # no such option, a bad or missing value, a flag a job cannot take
+        raise refuse(e.format_message()) from None
+    except InputError as e:  # out of range, as the job would find it on the VM
+        raise refuse(str(e)) from None
+    if demo:
+        raise refuse(
+            "--demo trains on the built-in demo corpus, which a cloud job does not have: run "
+            "`newsclf train --demo` here, or push a dataset with `newsclf data push` and drop --demo"
+        )
+
+
+def _check_training_image(settings, image: str, version: str | None) -> None:
+    """Find the image the VM will pull in Artifact Registry (built for newsclf `version`, unless
+    --image/NEWSCLF_IMAGE names a tag): a missing image fails here, not on a paid VM."""
+    from newsclf.cloud.build import check_image
+
+    if not check_image(settings, image, version=version):
+        _output.info(f"Image {image} is not in Artifact Registry: not checked before the VM pulls it")
+
+
 @app.command("run")
 def run(
     train_args: list[str] | None = typer.Argument(
@@ -288,6 +328,7 @@ def run(
         if metric is not None and not sweeping:
             raise typer.BadParameter("--metric picks a sweep's objective: use it with --sweep or --sweep-file")
         _sweep.check_cloud_flags(sweeping=sweeping, parallel=parallel, resume=resume, detach=detach)
+    _check_train_options(list(train_args or []))  # first: a typo needs no network to be found
     settings, project, clients, store = _compute(bucket)
     if image:
         settings = settings.model_copy(update={"image": image})
@@ -315,10 +356,13 @@ def run(
         if settings.wandb_api_key is None:
             raise InputError("--wandb-key-in-metadata needs a W&B key: set WANDB_API_KEY")
         wandb_key = settings.wandb_api_key.get_secret_value()
+    from newsclf.cloud.build import run_image
+
+    image_ref, image_version = run_image(settings, project)
     req = compute.RunRequest(
         run_id=resume or new_run_id(),
         bucket=store.bucket,
-        image=compute.default_image(settings, project),
+        image=image_ref,
         vm_name=settings.vm_name,
         zone=zone or settings.zone,
         machine_type=machine_type or settings.machine_type,
@@ -334,6 +378,10 @@ def run(
         wandb_key=wandb_key,
         explicit=explicit,
     )
+    # pre-flight: nothing is created (or billed) until the job's options parse and its image exists
+    if not train_args and train:
+        _check_train_options(train)  # a resumed run's options, read from its VM
+    _check_training_image(settings, req.image, image_version)
     if sweeping:
         _sweep.cloud_run(settings, project, clients, store, req, spec=sweep, sweep_file=sweep_file, metric=metric,
                          parallel=parallel, detach=detach, poll_s=poll_interval)  # fmt: skip
