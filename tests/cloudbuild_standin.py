@@ -79,10 +79,12 @@ def default_log(build_id: str, build: dict) -> list[str]:
 class CloudBuildStandIn:
     """`url` is the API endpoint; `requests` the recorded calls; set `error` to answer the next
     create or list with that (status, body), `outcome` = "FAILURE" for a failing build, `log_lines` to
-    choose what the build writes. `violations`: what Google's contract rejected, one line per request."""
+    choose what the build writes; with a `registry`, a successful build pushes its images to it.
+    `violations`: what Google's contract rejected, one line per request."""
 
-    def __init__(self, storage_url: str, *, build_s: float = 2.0, pieces: int = 8) -> None:
+    def __init__(self, storage_url: str, *, build_s: float = 2.0, pieces: int = 8, registry: Any = None) -> None:
         self.storage_url = storage_url
+        self.registry = registry  # an ArtifactRegistryStandIn: a successful build pushes its images there
         self.build_s = build_s
         self.pieces = pieces
         self.requests: list[dict[str, Any]] = []
@@ -247,12 +249,11 @@ class CloudBuildStandIn:
             build["finishTime"] = _now()
             if self.outcome == "SUCCESS":
                 build["status"] = "SUCCESS"
-                build["results"] = {
-                    "images": [
-                        {"name": img, "digest": "sha256:" + hashlib.sha256(f"{build_id}/{img}".encode()).hexdigest()}
-                        for img in build.get("images", [])
-                    ]
-                }
+                # one docker image, many tags: every name shares the build's digest, as a push gives them
+                digest = "sha256:" + hashlib.sha256(build_id.encode()).hexdigest()
+                build["results"] = {"images": [{"name": img, "digest": digest} for img in build.get("images", [])]}
+                for img in build.get("images", []) if self.registry is not None else ():
+                    self.registry.add_image(img, digest=digest)
             else:
                 build["status"] = self.outcome
                 build["failureInfo"] = {

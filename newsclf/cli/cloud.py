@@ -404,6 +404,40 @@ def run(
     _finish_run(outcome)
 
 
+def _vm_costs(vm) -> dict:
+    """A VM's cost fields for `cloud status`: running, its machine, GPUs and disk bill; stopped, only
+    its boot disk does, but that until the VM is deleted, so a stopped VM is never shown as free."""
+    from newsclf.cloud import compute
+    from newsclf.cloud.prices import HOURS_PER_MONTH, disk_hourly
+
+    uptime = vm.uptime_s()
+    running = vm.hourly_usd
+    disk = disk_hourly(vm.disk_gb)  # `cloud run` creates pd-balanced boot disks
+    return {
+        "uptime_s": round(uptime),
+        "est_usd_per_hour": running if vm.status in compute.ACTIVE_STATES else disk,
+        "est_usd_so_far": round(running * uptime / 3600, 4) if running is not None else None,
+        "disk_gb": vm.disk_gb,
+        "est_disk_usd_per_month": round(disk * HOURS_PER_MONTH, 2) if disk is not None else None,
+    }
+
+
+def _disk_note(console, rows: list[dict]) -> None:
+    """Under the table: what the stopped VMs' disks cost, and how to stop paying for them."""
+    from newsclf.cloud import compute
+
+    stopped = [r for r in rows if r["state"] not in compute.ACTIVE_STATES and r["est_disk_usd_per_month"]]
+    if not stopped:
+        return
+    monthly = sum(r["est_disk_usd_per_month"] for r in stopped)
+    disks = sum(r["disk_gb"] for r in stopped)
+    console.print(
+        f"Stopped VMs still bill for their disks: est. {_money(monthly)}/month for {disks} GB; "
+        "`newsclf cloud stop --delete` deletes a VM with its disk.",
+        highlight=False,
+    )
+
+
 @app.command("status")
 def status(
     zone: str | None = typer.Option(None, "--zone", help="Only this zone (default: every zone of the project)."),
@@ -434,8 +468,6 @@ def status(
                 run_state = compute.run_state(vm_store, vm.run_id)
             except CloudError as e:
                 _output.warn(f"Cannot read the state of run {vm.run_id}: {e}")
-        hourly = vm.hourly_usd
-        uptime = vm.uptime_s()
         rows.append(
             {
                 "name": vm.name,
@@ -445,9 +477,7 @@ def status(
                 "gpus": vm.gpus,
                 "gpu_type": vm.gpu_type,
                 "spot": vm.spot,
-                "uptime_s": round(uptime),
-                "est_usd_per_hour": hourly if vm.status in compute.ACTIVE_STATES else 0.0,
-                "est_usd_so_far": round(hourly * uptime / 3600, 4) if hourly is not None else None,
+                **_vm_costs(vm),
                 "run_id": vm.run_id,
                 "run_state": run_state,
                 "sweep_id": vm.sweep_id,
@@ -486,6 +516,7 @@ def status(
                 *([r["sweep_id"] or "-"] if sweeps else []),
             )
         console.print(table)
+        _disk_note(console, rows)
         console.print("Costs are estimates from a built-in price table, not a bill.", style="dim", highlight=False)
 
     _output.emit(data, render)
