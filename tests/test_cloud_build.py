@@ -460,6 +460,90 @@ def test_gcloudignore_matches_like_gitignore(patterns, path, is_dir, excluded):
     assert GitIgnore(patterns).excluded(path, is_dir) is excluded
 
 
+# --- the installed newsclf as the build context ---------------------------------------------------
+
+CHECKOUT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def installed_package(site):
+    """What a wheel install leaves in site-packages: the package, its _build/ files, some bytecode."""
+    pkg = site / "newsclf"
+    make_tree(pkg, {
+        "__init__.py": "__version__ = '2.3.4'\n", "cli/__init__.py": "", "cloud/startup.sh": "#!/bin/bash\n",
+        "__pycache__/__init__.cpython-311.pyc": "junk",
+        "_build/Dockerfile": TREE["Dockerfile"], "_build/.dockerignore": TREE[".dockerignore"],
+        "_build/pyproject.toml": TREE["pyproject.toml"], "_build/uv.lock": TREE["uv.lock"],
+        "_build/README.md": "# newsclf\n", "_build/docker/run.sh": TREE["docker/run.sh"],
+    })  # fmt: skip
+    return pkg
+
+
+def test_installed_context_stages_the_package_with_the_build_files_it_carries(tmp_path):
+    pkg = installed_package(tmp_path / "site")
+    context = cloud_build.installed_context(tmp_path / "ctx", package=pkg)
+    assert context.label == f"the installed newsclf 2.3.4 ({pkg})"
+    packed = pack_source(context.root, tmp_path)
+    assert packed.files == [
+        ".dockerignore", "Dockerfile", "README.md", "docker/run.sh", "newsclf/__init__.py",
+        "newsclf/cli/__init__.py", "newsclf/cloud/startup.sh", "pyproject.toml", "uv.lock",
+    ]  # fmt: skip
+    assert cloud_build.project_version(context.root) == "2.3.4"
+    # the same installed files staged again give the same archive
+    again = cloud_build.installed_context(tmp_path / "ctx2", package=pkg)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert pack_source(again.root, out).sha256 == packed.sha256
+
+
+def test_an_install_without_build_files_names_the_fix(tmp_path):
+    pkg = installed_package(tmp_path / "site")
+    (pkg / "_build" / "uv.lock").unlink()
+    with pytest.raises(cloud_build.InputError) as e:
+        cloud_build.installed_context(tmp_path / "ctx", package=pkg)
+    assert str(e.value) == (
+        f"The installed newsclf 2.3.4 lacks uv.lock in {pkg / '_build'}: reinstall it (`pipx install --force "
+        "newsclf`), or pass --source a newsclf project directory"
+    )
+    for name in ("Dockerfile",):
+        (pkg / "_build" / name).unlink()
+    with pytest.raises(cloud_build.InputError, match=r"^The installed newsclf 2.3.4 carries no build files"):
+        cloud_build.installed_context(tmp_path / "ctx", package=pkg)
+
+
+def test_build_without_source_packs_the_installed_newsclf_from_anywhere(cli, project, gcs, standin, monkeypatch):
+    """Here newsclf is installed editable from this checkout: that checkout is what gets built, whatever
+    the current directory holds (this test's directory has a Dockerfile of its own)."""
+    r = cli("cloud", "build", "--no-wait")
+    assert r.exit_code == 0, r.stderr
+    [body] = standin.create_bodies()
+    obj = body["source"]["storageSource"]["object"]
+    import io
+
+    with tarfile.open(fileobj=io.BytesIO(gcs.bucket(gcs.test_bucket).blob(obj).download_as_bytes())) as tar:
+        names = set(tar.getnames())
+        assert tar.extractfile("uv.lock").read() == (CHECKOUT / "uv.lock").read_bytes()
+    assert {"Dockerfile", "uv.lock", "pyproject.toml", "README.md", "newsclf/cli/cloud.py"} <= names
+    assert "data/raw/Fake.csv" not in names and not any(n.startswith("tests/") for n in names)
+    from newsclf import __version__
+
+    assert f"{IMAGE}:{__version__}" in body["images"]
+    assert f"of {CHECKOUT} (newsclf {__version__}, installed from this checkout)" in r.stderr
+
+
+def test_the_image_build_context_holds_what_the_wheel_force_includes():
+    """The image's `uv sync` builds newsclf's wheel from the build context: hatch fails on a
+    force-included file the context left out, and `cloud build` of an installed newsclf needs them all."""
+    import tomllib
+
+    forced = tomllib.loads((CHECKOUT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"][
+        "force-include"
+    ]
+    assert {v.removeprefix("newsclf/_build/") for v in forced.values()} == set(cloud_build.BUILD_FILES)
+    context = source_files(CHECKOUT)
+    for src in forced:
+        assert src in context or any(f.startswith(src + "/") for f in context), src
+
+
 # --- start-up ------------------------------------------------------------------------------------
 
 
