@@ -268,7 +268,7 @@ def run(
     max_hours: float | None = typer.Option(
         None, "--max-hours", help="The VM stops itself after this long, whatever happens (default: NEWSCLF_MAX_HOURS)."
     ),
-    image: str | None = typer.Option(None, "--image", help="Training image (default: what `cloud build` pushed)."),
+    image: str | None = typer.Option(None, "--image", help="Training image (default: what `cloud build` pushed for this newsclf version)."),
     keep_vm: bool = typer.Option(False, "--keep-vm", help="Leave the VM running when the job ends."),
     detach: bool = typer.Option(False, "--detach", help="Start the run and return; follow it later with `cloud logs`."),
     force: bool = typer.Option(False, "--force", help="Stop the VM's current job to start this run."),
