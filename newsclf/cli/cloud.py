@@ -224,9 +224,9 @@ def _check_train_options(args: list[str]) -> None:
 
     if any(a.split("=", 1)[0] in RESERVED_TRAIN_ARGS for a in args):
         return  # RunRequest refuses them, naming `cloud run` as the one that sets them
-    usage_error = typer.BadParameter.__base__  # click's UsageError, which typer does not re-export
+    usage_error: type[Exception] = typer.BadParameter.__mro__[1]  # click's UsageError: typer does not export it
 
-    def refuse(message: str) -> BaseException:
+    def refuse(message: str) -> Exception:
         return usage_error(f"Train options after `--`: {message}")  # exit 2, as for the command's own flags
 
     train_cmd = typer.main.get_command(root).commands["train"]  # type: ignore[attr-defined]
@@ -235,7 +235,7 @@ def _check_train_options(args: list[str]) -> None:
         if not demo:
             _train_options(args).validate()
     except usage_error as e:  # no such option, a bad or missing value, a flag a job cannot take
-        raise refuse(e.format_message()) from None
+        raise refuse(e.format_message()) from None  # type: ignore[attr-defined]
     except InputError as e:  # out of range, as the job would find it on the VM
         raise refuse(str(e)) from None
     if demo:

@@ -674,7 +674,7 @@ def build_request(*, bucket: str, object_name: str, image: str, tag: str, versio
         logs_bucket=f"gs://{bucket}/{LOGS_PREFIX}",
         timeout=duration_pb2.Duration(seconds=BUILD_TIMEOUT_S),
         options=cloudbuild_v1.BuildOptions(
-            machine_type=cloudbuild_v1.BuildOptions.MachineType[BUILD_MACHINE], disk_size_gb=BUILD_DISK_GB
+            machine_type=BUILD_MACHINE, disk_size_gb=BUILD_DISK_GB  # proto-plus takes an enum's name
         ),
     )
 
