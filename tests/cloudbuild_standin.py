@@ -1,7 +1,7 @@
 """A local stand-in for the Cloud Build REST API (v1), driven by the real cloudbuild_v1 client.
 
 It records every request, checks each against Cloud Build's published contract (the discovery
-document `cloudbuild.v1`: unknown fields, enum values, types) and answers what Google would reject
+document `cloudbuild.v1`: unknown fields, enum values, types; plus `build_rules`) and answers what Google would reject
 with 400, recording the violation in `violations` (stop() fails the test over any); it answers
 `projects.builds.create` with an Operation whose metadata holds
 the new build, and "builds" in a background thread: QUEUED for a moment (no log object yet), then
@@ -13,6 +13,7 @@ Errors are answered in Google's JSON error shape, so the client raises what it r
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 import uuid
@@ -22,10 +23,41 @@ from typing import Any
 
 from tests import google_errors
 from tests.google_errors import google_error
-from tests.rest_standin import contract_violations, read_request, reply_invalid, send_reply
+from tests.rest_standin import Request, contract_violations, read_request, reply_invalid, send_reply
 
 BUILD_TYPE = "type.googleapis.com/google.devtools.cloudbuild.v1.Build"
 METADATA_TYPE = "type.googleapis.com/google.devtools.cloudbuild.v1.BuildOperationMetadata"
+
+
+# Docker's reference grammar (distribution/reference): lower-case path components, a tag of
+# [A-Za-z0-9_.-] up to 128 starting with a word character, or a digest. Cloud Build refuses a build
+# whose `images` break it ("invalid build: invalid image name").
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+DOCKER_REFERENCE = re.compile(
+    rf"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
+    r"(?:@sha256:[0-9a-f]{64})?"
+)
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
+MAX_DISK_GB = 4000  # BuildOptions.diskSizeGb: "builds that request more than the maximum are rejected"
+
+
+def build_rules(req: Request) -> list[str]:
+    """What the discovery document states only in prose (or Docker's grammar) about a new Build."""
+    if not (req.method == "POST" and req.path.endswith("/builds") and isinstance(req.body, dict)):
+        return []
+    body, errors = req.body, []
+    steps = body.get("steps") or []
+    if not steps:
+        errors.append("steps: required")
+    errors += [f"steps[{i}].name: required" for i, step in enumerate(steps) if not step.get("name")]
+    errors += [f"images: invalid image name {img!r}" for img in body.get("images", []) if not DOCKER_REFERENCE.fullmatch(img)]
+    disk = (body.get("options") or {}).get("diskSizeGb")
+    if disk is not None and str(disk).isdigit() and int(disk) > MAX_DISK_GB:
+        errors.append(f"options.diskSizeGb: {disk} GB is more than the maximum, {MAX_DISK_GB} GB")
+    logs = body.get("logsBucket")
+    if logs is not None and not BUCKET_NAME.fullmatch(logs.removeprefix("gs://").split("/", 1)[0]):
+        errors.append(f"logsBucket: {logs!r} does not name a bucket")
+    return errors
 
 
 def _now() -> str:
@@ -126,7 +158,7 @@ class CloudBuildStandIn:
                 body = {} if req.body is None and req.method == "POST" else req.body
                 with standin._lock:
                     standin.requests.append({"method": req.method, "path": req.path, "body": body})
-                errors = contract_violations("cloudbuild.v1", req)
+                errors = contract_violations("cloudbuild.v1", req) + build_rules(req)
                 if errors:
                     with standin._lock:
                         standin.violations.append(f"{req.method} {req.path}: {'; '.join(errors)}")

@@ -172,9 +172,29 @@ def test_the_standin_answers_400_for_what_cloud_build_rejects(fake_gcs):
     assert 'Unknown name "imagez"' in violation
     assert "options.machineType: invalid value 'E2_HUGE'" in violation
     assert "options.diskSizeGb: expected an int64, got 'lots'" in violation
+    # and what the document says in prose: image names, disk size bounds, a logs bucket
+    prose = {
+        "steps": [{"args": ["build", "."]}], "images": [f"{IMAGE}:0.1.0+local"], "options": {"diskSizeGb": "5000"},
+        "logsBucket": "gs://My_Bucket/builds/logs",
+    }  # fmt: skip
+    r = requests.post(f"{server.url}/v1/projects/{PROJECT}/builds", json=prose, timeout=10)
+    assert r.status_code == 400
+    assert server.violations[1].split(": ", 1)[1].split("; ") == [
+        "steps[0].name: required", f"images: invalid image name '{IMAGE}:0.1.0+local'",
+        "options.diskSizeGb: 5000 GB is more than the maximum, 4000 GB",
+        "logsBucket: 'gs://My_Bucket/builds/logs' does not name a bucket",
+    ]  # fmt: skip
     assert server.builds == {}  # nothing was started
     with pytest.raises(AssertionError, match="requests Cloud Build would reject with 400"):
         server.stop()  # a test that sent it unknowingly fails, whatever the CLI made of the 400
+
+
+def test_a_local_version_becomes_a_valid_docker_tag(cli, project, standin):
+    (project / "newsclf" / "__init__.py").write_text("__version__ = '1.0.0+dev.3'\n")  # PEP 440 local version
+    r = cli("--json", "cloud", "build", "--source", ".", "--no-wait")
+    assert r.exit_code == 0, r.stderr
+    assert f"{IMAGE}:1.0.0-dev.3" in standin.create_bodies()[0]["images"]  # `+` is not allowed in a tag
+    assert standin.violations == []
 
 
 # --- --no-wait and the upload cache --------------------------------------------------------------
