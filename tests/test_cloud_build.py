@@ -521,8 +521,8 @@ def test_an_install_without_build_files_names_the_fix(tmp_path):
     with pytest.raises(cloud_build.InputError) as e:
         cloud_build.installed_context(tmp_path / "ctx", package=pkg)
     assert str(e.value) == (
-        f"The installed newsclf 2.3.4 lacks uv.lock in {pkg / '_build'}: reinstall it (`pipx install --force "
-        "newsclf`), or pass --source a newsclf project directory"
+        f"The installed newsclf 2.3.4 lacks uv.lock in {pkg / '_build'}: reinstall it from a newsclf checkout "
+        "(`pipx install --force .`) or its wheel, or pass --source a newsclf project directory"
     )
     for name in ("Dockerfile",):
         (pkg / "_build" / name).unlink()

@@ -383,14 +383,14 @@ def installed_context(dest: Path, package: Path | None = None) -> BuildContext:
             return BuildContext(checkout, f"{checkout} (newsclf {version}, installed from this checkout)")
         raise InputError(
             f"The installed newsclf {version} carries no build files (no {BUILD_FILES_DIR}/Dockerfile in "
-            f"{package}): reinstall it from its wheel (`pipx install --force newsclf`), or pass --source "
-            "a newsclf project directory"
+            f"{package}): reinstall it from a newsclf checkout (`pipx install --force .`) or its wheel, or "
+            "pass --source a newsclf project directory"
         )
     missing = [name for name in BUILD_FILES if not (carried / name).exists()]
     if missing:
         raise InputError(
-            f"The installed newsclf {version} lacks {', '.join(missing)} in {carried}: reinstall it "
-            "(`pipx install --force newsclf`), or pass --source a newsclf project directory"
+            f"The installed newsclf {version} lacks {', '.join(missing)} in {carried}: reinstall it from a "
+            "newsclf checkout (`pipx install --force .`) or its wheel, or pass --source a newsclf project directory"
         )
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
