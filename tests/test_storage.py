@@ -7,11 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.compute_standin import standin  # noqa: F401  (fixture)
 from tests.faulty_proxy import Fault, FaultyProxy, gcs_error
 
 BIG = 50 * 1024 * 1024 + 12345  # >= 50 MB, and not a multiple of the upload chunk
@@ -63,6 +65,13 @@ def same_file(a: Path, b: Path) -> bool:
 
 def parts(root: Path) -> list[Path]:
     return sorted(root.rglob("*.newsclf-part"))
+
+
+def one_error_line_after_info(r) -> str:
+    """The last stderr line, which must be the only `Error:` line."""
+    lines = r.stderr.strip().splitlines()
+    assert [x for x in lines if x.startswith("Error: ")] == lines[-1:], r.stderr
+    return lines[-1]
 
 
 def one_error_line(r) -> str:
@@ -361,6 +370,94 @@ def test_json_objects(gcs):
     with pytest.raises(ConflictError):
         write_json(bucket, "runs/x/run.json", {"a": 2}, if_generation_match=0)
     assert read_json(bucket, "runs/x/run.json") == {"a": 1}
+
+
+# --- bucket names as users write them -----------------------------------------------------------
+# The fixtures' bucket is `my-newsclf-bucket`: every 404's message quotes its URL, so it contains "bucket".
+
+
+def test_a_missing_object_is_not_a_missing_bucket(gcs):
+    from newsclf.cloud.storage import CloudError, ObjectNotFound, download_file, read_json, storage_client
+
+    client = storage_client()
+    assert read_json(client.bucket(gcs.test_bucket), "runs/X/status.json") is None
+    with pytest.raises(ObjectNotFound):
+        download_file(client, gcs.test_bucket, "runs/X/status.json", Path("status.json"))
+
+    with pytest.raises(CloudError) as e:  # the bucket itself missing: asked, not guessed from the message
+        read_json(client.bucket("my-other-bucket"), "runs/X/status.json")
+    assert str(e.value) == (
+        "Bucket gs://my-other-bucket not found: create it with `gcloud storage buckets create gs://my-other-bucket` "
+        "or set NEWSCLF_BUCKET (or --bucket) to an existing bucket"
+    )
+
+
+VM, ZONE, POLL = "newsclf-train", "europe-west1-b", ("--poll-interval", "0.05")
+
+
+def _status_reads(p: FaultyProxy, run_id: str) -> int:
+    return sum(1 for s in p.requests("GET") if f"{run_id}%2Fstatus.json" in s.target and "alt=media" in s.target)
+
+
+def test_cloud_run_waits_out_a_first_boot_without_status(cli, standin, proxy):
+    """A VM pulls its image for minutes before status.json exists: each poll's 404 is "not yet"."""
+    from newsclf.cloud.compute import FOLLOW_MAX_FAILURES
+
+    p = proxy()
+    bucket = standin.gcs.bucket(standin.gcs.test_bucket)
+
+    def on_start(server, inst):
+        run_id = inst.metadata()["newsclf-run-id"]
+
+        def job():
+            deadline = time.monotonic() + 30
+            while _status_reads(p, run_id) <= FOLLOW_MAX_FAILURES + 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            bucket.blob(f"runs/{run_id}/metrics.json").upload_from_string(json.dumps({"test": {"macro_f1": 0.9}}))
+            bucket.blob(f"runs/{run_id}/status.json").upload_from_string(json.dumps({"state": "succeeded", "exit_code": 0}))
+            server.shutdown(inst.zone, inst.name)
+
+        threading.Thread(target=job, daemon=True).start()
+
+    standin.on_start = on_start
+    r = cli("--json", "cloud", "run", *POLL)
+    assert r.exit_code == 0, r.stderr
+    assert r.json["data"]["state"] == "succeeded"
+    assert _status_reads(p, r.json["data"]["run_id"]) > FOLLOW_MAX_FAILURES + 2
+
+
+def test_cloud_status_and_logs_of_a_run_without_status_yet(cli, standin):
+    standin.on_start = lambda server, inst: None  # booted, still pulling the image
+    r = cli("--json", "cloud", "run", "--detach")
+    assert r.exit_code == 0, r.stderr
+    run_id = r.json["data"]["run_id"]
+
+    r = cli("--json", "cloud", "status")
+    assert r.exit_code == 0 and r.stderr == ""
+    assert [(v["run_id"], v["run_state"]) for v in r.json["data"]["vms"]] == [(run_id, None)]
+
+    r = cli("--json", "cloud", "logs")
+    assert r.exit_code == 0, r.stderr
+    assert r.json["data"] == {"run_id": run_id, "state": None, "source": "serial", "lines": []}
+
+
+def test_cloud_run_that_loses_track_says_the_vm_runs_on(cli, standin, proxy):
+    from newsclf.cloud.compute import FOLLOW_MAX_FAILURES
+
+    standin.on_start = lambda server, inst: None
+    proxy(Fault("status", methods=("GET",), path="status.json", status=403))  # every poll of the run fails
+    r = cli("cloud", "run", *POLL)
+    assert r.exit_code == 1
+    run_id = standin.instance(VM).metadata()["newsclf-run-id"]
+    b = standin.gcs.test_bucket
+    assert one_error_line_after_info(r) == (
+        f"Error: Stopped following run {run_id} after {FOLLOW_MAX_FAILURES} failed polls (Permission denied on gs://{b}: grant "
+        f"roles/storage.objectAdmin on the bucket, e.g. `gcloud storage buckets add-iam-policy-binding gs://{b} "
+        f"--member=user:YOU@example.com --role=roles/storage.objectAdmin`); VM {VM} ({ZONE}, "
+        f"last seen RUNNING) keeps running and billing: re-attach with `newsclf cloud logs {run_id} --follow` "
+        "or stop it with `newsclf cloud stop`"
+    )
+    assert standin.instance(VM).status == "RUNNING"  # what the message says
 
 
 # --- models -------------------------------------------------------------------------------------

@@ -946,8 +946,13 @@ def follow(
             failures = 0
         except (*api_errors, CloudError) as e:  # a blip in a follow that lasts hours: poll again
             failures += 1
-            if failures >= FOLLOW_MAX_FAILURES:
-                raise
+            if failures >= FOLLOW_MAX_FAILURES:  # the VM bills on: say so, and how to end it
+                seen = f"last seen {current.status}" if current is not None else "state unknown"
+                raise CloudError(
+                    f"Stopped following run {run_id} after {failures} failed polls ({_short(e)}); VM {vm.name} "
+                    f"({vm.zone}, {seen}) keeps running and billing: re-attach with `newsclf cloud logs {run_id} "
+                    "--follow` or stop it with `newsclf cloud stop`"
+                ) from e
             log.debug("Polling run %s failed (%s); retrying", run_id, _short(e))
             time.sleep(poll_s)
             continue

@@ -146,11 +146,52 @@ def _short(exc: BaseException | None) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def translate(exc: BaseException, bucket: str, op: str = "list", name: str | None = None) -> CloudError | None:
+def _not_found_scope(exc: BaseException) -> str | None:
+    """What a 404 is about, from the request that got it (never the message, which quotes the URL and
+    so the bucket's name): "bucket", "object" (or its bucket), "session" (a resumable upload's), or
+    None when the request is unknown."""
+    from urllib.parse import parse_qs, urlsplit
+
+    url = getattr(getattr(getattr(exc, "response", None), "request", None), "url", None)
+    if not isinstance(url, str):
+        return None
+    parts = urlsplit(url)
+    m = re.search(r"/storage/v1/b/[^/]+(/.*)?$", parts.path)
+    if m is None:
+        return None
+    rest = m.group(1) or ""
+    if rest.startswith("/o/"):
+        return "object"
+    if rest.rstrip("/") == "/o" and "upload_id" in parse_qs(parts.query):
+        return "session"
+    return "bucket"  # the bucket itself, its listing, an upload into it, its IAM policy
+
+
+def _bucket_exists(bucket: "Bucket") -> bool | None:
+    """Whether the bucket exists, by listing (storage.objects.list, which every role that reads objects
+    has; storage.buckets.get often is not granted); None when that cannot tell."""
+    from google.api_core import exceptions as api
+    from google.auth.exceptions import GoogleAuthError
+
+    try:
+        next(iter(bucket.client.list_blobs(bucket, max_results=1, retry=retry_policy())), None)
+    except api.NotFound:
+        return False
+    except (api.GoogleAPICallError, api.RetryError, GoogleAuthError, OSError) as e:  # OSError: requests' errors
+        log.debug("Could not check that gs://%s exists: %s", bucket.name, _short(e))
+        return None
+    return True
+
+
+def translate(
+    exc: BaseException, bucket: "str | Bucket", op: str = "list", name: str | None = None
+) -> CloudError | None:
     """A one-line CloudError naming the fix for a Google client exception, or None if it is not ours to explain.
 
-    op is what failed: "list" or "upload" (a 404 means the bucket is missing), "download" or "read"
-    (a 404 means the object is).
+    A 404 is read from the request that got it: on the bucket, its listing or an upload into it, the
+    bucket is missing; on an object, the object is, unless the bucket is (checked when `bucket` is a
+    Bucket, else assumed present). op is what failed, for a 404 without its request: "list" or
+    "upload" (the bucket), "download" or "read" (the object).
     """
     import requests
     from google.api_core import exceptions as api
@@ -158,6 +199,8 @@ def translate(exc: BaseException, bucket: str, op: str = "list", name: str | Non
 
     if isinstance(exc, CloudError):
         return exc
+    handle = None if isinstance(bucket, str) else bucket
+    bucket = bucket if isinstance(bucket, str) else bucket.name
     if isinstance(exc, auth.DefaultCredentialsError):
         return CloudError(_no_credentials_message())
     if isinstance(exc, (auth.RefreshError, api.Unauthorized)):
@@ -168,8 +211,16 @@ def translate(exc: BaseException, bucket: str, op: str = "list", name: str | Non
     if isinstance(exc, api.Forbidden):
         return CloudError(_forbidden_message(exc, bucket))
     if isinstance(exc, api.NotFound):
-        if op in ("list", "upload") or "bucket" in str(getattr(exc, "message", "")).lower():
+        scope = _not_found_scope(exc) or ("bucket" if op in ("list", "upload") else "object")
+        if scope == "object" and handle is not None and _bucket_exists(handle) is False:
+            scope = "bucket"
+        if scope == "bucket":
             return CloudError(_bucket_missing_message(bucket))
+        if scope == "session":
+            return CloudError(
+                f"The resumable upload of {layout.uri(bucket, name or '')} expired or was lost on the server: "
+                "re-run the command; finished files are kept"
+            )
         return ObjectNotFound(
             f"{layout.uri(bucket, name or '')} is gone (deleted or replaced while we read it): re-run the command"
         )
@@ -189,7 +240,7 @@ def translate(exc: BaseException, bucket: str, op: str = "list", name: str | Non
 
 
 @contextmanager
-def _errors(bucket: str, op: str, name: str | None = None) -> Iterator[None]:
+def _errors(bucket: "str | Bucket", op: str, name: str | None = None) -> Iterator[None]:
     try:
         yield
     except TransferCancelled:
@@ -646,7 +697,7 @@ def download_file(
             blob = b.blob(obj.name, generation=obj.generation)  # no media link: the configured endpoint
             with open(part, "ab" if offset else "wb") as f:
                 writer = _Writer(f, lambda n: progress.advance(name, n), cancel)
-                with _errors(b.name, "download", name):
+                with _errors(b, "download", name):
                     blob.download_to_file(
                         writer,
                         start=offset or None,
@@ -774,17 +825,10 @@ def download_prefix(
 
 def read_json(bucket: "Bucket", name: str) -> Any | None:
     """The parsed JSON object gs://bucket/name, or None if there is no such object."""
-    from google.api_core.exceptions import NotFound
-
     blob = bucket.blob(name)
     try:
-        with _errors(bucket.name, "read", name):
-            try:
-                data = blob.download_as_bytes(checksum="crc32c", retry=retry_policy())
-            except NotFound as e:
-                if "bucket" in str(getattr(e, "message", "")).lower():
-                    raise
-                return None
+        with _errors(bucket, "read", name):  # a Bucket: a 404 is checked against a missing bucket
+            data = blob.download_as_bytes(checksum="crc32c", retry=retry_policy())
     except ObjectNotFound:
         return None
     try:
