@@ -936,7 +936,7 @@ def resolve_remote_run(runs: Sequence[RemoteRun], ref: str, bucket: str) -> Remo
             if run.complete:
                 return run
         raise CloudError(
-            f"No complete run in {layout.uri(bucket, layout.RUNS_PREFIX)}: train one with `newsclf cloud train` "
+            f"No complete run in {layout.uri(bucket, layout.RUNS_PREFIX)}: train one with `newsclf cloud run` "
             "or push a local one with `newsclf models push`"
         )
     for run in runs:
