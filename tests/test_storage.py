@@ -630,6 +630,45 @@ def test_no_credentials(cli, monkeypatch, tmp_path):
     )
 
 
+SECRET = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC-not-a-real-key"  # must never be printed
+KEY_FIX = (
+    "download a new key (`gcloud iam service-accounts keys create KEY.json --iam-account=ACCOUNT`) "
+    "or unset it and run `gcloud auth application-default login`"
+)
+GOOD_FIELDS = {"client_email": "trainer@p.iam.gserviceaccount.com", "token_uri": "https://oauth2.googleapis.com/token"}
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('{"type": "service_account", "private_key": "' + SECRET, "is not valid JSON (truncated, or not a key file)"),
+        ("", "is empty"),
+        (json.dumps([SECRET]), "is not a JSON object"),
+        (json.dumps({"type": SECRET}), 'has no known credential "type" (a service-account key has "type": "service_account")'),
+        (json.dumps({"type": "service_account", "private_key": SECRET}), "lacks client_email, token_uri"),
+        (
+            json.dumps({"type": "service_account", "private_key": f"-----BEGIN PRIVATE KEY-----\n{SECRET}\n-----END PRIVATE KEY-----\n", **GOOD_FIELDS}),
+            "cannot be loaded (its private key or another field is damaged)",
+        ),
+    ],
+    ids=["truncated", "empty", "list", "type", "fields", "private-key"],
+)
+@pytest.mark.parametrize("command", [["models", "list"], ["cloud", "status"], ["cloud", "build"]])
+def test_malformed_key_file_is_named_never_quoted(cli, monkeypatch, tmp_path, content, problem, command):
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))  # no gcloud login to fall back on
+    key = tmp_path / "key.json"
+    key.write_text(content)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
+    monkeypatch.setenv("NEWSCLF_BUCKET", "my-newsclf-bucket")
+    r = cli("--json", *command)
+    assert r.exit_code == 1
+    assert one_error_line(r) == (
+        f"Error: GOOGLE_APPLICATION_CREDENTIALS points at {key}, which is not a usable key file: it {problem}; {KEY_FIX}"
+    )
+    assert SECRET not in r.stdout + r.stderr and "not-a-real-key" not in r.stdout + r.stderr
+
+
 def test_persistent_outage_gives_up_after_the_deadline(cli, gcs, proxy, monkeypatch):
     from newsclf.cloud import storage
 

@@ -100,16 +100,9 @@ def make_clients(settings: Settings) -> Clients:
 
 
 def _adc() -> Any:
-    import google.auth
-    from google.auth.exceptions import DefaultCredentialsError
+    from newsclf.cloud.storage import default_credentials  # the same words for a missing or broken key
 
-    try:
-        credentials, _ = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
-    except DefaultCredentialsError:
-        raise CloudError(
-            "No Google Cloud credentials: run `gcloud auth application-default login` "
-            "or set GOOGLE_APPLICATION_CREDENTIALS"
-        ) from None
+    credentials, _ = default_credentials([CLOUD_PLATFORM_SCOPE])
     return credentials
 
 
@@ -129,6 +122,9 @@ def project_id(settings: Settings) -> str:
     import google.auth
     from google.auth.exceptions import DefaultCredentialsError
 
+    from newsclf.cloud.storage import check_credentials_file
+
+    check_credentials_file()  # a broken key file is that, not a missing project
     try:
         _, project = google.auth.default()
     except DefaultCredentialsError:

@@ -84,17 +84,95 @@ def _log_retry(exc: Exception) -> None:
     log.info("Cloud Storage: %s; retrying (for up to %g s)", _short(exc), RETRY_DEADLINE_S)
 
 
-def _no_credentials_message() -> str:
+_KEY_TYPES = frozenset({
+    "service_account", "authorized_user", "external_account", "external_account_authorized_user",
+    "impersonated_service_account", "gdch_service_account",
+})  # what google.auth.load_credentials_from_file accepts
+_KEY_FIX = (
+    "download a new key (`gcloud iam service-accounts keys create KEY.json --iam-account=ACCOUNT`) "
+    "or unset it and run `gcloud auth application-default login`"
+)
+_DAMAGED = "cannot be loaded (its private key or another field is damaged)"
+
+
+def _key_file_problem(path: Path) -> str | None:
+    """Why the credentials file is unusable, in words that quote none of its content (it holds a
+    private key); None when it looks like a key google.auth can load."""
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        return "is a directory"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or type(e).__name__})"
+    if not data.strip():
+        return "is empty"
+    try:
+        info = json.loads(data)
+    except ValueError:  # UnicodeDecodeError is one
+        return "is not valid JSON (truncated, or not a key file)"
+    if not isinstance(info, dict):
+        return "is not a JSON object"
+    if info.get("type") not in _KEY_TYPES:
+        return 'has no known credential "type" (a service-account key has "type": "service_account")'
+    if info["type"] == "service_account":
+        missing = [f for f in ("client_email", "private_key", "token_uri") if not isinstance(info.get(f), str) or not info[f]]
+        if missing:
+            return f"lacks {', '.join(missing)}"
+        from google.auth.exceptions import GoogleAuthError
+        from google.oauth2 import service_account
+
+        try:  # what google.auth.default will do with it (callers that swallow its errors see this one)
+            service_account.Credentials.from_service_account_info(info)
+        except (GoogleAuthError, ValueError):
+            return _DAMAGED
+    return None
+
+
+def _credentials_path() -> Path | None:
     path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
-    if path and not Path(path).is_file():
+    return Path(path) if path else None
+
+
+def check_credentials_file() -> None:
+    """A CloudError naming the path when GOOGLE_APPLICATION_CREDENTIALS points at a file that is not a
+    usable key, before google.auth reads it (whose errors can quote the file, or be an AttributeError)."""
+    path = _credentials_path()
+    if path is None or not path.exists():
+        return
+    problem = _key_file_problem(path)
+    if problem is not None:
+        raise CloudError(_broken_key_message(path, problem))
+
+
+def _broken_key_message(path: Path, problem: str) -> str:
+    return f"GOOGLE_APPLICATION_CREDENTIALS points at {path}, which is not a usable key file: it {problem}; " + _KEY_FIX
+
+
+def _no_credentials_message() -> str:
+    path = _credentials_path()
+    if path is not None and not path.exists():
         return (
             f"No Google Cloud credentials: GOOGLE_APPLICATION_CREDENTIALS points at {path}, which does not "
             "exist; fix the path or unset it and run `gcloud auth application-default login`"
         )
+    if path is not None:
+        return _broken_key_message(path, _key_file_problem(path) or _DAMAGED)
     return (
         "No Google Cloud credentials found: run `gcloud auth application-default login` or set "
         "GOOGLE_APPLICATION_CREDENTIALS to a service-account key file"
     )
+
+
+def default_credentials(scopes: Sequence[str]) -> tuple[Any, str | None]:
+    """(credentials, project) from Application Default Credentials, or a CloudError naming the fix."""
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    check_credentials_file()
+    try:
+        return google.auth.default(scopes=list(scopes))
+    except DefaultCredentialsError:
+        raise CloudError(_no_credentials_message()) from None
 
 
 def _bucket_missing_message(bucket: str) -> str:
@@ -277,13 +355,7 @@ def storage_client(settings: "Settings | None" = None) -> "Client":
 
         return storage.Client(project=project or "newsclf-emulator", credentials=AnonymousCredentials())
 
-    import google.auth
-    from google.auth.exceptions import DefaultCredentialsError
-
-    try:
-        credentials, adc_project = google.auth.default(scopes=list(storage.Client.SCOPE))
-    except DefaultCredentialsError:
-        raise CloudError(_no_credentials_message()) from None
+    credentials, adc_project = default_credentials(storage.Client.SCOPE)
     return storage.Client(project=project or adc_project, credentials=credentials)
 
 
