@@ -454,6 +454,9 @@ def resolve_project(settings: Settings, project: str | None = None) -> str:
     """--project, else NEWSCLF_GCP_PROJECT, else the Application Default Credentials' project."""
     project = project or settings.gcp_project
     if not project and not is_local_endpoint(settings.cloudbuild_api_endpoint):
+        from newsclf.cloud.storage import check_credentials_file
+
+        check_credentials_file()  # a broken key file is that, not a missing project
         try:
             import google.auth
 
