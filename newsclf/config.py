@@ -100,9 +100,9 @@ def get_settings() -> Settings:
         name = str(err["loc"][0]) if err["loc"] else "?"
         variable = name if name.upper().startswith(ENV_PREFIX) else f"{ENV_PREFIX}{name.upper()}"
         field = Settings.model_fields.get(name.lower())
-        shown = "" if name.lower() in SECRET_FIELDS or field is None else f"={err.get('input')}"
+        shown = "" if name.lower() in SECRET_FIELDS or field is None else f", not {err.get('input')}"
         raise ConfigError(
-            f"Invalid setting {variable}{shown}: {err['msg'][0].lower()}{err['msg'][1:]}; "
+            f"Invalid setting {variable}: {err['msg'][0].lower()}{err['msg'][1:]}{shown}; "
             f"fix {variable} in the environment or .env"
         ) from None
     for name, close in unknown_variables():

@@ -399,9 +399,10 @@ def _load_base(name: str, *, seed: int, attention_dropout: float | None = None) 
 
     path = default_base_model() if name in ("", PACKAGED_MODEL) else name
     hub_id = not Path(path).exists() and bool(_HUB_ID.match(path))
-    offline = is_offline_mode()
+    # the variable too: huggingface_hub reads it once, at import
+    offline = is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
     unreachable = hub_id and not offline and not _hub_reachable()
-    cache_only = {"local_files_only": True} if unreachable else {}  # a cached copy still loads without the Hub
+    cache_only = {"local_files_only": True} if unreachable or offline else {}  # a cached copy loads without the Hub
     set_seed(seed)  # the classifier head is initialised here
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **cache_only)
@@ -830,6 +831,8 @@ def run_training(
         try:
             out = trainer.train(resume_from_checkpoint=str(resume_ckpt) if resume_ckpt else None)
         except pickle.UnpicklingError:
+            if resume_ckpt is None:
+                raise
             # torch's own message suggests weights_only=False, i.e. running whatever the file holds
             raise InputError(
                 f"{resume_ckpt} holds a file that is not plain tensors (optimizer, scheduler or RNG state), and "
