@@ -45,15 +45,15 @@ class Settings(BaseSettings):
 
     # training defaults (chosen for 2 CPU cores; a GPU is picked up automatically)
     base_model: str = ""  # empty: the packaged all-MiniLM-L6-v2 (offline)
-    max_length: int = Field(128, ge=MIN_MAX_LENGTH, le=MAX_MAX_LENGTH)  # tokens kept per article (title first); 128 = 256's F1 at 2x speed (bench/README.md)
-    epochs: float = Field(3.0, gt=0, le=MAX_EPOCHS, allow_inf_nan=False)  # upper bound; early stopping usually ends sooner
-    batch_size: int = Field(16, ge=1, le=MAX_BATCH_SIZE)  # per device
-    lr: float = Field(5e-5, gt=0, le=MAX_LR, allow_inf_nan=False)  # small encoders like a higher rate than BERT-base
-    weight_decay: float = Field(0.01, ge=0, le=1, allow_inf_nan=False)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1, allow_inf_nan=False)  # fraction of steps spent warming up the lr
-    patience: int = Field(2, ge=1, le=MAX_PATIENCE)  # evaluations without macro-F1 gain before stopping
-    seed: int = Field(42, ge=0, le=MAX_SEED)
-    attention_dropout: float = Field(0.0, ge=0, lt=1, allow_inf_nan=False)  # on attention probabilities: 0 = 1.2-1.3x faster CPU steps, same F1 (bench/README.md)
+    max_length: int = Field(default=128, ge=MIN_MAX_LENGTH, le=MAX_MAX_LENGTH)  # tokens kept per article (title first); 128 = 256's F1 at 2x speed (bench/README.md)
+    epochs: float = Field(default=3.0, gt=0, le=MAX_EPOCHS, allow_inf_nan=False)  # upper bound; early stopping usually ends sooner
+    batch_size: int = Field(default=16, ge=1, le=MAX_BATCH_SIZE)  # per device
+    lr: float = Field(default=5e-5, gt=0, le=MAX_LR, allow_inf_nan=False)  # small encoders like a higher rate than BERT-base
+    weight_decay: float = Field(default=0.01, ge=0, le=1, allow_inf_nan=False)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1, allow_inf_nan=False)  # fraction of steps spent warming up the lr
+    patience: int = Field(default=2, ge=1, le=MAX_PATIENCE)  # evaluations without macro-F1 gain before stopping
+    seed: int = Field(default=42, ge=0, le=MAX_SEED)
+    attention_dropout: float = Field(default=0.0, ge=0, lt=1, allow_inf_nan=False)  # on attention probabilities: 0 = 1.2-1.3x faster CPU steps, same F1 (bench/README.md)
     precision: Literal["auto", "bf16", "fp16", "tf32", "fp32"] = "auto"  # auto|bf16|fp16|tf32|fp32; auto: TF32 on Ampere+ GPUs (fp16 older), bf16 on AMX CPUs, else fp32
     wandb_project: str = "newsclf"
     wandb_entity: str | None = None
@@ -71,8 +71,8 @@ class Settings(BaseSettings):
     image: str | None = None  # training image; default REGION-docker.pkg.dev/PROJECT/REPO/newsclf-train
     vm_name: str = "newsclf-train"
     machine_type: str = "n1-standard-8"
-    disk_gb: int = Field(100, ge=10, le=65536)  # GB: at least 10 (as `cloud run --disk-gb`), at most a 64 TB disk
-    max_hours: float = Field(6.0, gt=0, le=MAX_RUN_HOURS, allow_inf_nan=False)  # the VM stops itself after this long, whatever happens
+    disk_gb: int = Field(default=100, ge=10, le=65536)  # GB: at least 10 (as `cloud run --disk-gb`), at most a 64 TB disk
+    max_hours: float = Field(default=6.0, gt=0, le=MAX_RUN_HOURS, allow_inf_nan=False)  # the VM stops itself after this long, whatever happens
     vm_image_project: str = "deeplearning-platform-release"
     vm_image_family: str = "common-cu128-ubuntu-2204-nvidia-570"
     wandb_secret: str | None = None  # Secret Manager secret holding the W&B key, for VMs

@@ -255,7 +255,7 @@ def test_predict_and_evaluate_refuse_an_incomplete_run(cli, tiny_run, change, pr
 
 def test_a_run_from_before_the_manifest_needs_its_files(cli, tiny_run):
     old = copy_run(tiny_run)
-    (old / "run_manifest.json").unlink()
+    (old / "run_manifest.json").unlink(missing_ok=True)  # as runs made before it
     r = cli("--json", "predict", "--model", str(old), FAKE)
     assert r.exit_code == 0, r.stderr  # complete: used as before
     assert r.json["data"]["predictions"][0]["label"] == "fake"
@@ -273,7 +273,7 @@ def test_a_run_from_before_the_manifest_needs_its_files(cli, tiny_run):
 
 def test_a_corrupt_model_without_a_manifest_is_one_error(cli, tiny_run):
     old = copy_run(tiny_run)
-    (old / "run_manifest.json").unlink()
+    (old / "run_manifest.json").unlink(missing_ok=True)  # as runs made before it
     damage(old / "model.safetensors", "truncated")
     r = cli("evaluate", "--model", str(old))
     assert r.exit_code == 1
