@@ -23,9 +23,9 @@ CHECKPOINTS = "checkpoints"
 # (which it covers too), so a complete run can be checked against what training wrote.
 MANIFEST = "run_manifest.json"
 MANIFEST_VERSION = 1
-# What a run from before the manifest needs: the model, its config and a tokenizer (without one,
-# AutoTokenizer silently builds a 5-token tokenizer and every text comes out "fake").
-LEGACY_REQUIRED = (MODEL_WEIGHTS, "config.json", "tokenizer_config.json", RUN_CONFIG, COMPLETE_MARKER)
+# What a run from before the manifest needs: the model, its config and a tokenizer vocabulary (without
+# one, AutoTokenizer silently builds a 5-token tokenizer and every text comes out "fake").
+LEGACY_REQUIRED = (MODEL_WEIGHTS, "config.json", RUN_CONFIG, COMPLETE_MARKER)
 VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 
 

@@ -129,14 +129,14 @@ class TrainOptions:
         """What is wrong with the first out-of-range option, if anything."""
         from newsclf import config as c
 
+        def show(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
         def bad(flag: str, value: Any, low: float, high: float = math.inf, *, integer: bool = False,
                 low_open: bool = False, high_open: bool = False, interval: bool = False) -> str | None:  # fmt: skip
             kinds = (int,) if integer else (int, float)
             if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
                 return f"{flag} must be {'an integer' if integer else 'a finite number'}"
-            def show(x: float) -> str:
-                return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
             below = not (value > low if low_open else value >= low)
             above = not (value < high if high_open else value <= high)
             if interval and (below or above):
@@ -219,7 +219,8 @@ def checkpoint_problem(ckpt: Path) -> str | None:
                 if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                     return f"{MODEL_WEIGHTS} holds NaN or infinite weights ({key})"
     except (OSError, SafetensorError) as e:
-        return f"{MODEL_WEIGHTS} is unreadable: {str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__}"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        return f"{MODEL_WEIGHTS} is unreadable: {first}"
     return None
 
 

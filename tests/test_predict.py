@@ -1,4 +1,9 @@
-"""`newsclf predict` and `newsclf evaluate` on a tiny trained run; the numpy metrics."""
+"""`newsclf predict` and `newsclf evaluate` on a tiny trained run; the numpy metrics.
+
+Faults covered here (issue 15): a CSV field over csv's 128 KiB default in `predict --file` and
+`evaluate --data`, a latin-1 CSV (the same message as `data prepare`), an unwritable `evaluate --plot`.
+Incomplete or damaged runs are in tests/test_runs.py.
+"""
 
 from __future__ import annotations
 

@@ -265,7 +265,7 @@ def test_a_run_from_before_the_manifest_needs_its_files(cli, tiny_run):
     r = cli("predict", "--model", str(old), FAKE)
     assert r.exit_code == 1
     assert r.stderr.strip() == (
-        f"Error: Run {old} is incomplete (tokenizer_config.json missing; tokenizer vocabulary missing (none of "
+        f"Error: Run {old} is incomplete (tokenizer vocabulary missing (none of "
         "tokenizer.json, vocab.txt, vocab.json, spiece.model, sentencepiece.bpe.model)): pull it again "
         f"(`newsclf models pull {old.name}`) or train a new one, or pick another with --model"
     )

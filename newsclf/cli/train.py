@@ -457,7 +457,6 @@ def evaluate(
     run = resolve_run(Path(settings.models_dir), model)
     _quiet_libraries()
     from newsclf.evaluate import check_plot_path, default_data, evaluate_model, plot_evaluation
-
     from newsclf.predict import Predictor
 
     if plot is not None:
