@@ -1,4 +1,10 @@
-"""`newsclf train`: a tiny random BERT end to end, resume after kill -9 and Ctrl-C, DDP, W&B, demo."""
+"""`newsclf train`: a tiny random BERT end to end, resume after kill -9 and Ctrl-C, DDP, W&B, demo.
+
+Faults covered here (issue 15): a Hub id for --model with no network (fails after one short probe, not
+a minute of retries) or not cached under HF_HUB_OFFLINE, and an unreachable W&B server (no ./wandb/ left).
+Divergence, damaged checkpoints and incomplete runs are in tests/test_runs.py, option ranges in
+tests/test_validation.py.
+"""
 
 from __future__ import annotations
 
