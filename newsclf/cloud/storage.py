@@ -1159,6 +1159,11 @@ def pull_run(
     if marker.exists() and not all(_same_file(d, o) for o, d in pairs):
         marker.unlink()
     transfer = download_objects(client, b, pairs, last={lay.metrics}, progress=progress)
+    try:
+        local_runs.check_run(run_dir)  # what arrived is the run training wrote, or it is not used
+    except InputError:
+        marker.unlink(missing_ok=True)
+        raise
 
     link = Path(models_dir) / local_runs.LATEST
     current = os.readlink(link) if link.is_symlink() else None
@@ -1184,6 +1189,7 @@ def check_pushable(run_dir: Path) -> str:
         )
     if not (run_dir / local_runs.RUN_CONFIG).is_file():
         raise InputError(f"{run_dir} has no {local_runs.RUN_CONFIG}: it is not a newsclf training run")
+    local_runs.check_run(run_dir)  # every file there, as training wrote it
     return run_id
 
 
