@@ -7,7 +7,7 @@ import logging
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,6 +16,16 @@ log = logging.getLogger(__name__)
 
 ENV_PREFIX = "NEWSCLF_"
 ENV_FILE = ".env"
+
+# Ranges of the numeric training options, shared by the settings and the train flags (TrainOptions.validate)
+MAX_EPOCHS = 1000.0
+MAX_BATCH_SIZE = 4096
+MAX_LR = 1.0  # AdamW steps of this size already wreck a pretrained encoder
+MIN_MAX_LENGTH = 8
+MAX_MAX_LENGTH = 131072  # the base model's own limit (max_position_embeddings) is checked when it is loaded
+MAX_PATIENCE = 1000
+MAX_SEED = 2**32 - 1  # numpy's seeds stop here
+MAX_RUN_HOURS = 24 * 120  # Compute Engine's max_run_duration goes up to 120 days
 
 
 class Settings(BaseSettings):
@@ -35,16 +45,16 @@ class Settings(BaseSettings):
 
     # training defaults (chosen for 2 CPU cores; a GPU is picked up automatically)
     base_model: str = ""  # empty: the packaged all-MiniLM-L6-v2 (offline)
-    max_length: int = 128  # tokens kept per article (title first); 128 = 256's F1 at 2x speed (bench/README.md)
-    epochs: float = 3.0  # upper bound; early stopping usually ends sooner
-    batch_size: int = 16  # per device
-    lr: float = 5e-5  # small encoders like a higher rate than BERT-base
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1  # fraction of steps spent warming up the lr
-    patience: int = 2  # evaluations without macro-F1 gain before stopping
-    seed: int = 42
-    attention_dropout: float = 0.0  # on attention probabilities: 0 = 1.2-1.3x faster CPU steps, same F1 (bench/README.md)
-    precision: str = "auto"  # auto|bf16|fp16|tf32|fp32; auto: TF32 on Ampere+ GPUs (fp16 older), bf16 on AMX CPUs, else fp32
+    max_length: int = Field(default=128, ge=MIN_MAX_LENGTH, le=MAX_MAX_LENGTH)  # tokens kept per article (title first); 128 = 256's F1 at 2x speed (bench/README.md)
+    epochs: float = Field(default=3.0, gt=0, le=MAX_EPOCHS, allow_inf_nan=False)  # upper bound; early stopping usually ends sooner
+    batch_size: int = Field(default=16, ge=1, le=MAX_BATCH_SIZE)  # per device
+    lr: float = Field(default=5e-5, gt=0, le=MAX_LR, allow_inf_nan=False)  # small encoders like a higher rate than BERT-base
+    weight_decay: float = Field(default=0.01, ge=0, le=1, allow_inf_nan=False)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1, allow_inf_nan=False)  # fraction of steps spent warming up the lr
+    patience: int = Field(default=2, ge=1, le=MAX_PATIENCE)  # evaluations without macro-F1 gain before stopping
+    seed: int = Field(default=42, ge=0, le=MAX_SEED)
+    attention_dropout: float = Field(default=0.0, ge=0, lt=1, allow_inf_nan=False)  # on attention probabilities: 0 = 1.2-1.3x faster CPU steps, same F1 (bench/README.md)
+    precision: Literal["auto", "bf16", "fp16", "tf32", "fp32"] = "auto"  # auto|bf16|fp16|tf32|fp32; auto: TF32 on Ampere+ GPUs (fp16 older), bf16 on AMX CPUs, else fp32
     wandb_project: str = "newsclf"
     wandb_entity: str | None = None
     wandb_api_key: SecretStr | None = Field(
@@ -61,8 +71,8 @@ class Settings(BaseSettings):
     image: str | None = None  # training image; default REGION-docker.pkg.dev/PROJECT/REPO/newsclf-train
     vm_name: str = "newsclf-train"
     machine_type: str = "n1-standard-8"
-    disk_gb: int = 100
-    max_hours: float = 6.0  # the VM stops itself after this long, whatever happens
+    disk_gb: int = Field(default=100, ge=10, le=65536)  # GB: at least 10 (as `cloud run --disk-gb`), at most a 64 TB disk
+    max_hours: float = Field(default=6.0, gt=0, le=MAX_RUN_HOURS, allow_inf_nan=False)  # the VM stops itself after this long, whatever happens
     vm_image_project: str = "deeplearning-platform-release"
     vm_image_family: str = "common-cu129-ubuntu-2204-nvidia-580"  # driver 580: the CUDA 13 torch needs it
     wandb_secret: str | None = None  # Secret Manager secret holding the W&B key, for VMs
@@ -93,8 +103,12 @@ def get_settings() -> Settings:
     except ValidationError as e:
         err = e.errors()[0]
         name = str(err["loc"][0]) if err["loc"] else "?"
+        variable = name if name.upper().startswith(ENV_PREFIX) else f"{ENV_PREFIX}{name.upper()}"
+        field = Settings.model_fields.get(name.lower())
+        shown = "" if name.lower() in SECRET_FIELDS or field is None else f", not {err.get('input')}"
         raise ConfigError(
-            f"Invalid setting {ENV_PREFIX}{name.upper()}: {err['msg']}; fix it in the environment or .env"
+            f"Invalid setting {variable}: {err['msg'][0].lower()}{err['msg'][1:]}{shown}; "
+            f"fix {variable} in the environment or .env"
         ) from None
     for name, close in unknown_variables():
         hint = f"; did you mean {close}?" if close else ""

@@ -77,24 +77,30 @@ def _label_id(value: str, where: str) -> int:
 
 def read_labelled_csv(path: Path) -> tuple[list[str], list[int]]:
     """Texts and labels from a CSV with `text` and `label` columns (and an optional `title`)."""
-    from newsclf.data import article_text
+    import io
+
+    from newsclf.data import _decode, article_text  # _decode: the same UTF-8 check and fix as `data prepare`
+    from newsclf.predict import csv_fields_up_to
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path} not found: pass a prepared dataset directory or a CSV file to --data")
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        missing = [c for c in ("text", "label") if c not in columns]
-        if missing:
-            raise InputError(
-                f"{path} has no column {', '.join(map(repr, missing))} (found: {', '.join(columns) or 'none'}): "
-                "give --data a CSV with text and label columns"
-            )
-        texts, labels = [], []
-        for i, row in enumerate(reader, start=2):
-            texts.append(article_text(row.get("title"), row["text"] or ""))
-            labels.append(_label_id(row["label"] or "", f"{path} line {i}"))
+    reader = csv.DictReader(io.StringIO(_decode(path, path.read_bytes()), newline=""))
+    texts, labels = [], []
+    try:
+        with csv_fields_up_to():
+            columns = reader.fieldnames or []
+            missing = [c for c in ("text", "label") if c not in columns]
+            if missing:
+                raise InputError(
+                    f"{path} has no column {', '.join(map(repr, missing))} (found: {', '.join(columns) or 'none'}): "
+                    "give --data a CSV with text and label columns"
+                )
+            for row in reader:
+                texts.append(article_text(row.get("title"), row["text"] or ""))
+                labels.append(_label_id(row["label"] or "", f"{path} line {reader.line_num}"))
+    except csv.Error as e:
+        raise InputError(f"{path} line {reader.line_num}: unparseable CSV ({e}): fix the quoting on that line") from None
     if not texts:
         raise InputError(f"{path} has no rows: give --data a CSV with text and label columns")
     return texts, labels
@@ -170,6 +176,25 @@ def _curves(trainer_state: Path) -> tuple[list, list, list]:
     return train, ev_loss, ev_f1
 
 
+def check_plot_path(out: Path) -> Path:
+    """--plot's file name, checked before any work: a .png in a folder that exists or can be made, writable."""
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise InputError(f"--plot {out}: give a .png file name, e.g. --plot confusion.png")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise InputError(
+            f"Cannot write --plot {out} ({e.strerror or type(e).__name__}): pick a folder you can write to"
+        ) from None
+    if out.is_dir():
+        raise InputError(f"--plot {out} is a folder: give a .png file name, e.g. --plot {out / 'confusion.png'}")
+    return out
+
+
 def plot_evaluation(result: dict[str, Any], out: Path, trainer_state: Path | None = None) -> Path:
     """A PNG with the confusion matrix, plus loss and F1 per epoch when trainer_state has them."""
     import matplotlib
@@ -177,9 +202,7 @@ def plot_evaluation(result: dict[str, Any], out: Path, trainer_state: Path | Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise InputError(f"--plot {out}: give a .png file name, e.g. --plot confusion.png")
+    out = check_plot_path(out)
     train, ev_loss, ev_f1 = _curves(trainer_state) if trainer_state else ([], [], [])
     panels = 1 + bool(train or ev_loss) + bool(ev_f1)
     fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 4), squeeze=False)
@@ -213,16 +236,21 @@ def plot_evaluation(result: dict[str, Any], out: Path, trainer_state: Path | Non
         ax.set_xlabel("epoch")
         ax.set_title("validation macro-F1")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-    os.close(fd)
+    tmp = ""
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
+        os.close(fd)
         fig.savefig(tmp, dpi=100)
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o644 & ~mask)  # mkstemp made it 0600
         os.replace(tmp, out)
+    except OSError as e:
+        raise InputError(
+            f"Cannot write --plot {out} ({e.strerror or type(e).__name__}): pick a folder you can write to"
+        ) from None
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
     return out

@@ -7,19 +7,32 @@ import io
 import json
 import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from newsclf.errors import InputError
-from newsclf.runs import MODEL_WEIGHTS, RUN_CONFIG
+from newsclf.runs import RUN_CONFIG, check_run
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 32
 MAX_POSITIONS = 512  # BERT-family limit when a run records no max_length
 CHARS_PER_TOKEN = 8  # generous: English wordpieces average ~4-5 characters
+CSV_FIELD_LIMIT = 1 << 30  # as `data prepare`: ISOT has 50k-character articles; csv's default is 128 KiB
+
+
+@contextmanager
+def csv_fields_up_to(limit: int = CSV_FIELD_LIMIT) -> Iterator[None]:
+    """csv's process-wide field size limit raised while reading, then restored."""
+    previous = csv.field_size_limit()
+    csv.field_size_limit(max(previous, limit))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
 
 
 def read_texts(source: str | Path, *, stdin: io.TextIOBase | None = None) -> list[str]:
@@ -38,19 +51,22 @@ def read_texts(source: str | Path, *, stdin: io.TextIOBase | None = None) -> lis
     if not path.is_file():
         raise InputError(f"{path} not found: pass an existing .txt, .csv or .jsonl file to --file")
     suffix = path.suffix.lower()
-    try:
-        raw = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError(f"{path} is not UTF-8 text: convert it, e.g. `iconv -t utf-8 {path}`") from None
+    from newsclf.data import _decode  # the same UTF-8 check and fix as `data prepare`
+
+    raw = _decode(path, path.read_bytes())
     if suffix == ".csv":
         reader = csv.DictReader(io.StringIO(raw, newline=""))
-        columns = reader.fieldnames or []
-        if "text" not in columns:
-            raise InputError(
-                f"{path} has no column 'text' (found: {', '.join(columns) or 'none'}): "
-                "name the article column text (an optional title column is used too)"
-            )
-        texts = [article_text(row.get("title"), row["text"] or "") for row in reader]
+        try:
+            with csv_fields_up_to():
+                columns = reader.fieldnames or []
+                if "text" not in columns:
+                    raise InputError(
+                        f"{path} has no column 'text' (found: {', '.join(columns) or 'none'}): "
+                        "name the article column text (an optional title column is used too)"
+                    )
+                texts = [article_text(row.get("title"), row["text"] or "") for row in reader]
+        except csv.Error as e:
+            raise InputError(f"{path} line {reader.line_num}: unparseable CSV ({e}): fix the quoting on that line") from None
     elif suffix in (".jsonl", ".ndjson"):
         texts = []
         for i, line in enumerate(raw.splitlines(), start=1):
@@ -105,11 +121,9 @@ class Predictor:
         self, run_dir: Path, *, device: str | None = None, max_length: int | None = None, precision: str = "auto"
     ):
         run_dir = Path(run_dir)
-        if not (run_dir / MODEL_WEIGHTS).is_file():
-            raise InputError(
-                f"{run_dir} has no {MODEL_WEIGHTS}: pass a newsclf run directory (or `latest`) to --model"
-            )
+        check_run(run_dir)  # a missing tokenizer loads as a 5-token one and labels everything alike
         import torch
+        from safetensors import SafetensorError
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from newsclf.train import PRECISIONS, resolve_precision
@@ -124,8 +138,9 @@ class Predictor:
             self.model = AutoModelForSequenceClassification.from_pretrained(
                 run_dir, use_safetensors=True, dtype=torch.float32
             )
-        except (OSError, ValueError) as e:
-            raise InputError(f"Cannot load the model in {run_dir} ({e.__class__.__name__}): retrain it, or pick "
+        except (OSError, ValueError, SafetensorError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise InputError(f"Cannot load the model in {run_dir} ({first}): pull or train it again, or pick "
                              "another with --model") from e  # fmt: skip
         self.run_dir = run_dir
         if self.precision in ("bf16", "fp16"):

@@ -13,7 +13,9 @@ import json
 import logging
 import math
 import os
+import pickle
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -24,7 +26,18 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from newsclf.data import LABELS
 from newsclf.errors import InputError
-from newsclf.runs import CHECKPOINTS, COMPLETE_MARKER, RUN_CONFIG, is_complete, new_run_id, update_latest
+from newsclf.runs import (
+    CHECKPOINTS,
+    COMPLETE_MARKER,
+    MANIFEST,
+    MODEL_WEIGHTS,
+    RUN_CONFIG,
+    build_manifest,
+    is_complete,
+    json_safe,
+    new_run_id,
+    update_latest,
+)
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -97,26 +110,61 @@ class TrainOptions:
         values.setdefault("attention_dropout", None)  # runs from before the option kept the model's own
         values["data_dir"] = Path(cfg["dataset"])
         values["models_dir"] = Path(run_dir).parent
-        return cls(**values)
+        options = cls(**values)
+        problem = options.problem()
+        if problem is not None:  # e.g. `--epochs inf` from before options were checked for finiteness
+            raise InputError(
+                f"{Path(run_dir) / RUN_CONFIG} has a setting out of range ({problem.replace('must', 'should')}): "
+                "this run cannot be resumed; start a new one with `newsclf train`"
+            )
+        return options
 
     def validate(self) -> None:
-        """Raise InputError naming the first out-of-range option."""
-        checks = [
-            (self.epochs > 0, "--epochs must be > 0"),
-            (self.batch_size >= 1, "--batch-size must be >= 1"),
-            (self.lr > 0, "--lr must be > 0"),
-            (self.weight_decay >= 0, "--weight-decay must be >= 0"),
-            (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
-            (self.max_length >= 8, "--max-length must be >= 8"),
-            (self.patience >= 1, "--patience must be >= 1"),
-            (self.attention_dropout is None or 0 <= self.attention_dropout < 1, "--attention-dropout must be in [0, 1)"),
-            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
-            (self.max_train_samples is None or self.max_train_samples >= 1, "--max-train-samples must be >= 1"),
-            (self.max_eval_samples is None or self.max_eval_samples >= 1, "--max-eval-samples must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(f"{message}: fix the flag or its NEWSCLF_* setting")
+        """Raise InputError naming the first out-of-range option (NaN and infinities are out of every range)."""
+        problem = self.problem()
+        if problem is not None:
+            raise InputError(f"{problem}: fix the flag or its NEWSCLF_* setting")
+
+    def problem(self) -> str | None:
+        """What is wrong with the first out-of-range option, if anything."""
+        from newsclf import config as c
+
+        def show(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+        def bad(flag: str, value: Any, low: float, high: float = math.inf, *, integer: bool = False,
+                low_open: bool = False, high_open: bool = False, interval: bool = False) -> str | None:  # fmt: skip
+            kinds = (int,) if integer else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+                return f"{flag} must be {'an integer' if integer else 'a finite number'}"
+            below = not (value > low if low_open else value >= low)
+            above = not (value < high if high_open else value <= high)
+            if interval and (below or above):
+                return f"{flag} must be in {'(' if low_open else '['}{show(low)}, {show(high)}{')' if high_open else ']'}"
+            if below:
+                return f"{flag} must be {'>' if low_open else '>='} {show(low)}"
+            if above:
+                return f"{flag} must be {'<' if high_open else '<='} {show(high)}"
+            return None
+
+        problems = [
+            bad("--epochs", self.epochs, 0, c.MAX_EPOCHS, low_open=True),
+            bad("--batch-size", self.batch_size, 1, c.MAX_BATCH_SIZE, integer=True),
+            bad("--lr", self.lr, 0, c.MAX_LR, low_open=True),
+            bad("--weight-decay", self.weight_decay, 0, 1),
+            bad("--warmup-ratio", self.warmup_ratio, 0, 1, high_open=True, interval=True),
+            bad("--max-length", self.max_length, c.MIN_MAX_LENGTH, c.MAX_MAX_LENGTH, integer=True),
+            bad("--patience", self.patience, 1, c.MAX_PATIENCE, integer=True),
+            bad("--seed", self.seed, 0, c.MAX_SEED, integer=True),
+            None if self.attention_dropout is None
+            else bad("--attention-dropout", self.attention_dropout, 0, 1, high_open=True, interval=True),
+            None if self.precision in PRECISIONS else f"--precision must be one of {', '.join(PRECISIONS)}",
+            None if self.max_train_samples is None
+            else bad("--max-train-samples", self.max_train_samples, 1, integer=True),
+            None if self.max_eval_samples is None
+            else bad("--max-eval-samples", self.max_eval_samples, 1, integer=True),
+        ]  # fmt: skip
+        return next((p for p in problems if p is not None), None)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -154,6 +202,49 @@ def find_checkpoint(run_dir: Path) -> Path | None:
         return None
     done = [p for p in root.glob("checkpoint-*") if (p / TRAINER_STATE).is_file() and p.name[11:].isdigit()]
     return max(done, key=lambda p: int(p.name[11:]), default=None)
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why a checkpoint's weights cannot be resumed from (unreadable, or NaN/Infinity in them), if they cannot."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    weights = Path(ckpt) / MODEL_WEIGHTS
+    if not weights.is_file():
+        return f"no {MODEL_WEIGHTS}"
+    try:
+        with safe_open(str(weights), "pt") as f:
+            for key in f.keys():
+                tensor = f.get_tensor(key)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    return f"{MODEL_WEIGHTS} holds NaN or infinite weights ({key})"
+    except (OSError, SafetensorError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        return f"{MODEL_WEIGHTS} is unreadable: {first}"
+    return None
+
+
+def resumable_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint of a run with finite, readable weights (a damaged newer one is skipped, with a
+    warning); None when the run has none yet. InputError when every checkpoint is damaged."""
+    root = Path(run_dir) / CHECKPOINTS
+    candidates = []
+    if root.is_dir():
+        candidates = [p for p in root.glob("checkpoint-*") if (p / TRAINER_STATE).is_file() and p.name[11:].isdigit()]
+    damaged: list[str] = []
+    for ckpt in sorted(candidates, key=lambda p: int(p.name[11:]), reverse=True):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            if damaged:
+                log.warning("Skipping damaged %s: resuming from %s", "; ".join(damaged), ckpt.name)
+            return ckpt
+        damaged.append(f"{ckpt.name} ({problem})")
+    if damaged:
+        raise InputError(
+            f"Cannot resume run {Path(run_dir).name}: {'; '.join(damaged)}, and no earlier checkpoint is intact: "
+            f"delete {root} to train it from the start, or start a new run"
+        )
+    return None
 
 
 def find_unfinished(models_dir: Path) -> Path:
@@ -239,9 +330,10 @@ def cpu_bf16_fast() -> bool:
         return False
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
+def _write_json_atomic(path: Path, data: Any, **dumps: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    # NaN/Infinity are not JSON: null, never a bare NaN that strict readers reject
+    tmp.write_text(json.dumps(json_safe(data), indent=2, default=str, allow_nan=False, **dumps) + "\n")
     os.replace(tmp, path)
 
 
@@ -285,19 +377,42 @@ def _world_size() -> int:
 ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")
 
 
+HUB_PROBE_TIMEOUT_S = 3.0  # offline, huggingface_hub retries each file for over a minute; one short probe decides
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def _hub_reachable() -> bool:
+    """Whether the Hugging Face Hub (HF_ENDPOINT) answers at all, within HUB_PROBE_TIMEOUT_S."""
+    from huggingface_hub import constants, get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT_S)
+    except Exception:  # noqa: BLE001 - any failure to connect means: do not wait for the Hub
+        return False
+    return True
+
+
 def _load_base(name: str, *, seed: int, attention_dropout: float | None = None) -> tuple[Any, Any]:
     import torch
+    from huggingface_hub import constants, is_offline_mode
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
     path = default_base_model() if name in ("", PACKAGED_MODEL) else name
+    hub_id = not Path(path).exists() and bool(_HUB_ID.match(path))
+    # the variable too: huggingface_hub reads it once, at import
+    offline = is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    unreachable = hub_id and not offline and not _hub_reachable()
+    cache_only = {"local_files_only": True} if unreachable or offline else {}  # a cached copy loads without the Hub
     set_seed(seed)  # the classifier head is initialised here
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, **cache_only)
         config = AutoConfig.from_pretrained(
             path,
             num_labels=len(LABELS),
             id2label=dict(enumerate(LABELS)),
             label2id={name: i for i, name in enumerate(LABELS)},
+            **cache_only,
         )
         if attention_dropout is not None:
             for key in ATTENTION_DROPOUT_KEYS:
@@ -308,11 +423,23 @@ def _load_base(name: str, *, seed: int, attention_dropout: float | None = None) 
             config=config,
             use_safetensors=True,
             dtype=torch.float32,  # fp32 master weights even for checkpoints stored in fp16/bf16 (autocast does the rest)
+            **cache_only,
         )
         # Sequence classifiers take **kwargs but ignore num_items_in_batch; left True, the Trainer
         # multiplies their loss (and gradients) by the number of processes under DDP.
         model.accepts_loss_kwargs = False
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:
+        if unreachable:
+            raise InputError(
+                f"Cannot download --model {name}: the Hugging Face Hub ({constants.ENDPOINT}) is not reachable and "
+                "it is not in the cache: connect to the network, pass --model with a local directory, or set "
+                "HF_HUB_OFFLINE=1 to use only cached models"
+            ) from e
+        if hub_id and offline:
+            raise InputError(
+                f"--model {name} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: unset HF_HUB_OFFLINE "
+                "to download it (needs network), or pass --model with a local directory"
+            ) from e
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(
             f"Cannot load base model {name or path!r} ({first[:200]}): pass --model with a local directory "
@@ -368,6 +495,8 @@ def _start_wandb(options: TrainOptions, run_id: str, config: dict[str, Any]) -> 
     timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", WANDB_INIT_TIMEOUT_S))
     if wandb.run is not None:  # the caller started one: report into it
         return "caller's"
+    local_dir = Path(os.environ.get("WANDB_DIR") or ".") / "wandb"  # where wandb.init writes its files
+    before = set(local_dir.iterdir()) if local_dir.is_dir() else None
     try:
         wandb.teardown()  # settings cached by an earlier run in this process must not leak into this one
         wandb.init(
@@ -388,8 +517,22 @@ def _start_wandb(options: TrainOptions, run_id: str, config: dict[str, Any]) -> 
             wandb.teardown()
         except Exception:  # noqa: BLE001
             pass
+        _remove_new_entries(local_dir, before)  # a run that never started leaves no ./wandb/ behind
         return None
     return "ours"
+
+
+def _remove_new_entries(folder: Path, before: set[Path] | None) -> None:
+    """Delete what appeared in folder since `before` was listed (the folder itself if it was not there)."""
+    if before is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    if folder.is_dir():
+        for entry in set(folder.iterdir()) - before:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
 
 def _stop_wandb() -> None:
@@ -415,19 +558,107 @@ def _epoch_metrics(history: list[dict[str, Any]], prefix: str) -> list[dict[str,
     return rows
 
 
-def _publish_model(run_dir: Path, model: Any, tokenizer: Any) -> None:
-    """Model + tokenizer files into run_dir, each moved into place whole."""
-    tmp = run_dir / ".final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)  # safetensors only
-    tokenizer.save_pretrained(tmp)
-    for f in sorted(tmp.iterdir()):
-        if f.suffix in (".bin", ".pt", ".pth", ".pkl"):  # never pickles in a run directory
+class TrainingDiverged(InputError):
+    """The loss, a metric or the weights became NaN or infinite: the run fails and is not published."""
+
+
+def _is_bad_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value)
+
+
+def _finite_guard() -> Any:
+    """A TrainerCallback that stops training at the first NaN/infinite loss or metric, before any checkpoint
+    holding it is saved, and records (step, name, value) in `.bad`."""
+    from transformers import TrainerCallback
+
+    class FiniteGuard(TrainerCallback):
+        def __init__(self) -> None:
+            self.bad: tuple[int, str, float] | None = None
+
+        def _check(self, values: dict[str, Any] | None, state: Any, control: Any) -> Any:
+            for key, value in (values or {}).items():
+                # grad_norm is left out: with fp16 the grad scaler skips steps whose gradients overflow
+                if self.bad is None and key != "grad_norm" and _is_bad_number(value):
+                    self.bad = (state.global_step, key, value)
+            if self.bad is not None:
+                control.should_training_stop = True
+                control.should_save = control.should_evaluate = False
+            return control
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+            return self._check(logs, state, control)
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001
+            return self._check(metrics, state, control)
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            return self._check(None, state, control)
+
+        def on_epoch_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            return self._check(None, state, control)
+
+    return FiniteGuard()
+
+
+def _non_finite(value: Any, path: str = "") -> str | None:
+    """The key path of the first NaN/infinite number in nested dicts and lists (e.g. `test.loss`), if any."""
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return path or "value" if _is_bad_number(value) else None
+    for key, item in items:
+        found = _non_finite(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def _non_finite_weights(model: Any) -> str | None:
+    import torch
+
+    for name, param in model.named_parameters():
+        if param.is_floating_point() and not bool(torch.isfinite(param).all()):
+            return f"weight {name}"
+    return None
+
+
+def _model_max_length(model: Any, tokenizer: Any) -> int | None:
+    """The most tokens the base model takes: its position embeddings, or its tokenizer's limit if lower."""
+    limits = [getattr(model.config, "max_position_embeddings", None)]
+    limits.append(getattr(tokenizer, "model_max_length", None))
+    sane = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]  # tokenizers say 1e30 for none
+    return min(sane) if sane else None
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")  # never pickles in a run directory
+
+
+def _publish(run_dir: Path, model: Any, tokenizer: Any, trainer_state: Any, metrics: dict[str, Any]) -> None:
+    """Write every file of the finished run to a staging folder, move them into run_dir, write the manifest
+    of them all, and rename metrics.json in last: that rename is the one step that makes the run complete."""
+    staging = run_dir / ".publish.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)  # safetensors only
+    tokenizer.save_pretrained(staging)
+    state = json_safe(dataclasses.asdict(trainer_state))  # fp16 steps can log an infinite grad_norm
+    _write_json_atomic(staging / TRAINER_STATE, state, sort_keys=True)
+    _write_json_atomic(staging / COMPLETE_MARKER, metrics)
+    staged = []
+    for f in sorted(staging.iterdir()):
+        if f.suffix in PICKLE_SUFFIXES or f.name.startswith("."):
             f.unlink()
             continue
         os.chmod(f, 0o644 & ~_umask())  # some writers create 0600 temp files
-        os.replace(f, run_dir / f.name)
-    shutil.rmtree(tmp, ignore_errors=True)
+        staged.append(f)
+    manifest = build_manifest([*staged, run_dir / RUN_CONFIG])
+    for f in staged:
+        if f.name != COMPLETE_MARKER:
+            os.replace(f, run_dir / f.name)
+    _write_json_atomic(run_dir / MANIFEST, manifest)
+    os.replace(staging / COMPLETE_MARKER, run_dir / COMPLETE_MARKER)  # last: the run is complete from here on
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _umask() -> int:
@@ -469,9 +700,13 @@ def run_training(
         resume_from = Path(resume_from)
         if resume_from.name.startswith("checkpoint-"):  # a checkpoint dir: its run is two levels up
             resume_ckpt, run_dir = resume_from, resume_from.parent.parent
+            problem = checkpoint_problem(resume_ckpt)
+            if problem is not None:
+                raise InputError(f"Cannot resume from {resume_ckpt}: {problem}; resume the run itself "
+                                 f"(`newsclf train --resume {run_dir.name}`) to use an earlier checkpoint")  # fmt: skip
         else:
             run_dir = resume_from
-            resume_ckpt = find_checkpoint(run_dir)
+            resume_ckpt = resumable_checkpoint(run_dir)
         if resume_ckpt is None:
             log.info("No checkpoint in %s yet: training it from the start", run_dir)
     run_dir = Path(run_dir) if run_dir is not None else Path(options.models_dir) / new_run_id(str(options))
@@ -523,7 +758,15 @@ def run_training(
     tokenizer, model = _load_base(options.base_model, seed=options.seed, attention_dropout=options.attention_dropout)
     if bf16 and not cuda:  # the CPU flash-attention backward is slow in bf16; eager attention is matmuls (AMX)
         model.set_attn_implementation("eager")
-    max_length = min(options.max_length, getattr(model.config, "max_position_embeddings", options.max_length))
+    max_length = options.max_length
+    limit = _model_max_length(model, tokenizer)
+    if limit is not None and max_length > limit:
+        if resume_from is None:
+            raise InputError(
+                f"--max-length {max_length} is more than {options.base_model or PACKAGED_MODEL} takes "
+                f"({limit} tokens): pass --max-length {limit} or less"
+            )
+        max_length = limit  # runs from before this check were capped silently: resume them the same way
     train_ds = _tokenize(tokenizer, train_rows, max_length)
     val_ds = _tokenize(tokenizer, val_rows, max_length)
     test_ds = _tokenize(tokenizer, test_rows, max_length)
@@ -552,6 +795,7 @@ def run_training(
         restore_callback_states_from_checkpoint=True,  # early-stopping patience survives a resume
         logging_strategy="steps",
         logging_steps=max(1, steps_per_epoch // 20),
+        logging_nan_inf_filter=False,  # a NaN loss must show, so that the run fails (_FiniteGuard)
         train_sampling_strategy="group_by_length",  # batches of similar length: little padding
         seed=options.seed,
         use_cpu=not cuda,
@@ -576,6 +820,8 @@ def run_training(
         callbacks=[EarlyStoppingCallback(early_stopping_patience=options.patience), *callbacks],
     )
     trainer.remove_callback(PrinterCallback)  # it prints dicts to stdout
+    guard = _finite_guard()
+    trainer.add_callback(guard)
 
     start_step = 0
     if resume_ckpt is not None:
@@ -583,12 +829,29 @@ def run_training(
         log.info("Resuming %s from %s (step %d)", run_id, resume_ckpt.name, start_step)
     try:
         t0 = time.perf_counter()
-        out = trainer.train(resume_from_checkpoint=str(resume_ckpt) if resume_ckpt else None)
+        try:
+            out = trainer.train(resume_from_checkpoint=str(resume_ckpt) if resume_ckpt else None)
+        except pickle.UnpicklingError:
+            if resume_ckpt is None:
+                raise
+            # torch's own message suggests weights_only=False, i.e. running whatever the file holds
+            raise InputError(
+                f"{resume_ckpt} holds a file that is not plain tensors (optimizer, scheduler or RNG state), and "
+                f"newsclf never loads such pickles: delete {resume_ckpt} to resume from an earlier checkpoint, "
+                "or start a new run"
+            ) from None
         runtime = time.perf_counter() - t0
-        test = trainer.evaluate(test_ds, metric_key_prefix="test")
+        if guard.bad is None:
+            test = trainer.evaluate(test_ds, metric_key_prefix="test")
     finally:
         if wandb_run == "ours":
             _stop_wandb()
+    if guard.bad is not None:
+        step, key, value = guard.bad
+        raise TrainingDiverged(
+            f"Training diverged: {key} was {value} at step {step}, so run {run_id} is not published; resume it from "
+            f"its last finite checkpoint (`newsclf train --resume {run_id}`), or start a new run with a lower --lr"
+        )
 
     epoch = float(trainer.state.epoch or 0.0)
     start_epoch = start_step / steps_per_epoch if steps_per_epoch else 0.0
@@ -611,13 +874,16 @@ def run_training(
             "train_examples": len(train_ds),
         },
     }
+    bad = _non_finite(metrics) or _non_finite_weights(trainer.model)
+    if bad is not None:
+        raise TrainingDiverged(
+            f"Training diverged: {bad} is not finite, so run {run_id} is not published; resume it from its last "
+            f"finite checkpoint (`newsclf train --resume {run_id}`), or start a new run with a lower --lr"
+        )
     if not trainer.is_world_process_zero():
         return TrainResult(run_id, run_dir, {}, run_config, str(resume_ckpt) if resume_ckpt else None, False)
 
-    _publish_model(run_dir, trainer.model, tokenizer)
-    trainer.state.save_to_json(str(run_dir / f".{TRAINER_STATE}.tmp"))
-    os.replace(run_dir / f".{TRAINER_STATE}.tmp", run_dir / TRAINER_STATE)
-    _write_json_atomic(run_dir / COMPLETE_MARKER, metrics)  # last: the run is complete from here on
+    _publish(run_dir, trainer.model, tokenizer, trainer.state, metrics)
     update_latest(run_dir.parent, run_id)
     if not options.keep_checkpoints:
         shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)

@@ -1,13 +1,18 @@
-"""A local stand-in for the Artifact Registry REST API (v1) subset `newsclf cloud setup` uses.
+"""A local stand-in for the Artifact Registry REST API (v1) subset newsclf uses.
 
 Driven by the real artifactregistry_v1 client (transport="rest"): repositories get/create and the
-long-running operation a create returns (done after `op_polls` polls, 0 = at once). Keeps the
-repositories in memory, records every request (method, path, query, JSON body as sent), and answers
-injected errors in Google's JSON error shape, so the client raises what it raises in production.
+long-running operation a create returns (done after `op_polls` polls, 0 = at once) for `cloud setup`;
+the tags and versions of docker images (`add_image()` pushes one, as a build does) for `cloud run`'s
+check that its image exists. Keeps everything in memory, records every request (method, path, query,
+JSON body as sent), checks each against the published contract (discovery document
+`artifactregistry.v1`) and answers what Google would reject with 400, recording it in `violations`
+(close() fails the test over any); injected errors come in Google's JSON error shape, so the client
+raises what it raises in production.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 import uuid
@@ -18,13 +23,18 @@ from typing import Any
 
 from tests.google_errors import google_error, service_disabled  # noqa: F401  (re-exported for tests)
 from tests.iam_standin import Policies
-from tests.rest_standin import Request, matching, read_request, send_reply
+from tests.rest_standin import Request, contract_violations, matching, read_request, reply_invalid, send_reply
 
 REPOSITORY_TYPE = "type.googleapis.com/google.devtools.artifactregistry.v1.Repository"
 METADATA_TYPE = "type.googleapis.com/google.devtools.artifactregistry.v1.OperationMetadata"
 # Repository.Format as the client sends it (the REST transport encodes enums as integers)
 FORMATS = {0: "FORMAT_UNSPECIFIED", 1: "DOCKER", 2: "MAVEN", 3: "NPM", 5: "APT", 6: "YUM", 8: "PYTHON"}
 REPO_ID = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
+# LOCATION-docker.pkg.dev/PROJECT/REPOSITORY/PACKAGE[:TAG][@DIGEST]; a package name may hold slashes
+DOCKER_IMAGE = re.compile(
+    r"(?P<location>[a-z0-9-]+)-docker\.pkg\.dev/(?P<project>[^/]+)/(?P<repo>[^/]+)/(?P<package>[^:@]+)"
+    r"(?::(?P<tag>[^@]+))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?"
+)
 
 
 def permission_denied(permission: str, resource: str) -> tuple[int, dict]:
@@ -54,7 +64,8 @@ def _now() -> str:
 
 class ArtifactRegistryStandIn:
     """`url` is the API endpoint; `repositories` maps the full name to the stored Repository JSON;
-    `add_repository()` seeds one; `fail()` injects an error answer."""
+    `add_repository()` seeds one, `add_image()` pushes an image; `fail()` injects an error answer;
+    `violations`: what Google's contract rejected, one line per request."""
 
     def __init__(self, *, op_polls: int = 1) -> None:
         self.op_polls = op_polls
@@ -63,6 +74,9 @@ class ArtifactRegistryStandIn:
         self.operations: dict[str, dict] = {}  # name -> {"polls_left", "repository"}
         self.faults: list[Fault] = []
         self.policies = Policies()  # repository IAM policies (getIamPolicy / setIamPolicy)
+        self.tags: dict[str, str] = {}  # tag name -> version name
+        self.versions: dict[str, dict] = {}  # version name -> Version JSON
+        self.violations: list[str] = []
         self.lock = threading.RLock()
         standin = self
 
@@ -86,8 +100,12 @@ class ArtifactRegistryStandIn:
     # --- test helpers -----------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Shut down; fails (AssertionError) if any request broke Google's contract, so no test passes
+        on a request Artifact Registry would refuse. A test that sends one on purpose clears `violations`."""
         self.server.shutdown()
         self.server.server_close()
+        if self.violations:
+            raise AssertionError("requests Artifact Registry would reject with 400:\n" + "\n".join(self.violations))
 
     def fail(self, method: str, path: str, answer: tuple[int, dict], *, times: int = 1) -> None:
         self.faults.append(Fault(method, path, answer, times))
@@ -97,6 +115,26 @@ class ArtifactRegistryStandIn:
         self.repositories[name] = self._repository(name, {"format": fmt})
         return self.repositories[name]
 
+    def add_image(self, image: str, *, digest: str | None = None) -> str:
+        """Push `image` (LOCATION-docker.pkg.dev/PROJECT/REPO/PACKAGE:TAG) as a docker push does: its
+        repository appears if missing, the tag moves to the version `digest` (default: from the name).
+        Returns the version's name."""
+        m = DOCKER_IMAGE.fullmatch(image)
+        if m is None:
+            raise ValueError(f"not an Artifact Registry docker image: {image}")
+        repo = f"projects/{m['project']}/locations/{m['location']}/repositories/{m['repo']}"
+        with self.lock:
+            if repo not in self.repositories:
+                self.add_repository(m["project"], m["location"], m["repo"])
+            package = f"{repo}/packages/{m['package'].replace('/', '%2F')}"
+            digest = digest or m["digest"] or "sha256:" + hashlib.sha256(image.encode()).hexdigest()
+            version = f"{package}/versions/{digest}"
+            now = _now()
+            self.versions.setdefault(version, {"name": version, "createTime": now, "updateTime": now})
+            if m["tag"]:
+                self.tags[f"{package}/tags/{m['tag']}"] = version
+        return version
+
     def calls(self, method: str | None = None, path: str = "") -> list[Request]:
         with self.lock:
             return matching(self.requests, method, path)
@@ -105,8 +143,13 @@ class ArtifactRegistryStandIn:
 
     def _dispatch(self, h: BaseHTTPRequestHandler) -> None:
         req = read_request(h)
+        errors = contract_violations("artifactregistry.v1", req)
         with self.lock:
             self.requests.append(req)
+            if errors:
+                self.violations.append(f"{req.method} {req.path}: {'; '.join(errors)}")
+                reply_invalid(h, errors)
+                return
             try:
                 code, payload = self._route(req.method, req.path, req.query, req.body)
             except Exception as e:  # a bug in the stand-in: make it visible in the test
@@ -138,7 +181,53 @@ class ArtifactRegistryStandIn:
         m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+/operations/[^/]+)", path)
         if m and method == "GET":
             return self._poll(m.group(1))
+        package = r"projects/[^/]+/locations/[^/]+/repositories/[^/]+/packages/[^/]+"
+        m = re.fullmatch(rf"/v1/({package})/tags/([^/]+)", path)
+        if m and method == "GET":
+            return self._tag(f"{m.group(1)}/tags/{m.group(2)}")
+        m = re.fullmatch(rf"/v1/({package})/tags", path)
+        if m and method == "GET":
+            return self._list_tags(m.group(1), query.get("filter", ""))
+        m = re.fullmatch(rf"/v1/({package})/versions/([^/]+)", path)
+        if m and method == "GET":
+            return self._version(f"{m.group(1)}/versions/{m.group(2)}", query.get("view", ""))
         return 404, google_error(404, "NOT_FOUND", f"stand-in does not serve {method} {path}")
+
+    def _missing(self, name: str) -> tuple[int, dict] | None:
+        """404 for a name under a repository that does not exist, as Artifact Registry answers it."""
+        repo = "/".join(name.split("/")[:6])
+        if repo not in self.repositories:
+            return 404, google_error(404, "NOT_FOUND", "Requested entity was not found.")
+        return None
+
+    def _tag(self, name: str) -> tuple[int, dict]:
+        version = self.tags.get(name)
+        if version is None:
+            return self._missing(name) or (404, google_error(404, "NOT_FOUND", f'Tag "{name}" was not found.'))
+        return 200, {"name": name, "version": version}
+
+    def _list_tags(self, package: str, filter_: str) -> tuple[int, dict]:
+        # the one filter newsclf uses: version="NAME" (Artifact Registry also takes name="..." with *)
+        m = re.fullmatch(r'\s*version\s*=\s*"([^"]+)"\s*', filter_) if filter_ else None
+        if filter_ and m is None:
+            return 400, google_error(400, "INVALID_ARGUMENT", f"invalid filter {filter_!r}")
+        tags = [
+            {"name": name, "version": version}
+            for name, version in sorted(self.tags.items())
+            if name.startswith(package + "/tags/") and (m is None or version == m.group(1))
+        ]
+        return self._missing(package) or (200, {"tags": tags} if tags else {})
+
+    def _version(self, name: str, view: str) -> tuple[int, dict]:
+        version = self.versions.get(name)
+        if version is None:
+            return self._missing(name) or (404, google_error(404, "NOT_FOUND", f'Version "{name}" was not found.'))
+        out = dict(version)
+        if view in ("FULL", "2"):  # VersionView.FULL, by name or (as the REST client sends it) by number
+            related = [{"name": t, "version": v} for t, v in sorted(self.tags.items()) if v == name]
+            if related:
+                out["relatedTags"] = related
+        return 200, out
 
     def _repository(self, name: str, body: dict) -> dict:
         fmt = body.get("format", 0)

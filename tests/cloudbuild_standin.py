@@ -1,6 +1,9 @@
 """A local stand-in for the Cloud Build REST API (v1), driven by the real cloudbuild_v1 client.
 
-It records every request, answers `projects.builds.create` with an Operation whose metadata holds
+It records every request, checks each against Cloud Build's published contract (the discovery
+document `cloudbuild.v1`: unknown fields, enum values, types; plus `build_rules`) and answers what Google would reject
+with 400, recording the violation in `violations` (stop() fails the test over any); it answers
+`projects.builds.create` with an Operation whose metadata holds
 the new build, and "builds" in a background thread: QUEUED for a moment (no log object yet), then
 WORKING while it writes the build log to the GCS emulator in pieces (re-uploading the growing
 object, split mid-line), then SUCCESS (results.images with digests) or FAILURE.
@@ -10,7 +13,7 @@ Errors are answered in Google's JSON error shape, so the client raises what it r
 from __future__ import annotations
 
 import hashlib
-import json
+import re
 import threading
 import time
 import uuid
@@ -20,10 +23,41 @@ from typing import Any
 
 from tests import google_errors
 from tests.google_errors import google_error
-from tests.rest_standin import send_reply
+from tests.rest_standin import Request, contract_violations, read_request, reply_invalid, send_reply
 
 BUILD_TYPE = "type.googleapis.com/google.devtools.cloudbuild.v1.Build"
 METADATA_TYPE = "type.googleapis.com/google.devtools.cloudbuild.v1.BuildOperationMetadata"
+
+
+# Docker's reference grammar (distribution/reference): lower-case path components, a tag of
+# [A-Za-z0-9_.-] up to 128 starting with a word character, or a digest. Cloud Build refuses a build
+# whose `images` break it ("invalid build: invalid image name").
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+DOCKER_REFERENCE = re.compile(
+    rf"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
+    r"(?:@sha256:[0-9a-f]{64})?"
+)
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
+MAX_DISK_GB = 4000  # BuildOptions.diskSizeGb: "builds that request more than the maximum are rejected"
+
+
+def build_rules(req: Request) -> list[str]:
+    """What the discovery document states only in prose (or Docker's grammar) about a new Build."""
+    if not (req.method == "POST" and req.path.endswith("/builds") and isinstance(req.body, dict)):
+        return []
+    body, errors = req.body, []
+    steps = body.get("steps") or []
+    if not steps:
+        errors.append("steps: required")
+    errors += [f"steps[{i}].name: required" for i, step in enumerate(steps) if not step.get("name")]
+    errors += [f"images: invalid image name {img!r}" for img in body.get("images", []) if not DOCKER_REFERENCE.fullmatch(img)]
+    disk = (body.get("options") or {}).get("diskSizeGb")
+    if disk is not None and str(disk).isdigit() and int(disk) > MAX_DISK_GB:
+        errors.append(f"options.diskSizeGb: {disk} GB is more than the maximum, {MAX_DISK_GB} GB")
+    logs = body.get("logsBucket")
+    if logs is not None and not BUCKET_NAME.fullmatch(logs.removeprefix("gs://").split("/", 1)[0]):
+        errors.append(f"logsBucket: {logs!r} does not name a bucket")
+    return errors
 
 
 def _now() -> str:
@@ -77,13 +111,16 @@ def default_log(build_id: str, build: dict) -> list[str]:
 class CloudBuildStandIn:
     """`url` is the API endpoint; `requests` the recorded calls; set `error` to answer the next
     create or list with that (status, body), `outcome` = "FAILURE" for a failing build, `log_lines` to
-    choose what the build writes."""
+    choose what the build writes; with a `registry`, a successful build pushes its images to it.
+    `violations`: what Google's contract rejected, one line per request."""
 
-    def __init__(self, storage_url: str, *, build_s: float = 2.0, pieces: int = 8) -> None:
+    def __init__(self, storage_url: str, *, build_s: float = 2.0, pieces: int = 8, registry: Any = None) -> None:
         self.storage_url = storage_url
+        self.registry = registry  # an ArtifactRegistryStandIn: a successful build pushes its images there
         self.build_s = build_s
         self.pieces = pieces
         self.requests: list[dict[str, Any]] = []
+        self.violations: list[str] = []
         self.builds: dict[str, dict] = {}
         self.error: tuple[int, dict] | None = None
         self.outcome = "SUCCESS"
@@ -111,19 +148,23 @@ class CloudBuildStandIn:
                 send_reply(self, status, body)
 
             def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                body = json.loads(raw) if raw else {}
-                self._dispatch("POST", body)
+                self._dispatch()
 
             def do_GET(self) -> None:
-                self._dispatch("GET", None)
+                self._dispatch()
 
-            def _dispatch(self, method: str, body: dict | None) -> None:
-                path = self.path.split("?", 1)[0]
+            def _dispatch(self) -> None:
+                req = read_request(self)
+                body = {} if req.body is None and req.method == "POST" else req.body
                 with standin._lock:
-                    standin.requests.append({"method": method, "path": path, "body": body})
-                status, reply = standin.handle(method, path, body)
+                    standin.requests.append({"method": req.method, "path": req.path, "body": body})
+                errors = contract_violations("cloudbuild.v1", req) + build_rules(req)
+                if errors:
+                    with standin._lock:
+                        standin.violations.append(f"{req.method} {req.path}: {'; '.join(errors)}")
+                    reply_invalid(self, errors)
+                    return
+                status, reply = standin.handle(req.method, req.path, body)
                 self._reply(status, reply)
 
         return Handler
@@ -240,12 +281,11 @@ class CloudBuildStandIn:
             build["finishTime"] = _now()
             if self.outcome == "SUCCESS":
                 build["status"] = "SUCCESS"
-                build["results"] = {
-                    "images": [
-                        {"name": img, "digest": "sha256:" + hashlib.sha256(f"{build_id}/{img}".encode()).hexdigest()}
-                        for img in build.get("images", [])
-                    ]
-                }
+                # one docker image, many tags: every name shares the build's digest, as a push gives them
+                digest = "sha256:" + hashlib.sha256(build_id.encode()).hexdigest()
+                build["results"] = {"images": [{"name": img, "digest": digest} for img in build.get("images", [])]}
+                for img in build.get("images", []) if self.registry is not None else ():
+                    self.registry.add_image(img, digest=digest)
             else:
                 build["status"] = self.outcome
                 build["failureInfo"] = {
@@ -265,7 +305,11 @@ class CloudBuildStandIn:
             t.join(max(0.0, deadline - time.time()))
 
     def stop(self) -> None:
+        """Shut down; fails (AssertionError) if any request broke Google's contract, so no test passes
+        on a request Cloud Build would refuse. A test that sends one on purpose clears `violations`."""
         self._stop.set()
         self.wait_idle()
         self.server.shutdown()
         self.server.server_close()
+        if self.violations:
+            raise AssertionError("requests Cloud Build would reject with 400:\n" + "\n".join(self.violations))

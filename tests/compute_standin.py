@@ -754,7 +754,8 @@ from google.cloud import storage
 
 p = argparse.ArgumentParser()
 p.add_argument("--bucket"); p.add_argument("--run-id"); p.add_argument("--fail", action="store_true")
-p.add_argument("--sleep", type=float, default=0.0)
+# how long the job runs, in seconds: a real train option, since `cloud run` refuses any other
+p.add_argument("--patience", dest="sleep", type=float, default=0.0)
 a, rest = p.parse_known_args()
 bucket = storage.Client(project="test-project", credentials=AnonymousCredentials()).bucket(a.bucket)
 def put(name, doc):
@@ -906,8 +907,16 @@ def standin(gcs, tmp_path, monkeypatch):
     server.gcs = gcs  # type: ignore[attr-defined]
     # `cloud run` checks there is a dataset before it starts a VM; the e2e test uploads a real one
     gcs.bucket(gcs.test_bucket).blob("data/processed/manifest.json").upload_from_string("{}")
+    # ... and that its image is in Artifact Registry: the one `cloud build` pushes for this version
+    from newsclf import __version__
+    from tests.artifactregistry_standin import ArtifactRegistryStandIn
+
+    server.registry = ArtifactRegistryStandIn()  # type: ignore[attr-defined]
+    server.registry.add_image(f"europe-west1-docker.pkg.dev/test-project/newsclf/newsclf-train:{__version__}")
+    monkeypatch.setenv("NEWSCLF_ARTIFACTREGISTRY_API_ENDPOINT", server.registry.url)
     yield server
     server.close()
+    server.registry.close()
     assert not server.violations, "requests Google would reject:\n" + "\n".join(
         f"{r.method} {r.path}: {'; '.join(e)}" for r, e in server.violations
     )

@@ -69,9 +69,13 @@ def isot_sample() -> Path:
     return ISOT_SAMPLE
 
 
-@pytest.fixture(scope="session")
+BUCKET = "my-newsclf-bucket"  # as README writes it: a name containing "bucket" once broke every 404
+
+
+@pytest.fixture
 def fake_gcs(tmp_path_factory):
-    """A real fake-gcs-server for the session; tests point STORAGE_EMULATOR_HOST at `.url`."""
+    """A real fake-gcs-server per test (~0.1 s), so every test can use the same bucket name as a user
+    would; tests point STORAGE_EMULATOR_HOST at `.url`."""
     from tests.gcs_emulator import FakeGCS
 
     server = FakeGCS(tmp_path_factory.mktemp("fake-gcs"))
@@ -81,17 +85,14 @@ def fake_gcs(tmp_path_factory):
 
 @pytest.fixture
 def gcs(fake_gcs, monkeypatch):
-    """STORAGE_EMULATOR_HOST set, and a fresh empty bucket named in NEWSCLF_BUCKET; yields a client."""
-    import uuid
-
+    """STORAGE_EMULATOR_HOST set, and an empty bucket `my-newsclf-bucket` named in NEWSCLF_BUCKET; yields a client."""
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake_gcs.url)
     monkeypatch.setenv("NEWSCLF_GCP_PROJECT", "test-project")
-    bucket = f"b-{uuid.uuid4().hex[:12]}"
-    monkeypatch.setenv("NEWSCLF_BUCKET", bucket)
+    monkeypatch.setenv("NEWSCLF_BUCKET", BUCKET)
     client = storage.Client(project="test-project", credentials=AnonymousCredentials())
-    client.create_bucket(bucket)
-    client.test_bucket = bucket  # type: ignore[attr-defined]
+    client.create_bucket(BUCKET)
+    client.test_bucket = BUCKET  # type: ignore[attr-defined]
     return client

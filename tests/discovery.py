@@ -117,6 +117,8 @@ def schema_errors(api: str, schema: dict, value: Any, where: str = "", method_id
         if fmt in ("int64", "uint64"):  # proto3 JSON: a decimal string (numbers are accepted too)
             ok = isinstance(value, (str, int)) and not isinstance(value, bool) and INT64.fullmatch(str(value))
             return [] if ok else [f"{name}: expected an {fmt}, got {value!r}"]
+        if "enum" in schema and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return []  # proto3 JSON takes an enum's number too, and the REST clients send numbers
         if not isinstance(value, str):
             return [f"{name}: expected a string, got {value!r}"]
         if fmt == "google-duration" and not DURATION.fullmatch(value):
@@ -298,7 +300,8 @@ def contract_errors(api: str, http_method: str, path: str, query: dict[str, str]
     params = method.get("parameters", {})
     for key, value in query.items():
         if key in params and params[key].get("location") == "query":
-            errors += schema_errors(api, params[key], value if params[key].get("type") == "string" else _scalar(value), key)
+            as_text = params[key].get("type") == "string" and not ("enum" in params[key] and value.isdigit())
+            errors += schema_errors(api, params[key], value if as_text else _scalar(value), key)
     if "request" in method and body is not None:
         errors += schema_errors(api, method["request"], body, method_id=method["id"])
     rules = RULES.get(api)

@@ -6,13 +6,22 @@
         assert [s.fault for s in proxy.seen if s.fault] == ["503", "503"]
 
 Actions:
-  "status"      answer with `status` and a GCS-shaped JSON error body without forwarding (503 by default)
-  "reset"       read the request, then drop the connection (TCP RST) without forwarding it
-  "reset-after" forward it (the emulator applies it), then drop the connection: the answer is lost
-  "truncate"    forward it, send the headers and half of the body, then drop the connection
-  "corrupt"     forward it and flip one byte in the middle of the response body
+  "status"          answer with `status` and a GCS-shaped JSON error body without forwarding (503 by default)
+  "reset"           read the request, then drop the connection (TCP RST) without forwarding it
+  "reset-request"   read only half of the request body (an upload cut off midway), then drop the connection
+  "reset-after"     forward it (the emulator applies it), then drop the connection: the answer is lost
+  "truncate"        forward it, send the headers and half of the body, then drop the connection
+  "corrupt"         forward it and flip one byte in the middle of the response body
+  "corrupt-request" flip one byte in the middle of the request body, then forward it
+  "stall"           forward it, then send nothing for `delay` seconds before answering (a hung server)
+  "stall-body"      forward it, send the headers and half of the body, then stall `delay` seconds and drop
 Matching requests are counted per fault; `nth` picks which (1-based), None means all of them.
 Responses pointing at the emulator (Location headers, JSON bodies) are rewritten to point here.
+
+`token=True` also serves an OAuth token endpoint at `/token` (not forwarded): each POST answers a
+fresh access token `token-N`, so a client with refreshable credentials can be sent a 401 mid-transfer
+and be seen refreshing (Fault("status", path="/token", status=400) makes the refresh fail).
+`port` binds a given port: a client may be pointed at it before it listens (connection refused).
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ class Fault:
     nth: Collection[int] | None = None  # which matching requests (1-based); None: all
     status: int = 503
     body: dict | None = None  # for "status": the JSON error body (default: a GCS-shaped one)
+    delay: float = 5.0  # for "stall" / "stall-body": seconds of silence
     count: int = 0  # matching requests seen so far
 
     def matches(self, method: str, target: str) -> bool:
@@ -72,14 +82,19 @@ class FaultyProxy:
         *,
         throttle_bps: float | None = None,
         throttle_path: str = "alt=media",
+        token: bool = False,
+        port: int = 0,
     ) -> None:
         self.upstream = urlsplit(upstream)
         self.faults: list[Fault] = list(faults)
         self.throttle_bps = throttle_bps  # slows response bodies of matching requests (downloads)
         self.throttle_path = throttle_path
+        self.token = token
+        self.tokens_issued = 0
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._stop = threading.Event()  # ends stalls early when the proxy stops
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
         self._server.handle_error = lambda request, client_address: None  # dropped connections are the point
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -96,6 +111,7 @@ class FaultyProxy:
         self._thread.start()
 
     def stop(self) -> None:
+        self._stop.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -143,7 +159,10 @@ class FaultyProxy:
                 except OSError:
                     pass
 
-            def _body(self) -> bytes:
+            def _body(self, half: bool = False) -> bytes:
+                if half:  # then the caller drops the connection with the rest unread
+                    length = int(self.headers.get("Content-Length") or 0)
+                    return self.rfile.read(length // 2) if length > 1 else self.rfile.read1(1024)
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                     out = bytearray()
                     while True:
@@ -176,11 +195,12 @@ class FaultyProxy:
 
             def _proxy(self) -> None:
                 method, target = self.command, self.path
-                body = self._body()
-                seen = Seen(method, target, None, None, len(body), {k.lower(): v for k, v in self.headers.items()})
+                seen = Seen(method, target, None, None, 0, {k.lower(): v for k, v in self.headers.items()})
                 fault = proxy._admit(seen)
                 action = seen.fault
-                if action == "reset":
+                body = self._body(half=action == "reset-request")
+                seen.request_bytes = len(body)
+                if action in ("reset", "reset-request"):
                     self._drop()
                 if action == "status":
                     assert fault is not None
@@ -191,6 +211,18 @@ class FaultyProxy:
                     self.wfile.write(payload)
                     seen.status = fault.status
                     return
+                if proxy.token and method == "POST" and urlsplit(target).path == "/token":
+                    with proxy._lock:
+                        proxy.tokens_issued += 1
+                        issued = proxy.tokens_issued
+                    payload = json.dumps({"access_token": f"token-{issued}", "expires_in": 3600, "token_type": "Bearer"}).encode()
+                    self._send(200, [("Content-Type", "application/json")], payload)
+                    self.wfile.write(payload)
+                    seen.status = 200
+                    return
+                if action == "corrupt-request" and body:
+                    mid = len(body) // 2
+                    body = body[:mid] + bytes([body[mid] ^ 0xFF]) + body[mid + 1 :]
 
                 conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=120)
                 try:
@@ -216,11 +248,18 @@ class FaultyProxy:
                 if action == "corrupt" and data:
                     mid = len(data) // 2
                     data = data[:mid] + bytes([data[mid] ^ 0xFF]) + data[mid + 1 :]
+                if action == "stall":
+                    assert fault is not None
+                    proxy._stop.wait(fault.delay)
                 self._send(resp.status, out_headers, data)
                 seen.status = resp.status
-                if action == "truncate":
+                if action in ("truncate", "stall-body"):
                     self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
                     seen.status = None
+                    if action == "stall-body":
+                        assert fault is not None
+                        proxy._stop.wait(fault.delay)
                     self._drop()
                 if method == "HEAD":
                     return

@@ -81,7 +81,7 @@ def object_sha(gcs, name):
 
 
 def test_build_streams_the_log_once_and_prints_image_and_digest(cli, project, gcs, standin):
-    r = cli("cloud", "build")
+    r = cli("cloud", "build", "--source", ".")
     assert r.exit_code == 0, r.stderr
 
     [body] = standin.create_bodies()
@@ -89,14 +89,17 @@ def test_build_streams_the_log_once_and_prints_image_and_digest(cli, project, gc
     sha = obj.removeprefix("builds/").removesuffix(".tar.gz")
     assert body["source"]["storageSource"]["bucket"] == gcs.test_bucket
     assert object_sha(gcs, obj) == sha  # content-addressed
+    # tagged with the source hash, the newsclf version of the tree (its newsclf/__init__.py) and latest
     assert body["steps"] == [{
         "name": "gcr.io/cloud-builders/docker",
-        "args": ["build", "-t", f"{IMAGE}:{sha}", "-t", f"{IMAGE}:latest", "."],
+        "args": ["build", "-t", f"{IMAGE}:{sha}", "-t", f"{IMAGE}:0", "-t", f"{IMAGE}:latest", "."],
     }]
-    assert body["images"] == [f"{IMAGE}:{sha}", f"{IMAGE}:latest"]
+    assert body["images"] == [f"{IMAGE}:{sha}", f"{IMAGE}:0", f"{IMAGE}:latest"]
     assert body["tags"] == ["newsclf"]
     assert body["logsBucket"] == f"gs://{gcs.test_bucket}/builds/logs"
     assert body["timeout"] == "3600s"
+    # a worker sized for a 7 GB image, not the default small one (enums go as numbers: E2_HIGHCPU_8 = 5)
+    assert body["options"] == {"machineType": 5, "diskSizeGb": "200"}
 
     build_id = next(iter(standin.builds))
     written = standin.written_logs[build_id]
@@ -109,18 +112,22 @@ def test_build_streams_the_log_once_and_prints_image_and_digest(cli, project, gc
     digest = standin.builds[build_id]["results"]["images"][0]["digest"]
     out = r.stdout.splitlines()
     assert out[0] == f"Image   {IMAGE}:{sha}"
-    assert out[1] == f"Digest  {digest}"
-    assert out[2].startswith("Built in ") and out[2].endswith(f"(Cloud Build {build_id})")
+    assert out[1] == f"Tagged  {IMAGE}:0 (newsclf 0: what `cloud run` starts)"
+    assert out[2] == f"Digest  {digest}"
+    assert out[3].startswith("Built in ") and out[3].endswith(f"(Cloud Build {build_id})")
     assert f"Uploaded gs://{gcs.test_bucket}/{obj}" in r.stderr
 
 
 def test_build_json_shape(cli, project, gcs, standin):
-    r = cli("--json", "cloud", "build")
+    r = cli("--json", "cloud", "build", "--source", ".")
     assert r.exit_code == 0, r.stderr
     doc = r.json
     assert doc["status"] == "ok" and doc["command"] == "cloud build"
     data = doc["data"]
-    assert set(data) == {"build_id", "status", "image", "digest", "duration_s", "log_url", "source"}
+    assert set(data) == {
+        "build_id", "status", "image", "digest", "duration_s", "log_url", "source", "version", "version_image"
+    }
+    assert (data["version"], data["version_image"]) == ("0", f"{IMAGE}:0")
     build = standin.builds[data["build_id"]]
     sha = data["image"].rsplit(":", 1)[1]
     assert data["status"] == "SUCCESS"
@@ -136,20 +143,65 @@ def test_project_and_bucket_flags_override_settings(cli, project, gcs, standin, 
     monkeypatch.delenv("NEWSCLF_GCP_PROJECT")
     monkeypatch.delenv("NEWSCLF_BUCKET")
     monkeypatch.setenv("NEWSCLF_IMAGE", "us-docker.pkg.dev/other/repo/trainer:v3")
-    r = cli("--json", "cloud", "build", "--no-wait", "--project", "flag-project", "--bucket", f"gs://{gcs.test_bucket}")
+    r = cli("--json", "cloud", "build", "--source", ".", "--no-wait", "--project", "flag-project", "--bucket", f"gs://{gcs.test_bucket}")
     assert r.exit_code == 0, r.stderr
     assert standin.requests[0]["path"] == "/v1/projects/flag-project/builds"
     sha = r.json["data"]["image"].rsplit(":", 1)[1]
     assert standin.create_bodies()[0]["images"] == [
-        f"us-docker.pkg.dev/other/repo/trainer:{sha}", "us-docker.pkg.dev/other/repo/trainer:latest"
+        f"us-docker.pkg.dev/other/repo/trainer:{sha}", "us-docker.pkg.dev/other/repo/trainer:0",
+        "us-docker.pkg.dev/other/repo/trainer:latest",
     ]
+
+
+# --- the stand-in holds the code to Google's contract ----------------------------------------------
+
+
+def test_the_standin_answers_400_for_what_cloud_build_rejects(fake_gcs):
+    import requests
+
+    server = CloudBuildStandIn(fake_gcs.url)
+    bad = {
+        "steps": [{"name": "gcr.io/cloud-builders/docker", "args": ["build", "."]}],
+        "options": {"machineType": "E2_HUGE", "diskSizeGb": "lots"},
+        "imagez": [f"{IMAGE}:latest"],
+    }
+    r = requests.post(f"{server.url}/v1/projects/{PROJECT}/builds", json=bad, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["status"] == "INVALID_ARGUMENT"
+    [violation] = server.violations
+    assert violation.startswith(f"POST /v1/projects/{PROJECT}/builds: ")
+    assert 'Unknown name "imagez"' in violation
+    assert "options.machineType: invalid value 'E2_HUGE'" in violation
+    assert "options.diskSizeGb: expected an int64, got 'lots'" in violation
+    # and what the document says in prose: image names, disk size bounds, a logs bucket
+    prose = {
+        "steps": [{"args": ["build", "."]}], "images": [f"{IMAGE}:0.1.0+local"], "options": {"diskSizeGb": "5000"},
+        "logsBucket": "gs://My_Bucket/builds/logs",
+    }  # fmt: skip
+    r = requests.post(f"{server.url}/v1/projects/{PROJECT}/builds", json=prose, timeout=10)
+    assert r.status_code == 400
+    assert server.violations[1].split(": ", 1)[1].split("; ") == [
+        "steps[0].name: required", f"images: invalid image name '{IMAGE}:0.1.0+local'",
+        "options.diskSizeGb: 5000 GB is more than the maximum, 4000 GB",
+        "logsBucket: 'gs://My_Bucket/builds/logs' does not name a bucket",
+    ]  # fmt: skip
+    assert server.builds == {}  # nothing was started
+    with pytest.raises(AssertionError, match="requests Cloud Build would reject with 400"):
+        server.stop()  # a test that sent it unknowingly fails, whatever the CLI made of the 400
+
+
+def test_a_local_version_becomes_a_valid_docker_tag(cli, project, standin):
+    (project / "newsclf" / "__init__.py").write_text("__version__ = '1.0.0+dev.3'\n")  # PEP 440 local version
+    r = cli("--json", "cloud", "build", "--source", ".", "--no-wait")
+    assert r.exit_code == 0, r.stderr
+    assert f"{IMAGE}:1.0.0-dev.3" in standin.create_bodies()[0]["images"]  # `+` is not allowed in a tag
+    assert standin.violations == []
 
 
 # --- --no-wait and the upload cache --------------------------------------------------------------
 
 
 def test_no_wait_prints_the_build_id_and_returns(cli, project, standin):
-    r = cli("cloud", "build", "--no-wait")
+    r = cli("cloud", "build", "--source", ".", "--no-wait")
     assert r.exit_code == 0, r.stderr
     [build_id] = standin.builds
     assert r.stdout == f"{build_id}\n"
@@ -158,21 +210,21 @@ def test_no_wait_prints_the_build_id_and_returns(cli, project, standin):
 
 
 def test_upload_is_skipped_when_the_archive_is_there(cli, project, gcs, standin):
-    first = cli("cloud", "build", "--no-wait")
+    first = cli("cloud", "build", "--source", ".", "--no-wait")
     assert first.exit_code == 0, first.stderr
     obj = standin.create_bodies()[0]["source"]["storageSource"]["object"]
     generation = gcs.bucket(gcs.test_bucket).get_blob(obj).generation
     assert f"Uploaded gs://{gcs.test_bucket}/{obj}" in first.stderr
 
     (project / "data" / "raw" / "Fake.csv").write_text("changed, but ignored\n")  # .dockerignore'd
-    second = cli("cloud", "build", "--no-wait")
+    second = cli("cloud", "build", "--source", ".", "--no-wait")
     assert second.exit_code == 0, second.stderr
     assert f"Source already in gs://{gcs.test_bucket}/{obj}: upload skipped" in second.stderr
     assert standin.create_bodies()[1]["source"]["storageSource"]["object"] == obj
     assert gcs.bucket(gcs.test_bucket).get_blob(obj).generation == generation
 
     (project / "newsclf" / "__init__.py").write_text("__version__ = '1'\n")
-    third = cli("cloud", "build", "--no-wait")
+    third = cli("cloud", "build", "--source", ".", "--no-wait")
     assert "Uploaded gs://" in third.stderr
     assert standin.create_bodies()[2]["source"]["storageSource"]["object"] != obj
 
@@ -182,7 +234,7 @@ def test_upload_is_skipped_when_the_archive_is_there(cli, project, gcs, standin)
 
 def test_failed_build_exits_nonzero_showing_the_log_tail(cli, project, standin):
     standin.outcome = "FAILURE"
-    r = cli("cloud", "build")
+    r = cli("cloud", "build", "--source", ".")
     assert r.exit_code == 1
     [build_id] = standin.builds
     written = standin.written_logs[build_id]
@@ -199,7 +251,7 @@ def test_failed_build_exits_nonzero_showing_the_log_tail(cli, project, standin):
 
 def test_failed_build_json_still_shows_the_tail(cli, project, standin):
     standin.outcome = "FAILURE"
-    r = cli("--json", "cloud", "build")
+    r = cli("--json", "cloud", "build", "--source", ".")
     assert r.exit_code == 1
     doc = r.json
     assert doc["status"] == "error" and doc["errors"][0].startswith("Cloud Build ")
@@ -218,7 +270,7 @@ def test_push_to_a_missing_repository_names_the_fix(cli, project, standin):
         'name unknown: Repository "newsclf" not found',
         "ERROR: failed to push because we ran out of retries.",
     ]
-    r = cli("cloud", "build")
+    r = cli("cloud", "build", "--source", ".")
     assert r.exit_code == 1
     assert r.stderr.splitlines()[-1] == (
         f"Error: Artifact Registry repository 'newsclf' not found in europe-west1 (project {PROJECT}): create it "
@@ -252,7 +304,7 @@ def test_push_to_a_missing_repository_names_the_fix(cli, project, standin):
 )
 def test_api_errors_are_one_line_with_the_fix(cli, project, standin, answer, message):
     standin.error = answer
-    r = cli("cloud", "build")
+    r = cli("cloud", "build", "--source", ".")
     assert r.exit_code == 1
     assert r.stderr.splitlines()[-1] == f"Error: {message}"
     assert r.stdout == ""
@@ -263,7 +315,7 @@ def test_no_credentials(cli, project, monkeypatch, tmp_path):
     monkeypatch.delenv("NEWSCLF_CLOUDBUILD_API_ENDPOINT")  # the real endpoint: Application Default Credentials
     missing = tmp_path / "nope.json"
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(missing))
-    r = cli("cloud", "build")
+    r = cli("cloud", "build", "--source", ".")
     assert r.exit_code == 1
     assert r.stderr.splitlines()[-1] == (
         f"Error: No Google Cloud credentials: GOOGLE_APPLICATION_CREDENTIALS points at {missing}, which does not "
@@ -273,19 +325,19 @@ def test_no_credentials(cli, project, monkeypatch, tmp_path):
 
 def test_missing_project_and_bucket_name_the_setting(cli, project, monkeypatch):
     monkeypatch.delenv("NEWSCLF_GCP_PROJECT")
-    r = cli("cloud", "build")
+    r = cli("cloud", "build", "--source", ".")
     assert (r.exit_code, r.stderr.strip()) == (
         1, "Error: No Google Cloud project set: set NEWSCLF_GCP_PROJECT or pass --project"
     )
     monkeypatch.setenv("NEWSCLF_GCP_PROJECT", PROJECT)
     monkeypatch.delenv("NEWSCLF_BUCKET")
-    r = cli("cloud", "build")
+    r = cli("cloud", "build", "--source", ".")
     assert (r.exit_code, r.stderr.strip()) == (1, "Error: No bucket configured: set NEWSCLF_BUCKET or pass --bucket")
 
 
 def test_missing_bucket(cli, project, monkeypatch, standin):
     monkeypatch.setenv("NEWSCLF_BUCKET", "no-such-bucket-here")
-    r = cli("cloud", "build")
+    r = cli("cloud", "build", "--source", ".")
     assert r.exit_code == 1
     assert r.stderr.splitlines()[-1].startswith("Error: Bucket gs://no-such-bucket-here not found: create it with ")
     assert standin.builds == {}
@@ -296,7 +348,7 @@ def test_unreachable_endpoint(cli, project, monkeypatch):
 
     endpoint = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("NEWSCLF_CLOUDBUILD_API_ENDPOINT", endpoint)
-    r = cli("cloud", "build", "--no-wait")
+    r = cli("cloud", "build", "--source", ".", "--no-wait")
     assert r.exit_code == 1
     assert r.stderr.splitlines()[-1] == (
         f"Error: Cannot reach Cloud Build at {endpoint}: check the network or NEWSCLF_CLOUDBUILD_API_ENDPOINT"
@@ -305,10 +357,11 @@ def test_unreachable_endpoint(cli, project, monkeypatch):
 
 def test_no_dockerfile(cli, project):
     (project / "Dockerfile").unlink()
-    r = cli("cloud", "build")
+    r = cli("cloud", "build", "--source", ".")
     assert r.exit_code == 1
     assert r.stderr.strip() == (
-        "Error: No Dockerfile in .: run this in the newsclf project directory or pass --source"
+        "Error: No Dockerfile in .: pass --source a newsclf project directory, or leave --source out to build "
+        "the installed newsclf"
     )
 
 
@@ -425,6 +478,90 @@ def test_dockerignore_reinclusion_below_an_excluded_directory(tmp_path):
 )
 def test_gcloudignore_matches_like_gitignore(patterns, path, is_dir, excluded):
     assert GitIgnore(patterns).excluded(path, is_dir) is excluded
+
+
+# --- the installed newsclf as the build context ---------------------------------------------------
+
+CHECKOUT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def installed_package(site):
+    """What a wheel install leaves in site-packages: the package, its _build/ files, some bytecode."""
+    pkg = site / "newsclf"
+    make_tree(pkg, {
+        "__init__.py": "__version__ = '2.3.4'\n", "cli/__init__.py": "", "cloud/startup.sh": "#!/bin/bash\n",
+        "__pycache__/__init__.cpython-311.pyc": "junk",
+        "_build/Dockerfile": TREE["Dockerfile"], "_build/.dockerignore": TREE[".dockerignore"],
+        "_build/pyproject.toml": TREE["pyproject.toml"], "_build/uv.lock": TREE["uv.lock"],
+        "_build/README.md": "# newsclf\n", "_build/docker/run.sh": TREE["docker/run.sh"],
+    })  # fmt: skip
+    return pkg
+
+
+def test_installed_context_stages_the_package_with_the_build_files_it_carries(tmp_path):
+    pkg = installed_package(tmp_path / "site")
+    context = cloud_build.installed_context(tmp_path / "ctx", package=pkg)
+    assert context.label == f"the installed newsclf 2.3.4 ({pkg})"
+    packed = pack_source(context.root, tmp_path)
+    assert packed.files == [
+        ".dockerignore", "Dockerfile", "README.md", "docker/run.sh", "newsclf/__init__.py",
+        "newsclf/cli/__init__.py", "newsclf/cloud/startup.sh", "pyproject.toml", "uv.lock",
+    ]  # fmt: skip
+    assert cloud_build.project_version(context.root) == "2.3.4"
+    # the same installed files staged again give the same archive
+    again = cloud_build.installed_context(tmp_path / "ctx2", package=pkg)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert pack_source(again.root, out).sha256 == packed.sha256
+
+
+def test_an_install_without_build_files_names_the_fix(tmp_path):
+    pkg = installed_package(tmp_path / "site")
+    (pkg / "_build" / "uv.lock").unlink()
+    with pytest.raises(cloud_build.InputError) as e:
+        cloud_build.installed_context(tmp_path / "ctx", package=pkg)
+    assert str(e.value) == (
+        f"The installed newsclf 2.3.4 lacks uv.lock in {pkg / '_build'}: reinstall it from a newsclf checkout "
+        "(`pipx install --force .`) or its wheel, or pass --source a newsclf project directory"
+    )
+    for name in ("Dockerfile",):
+        (pkg / "_build" / name).unlink()
+    with pytest.raises(cloud_build.InputError, match=r"^The installed newsclf 2.3.4 carries no build files"):
+        cloud_build.installed_context(tmp_path / "ctx", package=pkg)
+
+
+def test_build_without_source_packs_the_installed_newsclf_from_anywhere(cli, project, gcs, standin, monkeypatch):
+    """Here newsclf is installed editable from this checkout: that checkout is what gets built, whatever
+    the current directory holds (this test's directory has a Dockerfile of its own)."""
+    r = cli("cloud", "build", "--no-wait")
+    assert r.exit_code == 0, r.stderr
+    [body] = standin.create_bodies()
+    obj = body["source"]["storageSource"]["object"]
+    import io
+
+    with tarfile.open(fileobj=io.BytesIO(gcs.bucket(gcs.test_bucket).blob(obj).download_as_bytes())) as tar:
+        names = set(tar.getnames())
+        assert tar.extractfile("uv.lock").read() == (CHECKOUT / "uv.lock").read_bytes()
+    assert {"Dockerfile", "uv.lock", "pyproject.toml", "README.md", "newsclf/cli/cloud.py"} <= names
+    assert "data/raw/Fake.csv" not in names and not any(n.startswith("tests/") for n in names)
+    from newsclf import __version__
+
+    assert f"{IMAGE}:{__version__}" in body["images"]
+    assert f"of {CHECKOUT} (newsclf {__version__}, installed from this checkout)" in r.stderr
+
+
+def test_the_image_build_context_holds_what_the_wheel_force_includes():
+    """The image's `uv sync` builds newsclf's wheel from the build context: hatch fails on a
+    force-included file the context left out, and `cloud build` of an installed newsclf needs them all."""
+    import tomllib
+
+    forced = tomllib.loads((CHECKOUT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"][
+        "force-include"
+    ]
+    assert {v.removeprefix("newsclf/_build/") for v in forced.values()} == set(cloud_build.BUILD_FILES)
+    context = source_files(CHECKOUT)
+    for src in forced:
+        assert src in context or any(f.startswith(src + "/") for f in context), src
 
 
 # --- start-up ------------------------------------------------------------------------------------

@@ -11,7 +11,10 @@ from tests.batch_standin import ThreadTask, batch  # noqa: F401  (fixtures)
 from tests.compute_standin import standin  # noqa: F401  (fixtures)
 
 POLL = ("--poll-interval", "0.05")
-IMAGE = "europe-west1-docker.pkg.dev/test-project/newsclf/newsclf-train:latest"
+def _image() -> str:
+    from newsclf import __version__
+
+    return f"europe-west1-docker.pkg.dev/test-project/newsclf/newsclf-train:{__version__}"  # what `cloud build` pushed
 
 
 class FakeTrial:
@@ -93,7 +96,7 @@ def test_sweep_is_one_batch_job_with_one_task_per_trial(cli, standin, batch):
     spec = group["taskSpec"]
     plan = f"sweeps/{sid}/{data['job_id']}.json"
     assert spec["runnables"][0]["container"] == {
-        "imageUri": IMAGE, "entrypoint": "newsclf",
+        "imageUri": _image(), "entrypoint": "newsclf",
         "commands": ["job", "--bucket", standin.gcs.test_bucket, "--sweep-plan", plan],
     }  # fmt: skip
     assert spec["maxRunDuration"] == "7200s" and spec["maxRetryCount"] == 3

@@ -130,6 +130,7 @@ def _cause(bucket: str) -> str:
 
 def test_cloud_run_names_the_likely_cause(cli, standin, ungranted_vm, monkeypatch):  # noqa: F811
     monkeypatch.setenv("NEWSCLF_IMAGE", IMAGE)
+    standin.registry.add_image(IMAGE)  # `cloud run` checks the image exists before any VM
     bucket = standin.gcs.test_bucket
     r = cli("--json", "cloud", "run", *POLL)
     assert r.exit_code == 1, r.stderr
@@ -158,6 +159,7 @@ def test_cloud_run_names_the_likely_cause(cli, standin, ungranted_vm, monkeypatc
 
 def test_human_output_shows_the_vm_lines(cli, standin, ungranted_vm, monkeypatch):  # noqa: F811
     monkeypatch.setenv("NEWSCLF_IMAGE", IMAGE)
+    standin.registry.add_image(IMAGE)  # `cloud run` checks the image exists before any VM
     r = cli("cloud", "run", *POLL)
     assert r.exit_code == 1
     out = r.stdout.splitlines()
@@ -168,6 +170,7 @@ def test_human_output_shows_the_vm_lines(cli, standin, ungranted_vm, monkeypatch
 
 def test_cloud_logs_names_the_likely_cause(cli, standin, ungranted_vm, monkeypatch):  # noqa: F811
     monkeypatch.setenv("NEWSCLF_IMAGE", IMAGE)
+    standin.registry.add_image(IMAGE)  # `cloud run` checks the image exists before any VM
     bucket = standin.gcs.test_bucket
     r = cli("--json", "cloud", "run", "--detach", *POLL)
     run_id = r.json["data"]["run_id"]

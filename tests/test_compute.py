@@ -102,6 +102,8 @@ def test_cloud_status_help_imports_nothing_heavy():
 
 
 def test_run_creates_vm_with_expected_body(cli, standin):
+    from newsclf import __version__
+
     r = cli("--json", "cloud", "run", "--detach", *POLL, "--", "--epochs", "1", "--model", "my model")
     assert r.exit_code == 0, r.stderr
     run_id = r.json["data"]["run_id"]
@@ -133,7 +135,7 @@ def test_run_creates_vm_with_expected_body(cli, standin):
     assert items == {
         "startup-script": SCRIPT,
         "newsclf-run-id": run_id,
-        "newsclf-image": "europe-west1-docker.pkg.dev/test-project/newsclf/newsclf-train:latest",
+        "newsclf-image": f"europe-west1-docker.pkg.dev/test-project/newsclf/newsclf-train:{__version__}",
         "newsclf-bucket": bucket,
         "newsclf-train-args": "--epochs\n1\n--model\nmy model",
         "newsclf-keep-vm": "false",
@@ -409,6 +411,7 @@ def test_startup_script_runs_the_job_and_powers_off(cli, standin, sandbox, monke
     monkeypatch.setenv("NEWSCLF_WANDB_SECRET", "newsclf-wandb")
     standin.secrets["newsclf-wandb"] = "wandb-secret-from-sm"
     image = "europe-west1-docker.pkg.dev/test-project/newsclf/newsclf-train:fake"
+    standin.registry.add_image(image)
     r = cli("cloud", "run", "--image", image, "--gpu", "nvidia-tesla-t4:1", *POLL, "--", "--epochs", "1")
     assert r.exit_code == 0, r.stderr + sandbox_output(sandbox)
     run_id = standin.instance(VM).metadata()["newsclf-run-id"]
@@ -498,7 +501,7 @@ def test_startup_script_does_not_rerun_a_finished_run(cli, standin, sandbox):
 
 
 def test_stopping_the_vm_mid_job_does_not_fail_the_run(cli, standin, sandbox):
-    r = cli("--json", "cloud", "run", "--detach", "--image", "registry.example/newsclf:fake", "--", "--sleep", "30")
+    r = cli("--json", "cloud", "run", "--detach", "--image", "registry.example/newsclf:fake", "--", "--patience", "30")
     run_id = r.json["data"]["run_id"]
     deadline = time.time() + 30
     bucket = standin.gcs.bucket(standin.gcs.test_bucket)

@@ -1,4 +1,9 @@
-"""`newsclf predict` and `newsclf evaluate` on a tiny trained run; the numpy metrics."""
+"""`newsclf predict` and `newsclf evaluate` on a tiny trained run; the numpy metrics.
+
+Faults covered here (issue 15): a CSV field over csv's 128 KiB default in `predict --file` and
+`evaluate --data`, a latin-1 CSV (the same message as `data prepare`), an unwritable `evaluate --plot`.
+Incomplete or damaged runs are in tests/test_runs.py.
+"""
 
 from __future__ import annotations
 
@@ -230,3 +235,43 @@ def test_evaluate_another_split(cli, tiny_run, tiny_data):
     assert r.json["data"]["split"] == "validation" and r.json["data"]["examples"] == 32
     bad = cli("evaluate", "--model", str(tiny_run), "--split", "dev")
     assert bad.exit_code == 2 and "--split must be one of train, validation, test, not 'dev'" in bad.stderr
+
+
+# -- inputs that used to end as "unexpected" errors ----------------------------------------------
+
+
+def test_csv_fields_over_128_kib(cli, tiny_run, tmp_path):
+    """csv's default limit is 128 KiB a field; `data prepare` reads 12 MB articles, so predict and evaluate do too."""
+    long_text = " ".join([REAL] * 4000)  # ~220 KB
+    assert len(long_text) > 131072
+    (tmp_path / "long.csv").write_text(f'text,label\n"{long_text}",real\n"{FAKE}",fake\n')
+    r = cli("--json", "predict", "--model", str(tiny_run), "--file", str(tmp_path / "long.csv"))
+    assert r.exit_code == 0, r.stderr
+    assert [p["label"] for p in r.json["data"]["predictions"]] == ["real", "fake"]
+    e = cli("--json", "evaluate", "--model", str(tiny_run), "--data", str(tmp_path / "long.csv"))
+    assert e.exit_code == 0, e.stderr
+    assert e.json["data"]["examples"] == 2
+    import csv
+
+    assert csv.field_size_limit() == 131072  # restored for everyone else
+
+
+def test_latin1_csv_names_the_encoding_fix_like_data_prepare(cli, tiny_run, tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(f"text,label\n{REAL} caf\xe9,real\n".encode("latin-1"))
+    expected = (f"Error: {path} is not UTF-8 (invalid byte 0xe9 on line 2): re-save it as UTF-8, e.g. "
+                f"`iconv -f latin1 -t utf-8 {path} > fixed.csv`")  # fmt: skip
+    r = cli("evaluate", "--model", str(tiny_run), "--data", str(path))
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines()[-1] == expected
+    p = cli("predict", "--model", str(tiny_run), "--file", str(path))
+    assert p.exit_code == 1 and p.stderr.strip() == expected
+
+
+def test_unwritable_plot_path_fails_before_evaluating(cli, tiny_run, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    plot = tmp_path / "a-file" / "cm.png"
+    r = cli("--json", "evaluate", "--model", str(tiny_run), "--plot", str(plot))
+    assert r.exit_code == 1
+    assert r.json["errors"] == [f"Cannot write --plot {plot} (File exists): pick a folder you can write to"]
+    assert r.stderr.strip() == f"Error: {r.json['errors'][0]}"

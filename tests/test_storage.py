@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.compute_standin import standin  # noqa: F401  (fixture)
 from tests.faulty_proxy import Fault, FaultyProxy, gcs_error
 
 BIG = 50 * 1024 * 1024 + 12345  # >= 50 MB, and not a multiple of the upload chunk
@@ -63,6 +64,13 @@ def same_file(a: Path, b: Path) -> bool:
 
 def parts(root: Path) -> list[Path]:
     return sorted(root.rglob("*.newsclf-part"))
+
+
+def one_error_line_after_info(r) -> str:
+    """The last stderr line, which must be the only `Error:` line."""
+    lines = r.stderr.strip().splitlines()
+    assert [x for x in lines if x.startswith("Error: ")] == lines[-1:], r.stderr
+    return lines[-1]
 
 
 def one_error_line(r) -> str:
@@ -215,115 +223,7 @@ def test_object_corrupted_in_bucket_is_detected_and_local_file_kept(cli, fs_gcs,
     assert parts(tmp_path / "copy") == []
 
 
-def test_corruption_in_transit_is_detected(cli, gcs, proxy, tmp_path):
-    raw = tmp_path / "data" / "raw"
-    raw.mkdir(parents=True)
-    (raw / "a.bin").write_bytes(b"a" * 1000)
-    assert cli("data", "push").exit_code == 0
-    p = proxy(Fault("corrupt", methods=("GET",), path="alt=media"))
-    r = cli("--json", "data", "pull", "--dest", "copy")
-    assert r.exit_code == 1
-    line = one_error_line(r)
-    assert line.startswith(f"Error: gs://{gcs.test_bucket}/data/raw/a.bin failed its crc32c check (downloaded ")
-    assert r.json["errors"] == [line.removeprefix("Error: ")]
-    assert not (tmp_path / "copy" / "raw" / "a.bin").exists() and parts(tmp_path / "copy") == []
-    assert [s.fault for s in p.requests("GET") if "alt=media" in s.target] == ["corrupt"]
-
-
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
-def test_interrupted_pull_leaves_no_complete_looking_file_and_rerun_resumes(
-    cli, gcs, proxy, tmp_path, big_source, how
-):
-    raw = tmp_path / "data" / "raw"
-    small = small_tree(raw, 20)
-    os.link(big_source, raw / "big.bin")
-    assert cli("data", "push").exit_code == 0
-    slow = proxy(throttle_bps=10 * 1024 * 1024)  # ~5 s for the big file: time to interrupt it
-
-    proc = newsclf_subprocess(
-        ["data", "pull", "--dest", "copy"],
-        {"STORAGE_EMULATOR_HOST": slow.url, "NEWSCLF_BUCKET": gcs.test_bucket, "NEWSCLF_GCP_PROJECT": "p"},
-        tmp_path,
-    )
-    deadline = time.time() + 60
-    while True:
-        found = parts(tmp_path / "copy")
-        if found and found[0].stat().st_size >= 8 * 1024 * 1024:
-            break
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() < deadline, "the pull never got going"
-        time.sleep(0.02)
-    proc.send_signal(getattr(signal, how))
-    out, err = proc.communicate(timeout=60)
-    if how == "SIGKILL":
-        assert proc.returncode == -signal.SIGKILL
-    else:
-        assert proc.returncode == 130, (out, err)
-
-    part = parts(tmp_path / "copy")
-    assert [p.name.split(".")[1] for p in part] == ["big"]
-    kept = part[0].stat().st_size
-    assert 8 * 1024 * 1024 <= kept < BIG
-    assert not (tmp_path / "copy" / "raw" / "big.bin").exists()  # nothing complete-looking
-    for rel, data in tree(tmp_path / "copy" / "raw").items():  # whatever has its real name is whole
-        if not rel.endswith(".newsclf-part"):
-            assert data == small[rel]
-
-    r = cli("data", "pull", "--dest", "copy", "--json")  # straight to the emulator this time
-    assert r.exit_code == 0, r.stderr
-    d = r.json["data"]
-    assert d["bytes"] <= BIG - kept + sum(len(v) for v in small.values())  # resumed, not restarted
-    assert same_file(tmp_path / "copy" / "raw" / "big.bin", big_source)
-    assert tree(tmp_path / "copy" / "raw").keys() - {"big.bin"} == small.keys()
-    assert parts(tmp_path / "copy") == []
-
-
 # --- retries and preconditions ------------------------------------------------------------------
-
-
-def test_transient_faults_are_retried_and_nothing_is_lost(cli, gcs, proxy, tmp_path):
-    raw = tmp_path / "data" / "raw"
-    raw.mkdir(parents=True)
-    (raw / "big.bin").write_bytes(os.urandom(20 * 1024 * 1024))  # resumable: 1 POST + 3 PUT chunks
-    for i in range(5):
-        (raw / f"small-{i}.txt").write_bytes(os.urandom(1000 + i))  # multipart: 1 POST each
-    p = proxy(
-        Fault("status", methods=("PUT", "POST"), nth={1}, status=503),
-        Fault("reset", methods=("PUT", "POST"), nth={3}),
-    )
-    r = cli("data", "push", "--json")
-    assert r.exit_code == 0, r.stderr
-    writes = p.requests("PUT", "POST")
-    assert [(i, s.fault) for i, s in enumerate(writes, 1) if s.fault] == [(1, "status"), (3, "reset")]
-    assert writes[0].status == 503 and writes[2].status is None
-    ok = [s for s in writes if s.status in (200, 308)]
-    assert len(ok) == 9 and len(writes) == 11  # every upload request succeeded once, after 2 retries
-    assert sum(1 for s in ok if s.method == "PUT") == 3
-
-    p2 = proxy(
-        Fault("truncate", methods=("GET",), path="big.bin", nth={1}),
-        Fault("status", methods=("GET",), path="small-", nth={2}, status=503),
-    )
-    r = cli("data", "pull", "--dest", "copy", "--json")
-    assert r.exit_code == 0, r.stderr
-    assert r.json["data"]["bytes"] == sum(p.stat().st_size for p in raw.iterdir())  # resumed, nothing twice
-    assert tree(tmp_path / "copy" / "raw") == tree(raw)
-    big_gets = [s for s in p2.requests("GET") if "big.bin" in s.target]
-    assert big_gets[0].fault == "truncate" and big_gets[0].status is None
-    assert big_gets[-1].headers.get("range", "").startswith("bytes=")  # the retry asked for the rest only
-    assert any(s.fault == "status" and s.status == 503 for s in p2.requests("GET"))
-
-
-def test_lost_response_of_create_only_upload_is_not_a_conflict(cli, gcs, proxy, tmp_path):
-    run = make_run(tmp_path / "models", "20260105-000000-eeeeee", f1=0.9)
-    p = proxy(Fault("reset-after", methods=("POST",), nth={1}))
-    r = cli("models", "push", "--json")
-    assert r.exit_code == 0, r.stderr
-    posts = p.requests("POST")
-    assert posts[0].fault == "reset-after" and posts[0].status is None
-    assert 412 in [s.status for s in posts]  # the retry found its own upload already there
-    names = {b.name for b in gcs.list_blobs(gcs.test_bucket)}
-    assert f"runs/{run.name}/metrics.json" in names and f"runs/{run.name}/model/model.safetensors" in names
 
 
 def test_upload_never_overwrites_a_concurrent_change(gcs, tmp_path):
@@ -361,6 +261,94 @@ def test_json_objects(gcs):
     with pytest.raises(ConflictError):
         write_json(bucket, "runs/x/run.json", {"a": 2}, if_generation_match=0)
     assert read_json(bucket, "runs/x/run.json") == {"a": 1}
+
+
+# --- bucket names as users write them -----------------------------------------------------------
+# The fixtures' bucket is `my-newsclf-bucket`: every 404's message quotes its URL, so it contains "bucket".
+
+
+def test_a_missing_object_is_not_a_missing_bucket(gcs):
+    from newsclf.cloud.storage import CloudError, ObjectNotFound, download_file, read_json, storage_client
+
+    client = storage_client()
+    assert read_json(client.bucket(gcs.test_bucket), "runs/X/status.json") is None
+    with pytest.raises(ObjectNotFound):
+        download_file(client, gcs.test_bucket, "runs/X/status.json", Path("status.json"))
+
+    with pytest.raises(CloudError) as e:  # the bucket itself missing: asked, not guessed from the message
+        read_json(client.bucket("my-other-bucket"), "runs/X/status.json")
+    assert str(e.value) == (
+        "Bucket gs://my-other-bucket not found: create it with `gcloud storage buckets create gs://my-other-bucket` "
+        "or set NEWSCLF_BUCKET (or --bucket) to an existing bucket"
+    )
+
+
+VM, ZONE, POLL = "newsclf-train", "europe-west1-b", ("--poll-interval", "0.05")
+
+
+def _status_reads(p: FaultyProxy, run_id: str) -> int:
+    return sum(1 for s in p.requests("GET") if f"{run_id}%2Fstatus.json" in s.target and "alt=media" in s.target)
+
+
+def test_cloud_run_waits_out_a_first_boot_without_status(cli, standin, proxy):
+    """A VM pulls its image for minutes before status.json exists: each poll's 404 is "not yet"."""
+    from newsclf.cloud.compute import FOLLOW_MAX_FAILURES
+
+    p = proxy()
+    bucket = standin.gcs.bucket(standin.gcs.test_bucket)
+
+    def on_start(server, inst):
+        run_id = inst.metadata()["newsclf-run-id"]
+
+        def job():
+            deadline = time.monotonic() + 30
+            while _status_reads(p, run_id) <= FOLLOW_MAX_FAILURES + 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            bucket.blob(f"runs/{run_id}/metrics.json").upload_from_string(json.dumps({"test": {"macro_f1": 0.9}}))
+            bucket.blob(f"runs/{run_id}/status.json").upload_from_string(json.dumps({"state": "succeeded", "exit_code": 0}))
+            server.shutdown(inst.zone, inst.name)
+
+        threading.Thread(target=job, daemon=True).start()
+
+    standin.on_start = on_start
+    r = cli("--json", "cloud", "run", *POLL)
+    assert r.exit_code == 0, r.stderr
+    assert r.json["data"]["state"] == "succeeded"
+    assert _status_reads(p, r.json["data"]["run_id"]) > FOLLOW_MAX_FAILURES + 2
+
+
+def test_cloud_status_and_logs_of_a_run_without_status_yet(cli, standin):
+    standin.on_start = lambda server, inst: None  # booted, still pulling the image
+    r = cli("--json", "cloud", "run", "--detach")
+    assert r.exit_code == 0, r.stderr
+    run_id = r.json["data"]["run_id"]
+
+    r = cli("--json", "cloud", "status")
+    assert r.exit_code == 0 and r.stderr == ""
+    assert [(v["run_id"], v["run_state"]) for v in r.json["data"]["vms"]] == [(run_id, None)]
+
+    r = cli("--json", "cloud", "logs")
+    assert r.exit_code == 0, r.stderr
+    assert r.json["data"] == {"run_id": run_id, "state": None, "source": "serial", "lines": []}
+
+
+def test_cloud_run_that_loses_track_says_the_vm_runs_on(cli, standin, proxy):
+    from newsclf.cloud.compute import FOLLOW_MAX_FAILURES
+
+    standin.on_start = lambda server, inst: None
+    proxy(Fault("status", methods=("GET",), path="status.json", status=403))  # every poll of the run fails
+    r = cli("cloud", "run", *POLL)
+    assert r.exit_code == 1
+    run_id = standin.instance(VM).metadata()["newsclf-run-id"]
+    b = standin.gcs.test_bucket
+    assert one_error_line_after_info(r) == (
+        f"Error: Stopped following run {run_id} after {FOLLOW_MAX_FAILURES} failed polls (Permission denied on gs://{b}: grant "
+        f"roles/storage.objectAdmin on the bucket, e.g. `gcloud storage buckets add-iam-policy-binding gs://{b} "
+        f"--member=user:YOU@example.com --role=roles/storage.objectAdmin`); VM {VM} ({ZONE}, "
+        f"last seen RUNNING) keeps running and billing: re-attach with `newsclf cloud logs {run_id} --follow` "
+        "or stop it with `newsclf cloud stop`"
+    )
+    assert standin.instance(VM).status == "RUNNING"  # what the message says
 
 
 # --- models -------------------------------------------------------------------------------------
@@ -533,18 +521,43 @@ def test_no_credentials(cli, monkeypatch, tmp_path):
     )
 
 
-def test_persistent_outage_gives_up_after_the_deadline(cli, gcs, proxy, monkeypatch):
-    from newsclf.cloud import storage
+SECRET = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC-not-a-real-key"  # must never be printed
+KEY_FIX = (
+    "download a new key (`gcloud iam service-accounts keys create KEY.json --iam-account=ACCOUNT`) "
+    "or unset it and run `gcloud auth application-default login`"
+)
+GOOD_FIELDS = {"client_email": "trainer@p.iam.gserviceaccount.com", "token_uri": "https://oauth2.googleapis.com/token"}
 
-    monkeypatch.setattr(storage, "RETRY_DEADLINE_S", 2.0)
-    p = proxy(Fault("status", methods=None, status=503))
-    started = time.monotonic()
-    r = cli("models", "list")
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('{"type": "service_account", "private_key": "' + SECRET, "is not valid JSON (truncated, or not a key file)"),
+        ("", "is empty"),
+        (json.dumps([SECRET]), "is not a JSON object"),
+        (json.dumps({"type": SECRET}), 'has no known credential "type" (a service-account key has "type": "service_account")'),
+        (json.dumps({"type": "service_account", "private_key": SECRET}), "lacks client_email, token_uri"),
+        (
+            json.dumps({"type": "service_account", "private_key": f"-----BEGIN PRIVATE KEY-----\n{SECRET}\n-----END PRIVATE KEY-----\n", **GOOD_FIELDS}),
+            "cannot be loaded (its private key or another field is damaged)",
+        ),
+    ],
+    ids=["truncated", "empty", "list", "type", "fields", "private-key"],
+)
+@pytest.mark.parametrize("command", [["models", "list"], ["cloud", "status"], ["cloud", "build"]])
+def test_malformed_key_file_is_named_never_quoted(cli, monkeypatch, tmp_path, content, problem, command):
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))  # no gcloud login to fall back on
+    key = tmp_path / "key.json"
+    key.write_text(content)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
+    monkeypatch.setenv("NEWSCLF_BUCKET", "my-newsclf-bucket")
+    r = cli("--json", *command)
     assert r.exit_code == 1
-    *retries, error = r.stderr.strip().splitlines()
-    assert error.startswith("Error: Cloud Storage kept failing for 2 s of retries (last error: 503 GET ")
-    assert retries and all(x.startswith("Cloud Storage: 503 GET ") and x.endswith("; retrying (for up to 2 s)") for x in retries)
-    assert len(p.requests()) >= 2 and time.monotonic() - started < 30
+    assert one_error_line(r) == (
+        f"Error: GOOGLE_APPLICATION_CREDENTIALS points at {key}, which is not a usable key file: it {problem}; {KEY_FIX}"
+    )
+    assert SECRET not in r.stdout + r.stderr and "not-a-real-key" not in r.stdout + r.stderr
 
 
 def test_help_imports_nothing_heavy():

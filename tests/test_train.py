@@ -1,4 +1,10 @@
-"""`newsclf train`: a tiny random BERT end to end, resume after kill -9 and Ctrl-C, DDP, W&B, demo."""
+"""`newsclf train`: a tiny random BERT end to end, resume after kill -9 and Ctrl-C, DDP, W&B, demo.
+
+Faults covered here (issue 15): a Hub id for --model with no network (fails after one short probe, not
+a minute of retries) or not cached under HF_HUB_OFFLINE, and an unreachable W&B server (no ./wandb/ left).
+Divergence, damaged checkpoints and incomplete runs are in tests/test_runs.py, option ranges in
+tests/test_validation.py.
+"""
 
 from __future__ import annotations
 
@@ -138,6 +144,37 @@ def test_missing_base_model_is_one_line(cli, tiny_data, tmp_path):
     assert line.endswith("pass --model with a local directory holding safetensors weights, or a cached Hub id "
                          "(downloads need HF_HUB_OFFLINE unset and network)")  # fmt: skip
     assert not Path("models").exists()  # nothing half-made to resume later
+
+
+def test_uncached_hub_model_with_hf_hub_offline_is_one_line(cli, tiny_data):
+    r = cli("train", "--data", str(tiny_data), "--model", "newsclf-tests/not-cached")  # HF_HUB_OFFLINE=1 (conftest)
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines()[-1] == (
+        "Error: --model newsclf-tests/not-cached is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
+        "unset HF_HUB_OFFLINE to download it (needs network), or pass --model with a local directory"
+    )
+
+
+def test_hub_model_without_network_fails_fast(tiny_data, tmp_path):
+    """No HF_HUB_OFFLINE and no network: huggingface_hub alone retried for 69 s, printing ~10 retry lines."""
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", NO_PROXY="",
+               http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9", WANDB_MODE="disabled",
+               HF_HOME=str(tmp_path / "hf-home"), PYTHONPATH=str(REPO))  # fmt: skip
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "newsclf", "--quiet", "train", "--data", str(tiny_data),
+                           "--model", "distilbert-base-uncased"], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=tmp_path)  # fmt: skip
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == (
+        "Error: Cannot download --model distilbert-base-uncased: the Hugging Face Hub (https://huggingface.co) is "
+        "not reachable and it is not in the cache: connect to the network, pass --model with a local directory, "
+        "or set HF_HUB_OFFLINE=1 to use only cached models"
+    )
+    assert elapsed < 45, elapsed  # start-up plus one 3 s probe, not a minute of retries
 
 
 def test_run_argument_needs_resume(cli):
@@ -304,6 +341,7 @@ def test_wandb_unreachable_warns_and_trains(cli, tiny_data, tiny_model, monkeypa
     assert (run / "metrics.json").is_file()
     everything = r.stdout + r.stderr + (run / "run_config.json").read_text()
     assert secret not in everything
+    assert not Path("wandb").exists()  # the run that never started leaves nothing behind
 
 
 def test_demo_prepares_the_corpus_and_trains(cli, tiny_model):

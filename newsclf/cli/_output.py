@@ -70,8 +70,19 @@ def _write_json(doc: dict) -> None:
     if state.emitted:
         return
     state.emitted = True
-    sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+    from newsclf.runs import json_safe
+
+    # NaN/Infinity are not JSON (jq and JSON.parse reject them): null instead, and never a bare NaN
+    sys.stdout.write(json.dumps(json_safe(doc), indent=2, default=_json_default, allow_nan=False) + "\n")
     sys.stdout.flush()
+
+
+def _json_default(value: Any) -> Any:
+    from newsclf.runs import json_safe
+
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return json_safe(value.tolist())
+    return str(value)
 
 
 def emit(

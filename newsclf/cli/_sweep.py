@@ -517,6 +517,7 @@ def cloud_run(
     project: str,
     store: Any,
     *,
+    image: str,
     train_args: list[str],
     spec: str | None,
     sweep_file: Path | None,
@@ -533,7 +534,7 @@ def cloud_run(
     """`newsclf cloud run --sweep ...`: one Cloud Batch job, one task per unfinished trial, at most
     --parallel at once; followed here until it ends (detachable), then the table from the bucket."""
     from newsclf import sweep as sw
-    from newsclf.cloud import batch, compute
+    from newsclf.cloud import batch
     from newsclf.cloud.iam import vm_service_account
 
     grid, metric = resolve_grid(spec, sweep_file, metric)
@@ -542,7 +543,6 @@ def cloud_run(
     sid = sw.make_sweep_id(grid, {"cloud": explicit})
     bucket, client = store.bucket, store.client
     sweep = sw.Sweep.new(sid, grid, metric=metric, base=explicit, location=f"gs://{bucket}/runs/")
-    image = compute.default_image(settings, project)
     account = vm_service_account(settings, project)
     n = parallel or 1
 

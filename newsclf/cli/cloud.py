@@ -17,8 +17,9 @@ app = typer.Typer(help="Build the training image and train on a Compute Engine V
 
 @app.command("build")
 def build(
-    source: Path = typer.Option(
-        Path("."), "--source", help="Project directory holding the Dockerfile (default: the current one)."
+    source: Path | None = typer.Option(
+        None, "--source", help="A newsclf project directory to build (default: the installed newsclf itself).",
+        show_default=False,
     ),
     project: str | None = typer.Option(None, "--project", help="Google Cloud project (default: NEWSCLF_GCP_PROJECT)."),
     bucket: str | None = typer.Option(
@@ -30,16 +31,21 @@ def build(
 ) -> None:
     """Build the training image with Cloud Build and push it to Artifact Registry.
 
-    Packs the project (minus what .dockerignore and .gcloudignore exclude) into
+    Builds the installed newsclf (its package, plus the Dockerfile, uv.lock and
+    project files it carries), so it works from anywhere after `pipx install
+    newsclf`; --source builds a project directory instead. Packs the source
+    (minus what .dockerignore and .gcloudignore exclude) into
     gs://BUCKET/builds/<sha256>.tar.gz, skipping the upload when that archive is
     already there, builds the Dockerfile on Cloud Build and pushes
-    REGION-docker.pkg.dev/PROJECT/REPO/newsclf-train tagged with the source hash
-    and `latest`. The build log streams to stderr; the image and its digest are
-    printed at the end.
+    REGION-docker.pkg.dev/PROJECT/REPO/newsclf-train tagged with the source hash,
+    the newsclf version (the tag `cloud run` starts) and `latest`. The build
+    log streams to stderr; the image and its digest are printed at the end.
 
     Examples:
 
-      newsclf cloud build --project my-project --bucket my-bucket
+      newsclf cloud build --project my-project --bucket my-newsclf-bucket
+
+      newsclf cloud build --source .
 
       newsclf cloud build --no-wait --json
     """
@@ -78,6 +84,8 @@ def build(
 
     def render(console) -> None:
         console.print(f"Image   {result.image}", highlight=False)
+        if result.version_image:
+            console.print(f"Tagged  {result.version_image} (newsclf {result.version}: what `cloud run` starts)", highlight=False)
         console.print(f"Digest  {result.digest or 'unknown'}", highlight=False)
         console.print(f"Built in {_build_took(result.duration_s)} (Cloud Build {result.build_id})", highlight=False)
 
@@ -244,6 +252,46 @@ def _detached(run_id: str, vm, *, interrupted: bool) -> None:
         raise typer.Exit(130)
 
 
+def _check_train_options(args: list[str]) -> None:
+    """Parse the options after `--` with the parser the VM's `newsclf job` uses: a typo, a bad value or
+    a flag a job cannot take fails here (exit 2), before a VM is paid for."""
+    from newsclf.cli import app as root
+    from newsclf.cli.job import _train_options
+    from newsclf.cloud.compute import RESERVED_TRAIN_ARGS
+    from newsclf.errors import InputError
+
+    if any(a.split("=", 1)[0] in RESERVED_TRAIN_ARGS for a in args):
+        return  # RunRequest refuses them, naming `cloud run` as the one that sets them
+    usage_error: type[Exception] = typer.BadParameter.__mro__[1]  # click's UsageError: typer does not export it
+
+    def refuse(message: str) -> Exception:
+        return usage_error(f"Train options after `--`: {message}")  # exit 2, as for the command's own flags
+
+    train_cmd = typer.main.get_command(root).commands["train"]  # type: ignore[attr-defined]
+    try:
+        demo = train_cmd.make_context("newsclf job", list(args)).params.get("demo")
+        if not demo:
+            _train_options(args).validate()
+    except usage_error as e:  # no such option, a bad or missing value, a flag a job cannot take
+        raise refuse(e.format_message()) from None  # type: ignore[attr-defined]
+    except InputError as e:  # out of range, as the job would find it on the VM
+        raise refuse(str(e)) from None
+    if demo:
+        raise refuse(
+            "--demo trains on the built-in demo corpus, which a cloud job does not have: run "
+            "`newsclf train --demo` here, or push a dataset with `newsclf data push` and drop --demo"
+        )
+
+
+def _check_training_image(settings, image: str, version: str | None) -> None:
+    """Find the image the VM will pull in Artifact Registry (built for newsclf `version`, unless
+    --image/NEWSCLF_IMAGE names a tag): a missing image fails here, not on a paid VM."""
+    from newsclf.cloud.build import check_image
+
+    if not check_image(settings, image, version=version):
+        _output.info(f"Image {image} is not in Artifact Registry: not checked before the VM pulls it")
+
+
 @app.command("run")
 def run(
     train_args: list[str] | None = typer.Argument(
@@ -258,7 +306,7 @@ def run(
     max_hours: float | None = typer.Option(
         None, "--max-hours", help="The VM stops itself after this long, whatever happens (default: NEWSCLF_MAX_HOURS)."
     ),
-    image: str | None = typer.Option(None, "--image", help="Training image (default: what `cloud build` pushed)."),
+    image: str | None = typer.Option(None, "--image", help="Training image (default: what `cloud build` pushed for this newsclf version)."),
     keep_vm: bool = typer.Option(False, "--keep-vm", help="Leave the VM running when the job ends."),
     detach: bool = typer.Option(False, "--detach", help="Start the run and return; follow it later with `cloud logs`."),
     force: bool = typer.Option(False, "--force", help="Stop the VM's current job to start this run."),
@@ -322,6 +370,7 @@ def run(
         given = {k for k, v in (("resume", resume), ("zone", zone), ("keep_vm", keep_vm or None), ("force", force or None),
                                 ("wandb_key_in_metadata", wandb_key_in_metadata or None)) if v is not None}  # fmt: skip
         _sweep.check_cloud_flags(sweeping=sweeping, parallel=parallel, given=given)
+    _check_train_options(list(train_args or []))  # first: a typo needs no network to be found
     settings, project, clients, store = _compute(bucket)
     if image:
         settings = settings.model_copy(update={"image": image})
@@ -331,8 +380,12 @@ def run(
             "upload one with `newsclf data push` first"
         )
     if sweeping:  # a Cloud Batch job; single runs stay on their own Compute Engine VM
+        from newsclf.cloud.build import run_image
+
+        sweep_image, image_version = run_image(settings, project)
+        _check_training_image(settings, sweep_image, image_version)  # before anything is submitted
         _sweep.cloud_run(
-            settings, project, store, train_args=list(train_args or []), spec=sweep, sweep_file=sweep_file,
+            settings, project, store, image=sweep_image, train_args=list(train_args or []), spec=sweep, sweep_file=sweep_file,
             metric=metric, parallel=parallel, machine_type=machine_type or settings.machine_type,
             gpu=compute.parse_gpu(gpu), spot=bool(spot), max_hours=max_hours if max_hours is not None else settings.max_hours,
             disk_gb=disk_gb if disk_gb is not None else settings.disk_gb, detach=detach, poll_s=poll_interval,
@@ -359,10 +412,13 @@ def run(
         if settings.wandb_api_key is None:
             raise InputError("--wandb-key-in-metadata needs a W&B key: set WANDB_API_KEY")
         wandb_key = settings.wandb_api_key.get_secret_value()
+    from newsclf.cloud.build import run_image
+
+    image_ref, image_version = run_image(settings, project)
     req = compute.RunRequest(
         run_id=resume or new_run_id(),
         bucket=store.bucket,
-        image=compute.default_image(settings, project),
+        image=image_ref,
         vm_name=settings.vm_name,
         zone=zone or settings.zone,
         machine_type=machine_type or settings.machine_type,
@@ -379,6 +435,10 @@ def run(
         explicit=explicit,
         service_account=vm_service_account(settings, project),
     )
+    # pre-flight: nothing is created (or billed) until the job's options parse and its image exists
+    if not train_args and train:
+        _check_train_options(train)  # a resumed run's options, read from its VM
+    _check_training_image(settings, req.image, image_version)
     started = compute.start_run(clients, project, req, store=store, poll_s=poll_interval)
     vm = started.vm
     hourly = vm.hourly_usd
@@ -395,6 +455,40 @@ def run(
         _detached(req.run_id, vm, interrupted=True)
         return
     _finish_run(outcome, vm_lines=_explain_stop(outcome, settings, project, clients, vm))
+
+
+def _vm_costs(vm) -> dict:
+    """A VM's cost fields for `cloud status`: running, its machine, GPUs and disk bill; stopped, only
+    its boot disk does, but that until the VM is deleted, so a stopped VM is never shown as free."""
+    from newsclf.cloud import compute
+    from newsclf.cloud.prices import HOURS_PER_MONTH, disk_hourly
+
+    uptime = vm.uptime_s()
+    running = vm.hourly_usd
+    disk = disk_hourly(vm.disk_gb)  # `cloud run` creates pd-balanced boot disks
+    return {
+        "uptime_s": round(uptime),
+        "est_usd_per_hour": running if vm.status in compute.ACTIVE_STATES else disk,
+        "est_usd_so_far": round(running * uptime / 3600, 4) if running is not None else None,
+        "disk_gb": vm.disk_gb,
+        "est_disk_usd_per_month": round(disk * HOURS_PER_MONTH, 2) if disk is not None else None,
+    }
+
+
+def _disk_note(console, rows: list[dict]) -> None:
+    """Under the table: what the stopped VMs' disks cost, and how to stop paying for them."""
+    from newsclf.cloud import compute
+
+    stopped = [r for r in rows if r["state"] not in compute.ACTIVE_STATES and r["est_disk_usd_per_month"]]
+    if not stopped:
+        return
+    monthly = sum(r["est_disk_usd_per_month"] for r in stopped)
+    disks = sum(r["disk_gb"] for r in stopped)
+    console.print(
+        f"Stopped VMs still bill for their disks: est. {_money(monthly)}/month for {disks} GB; "
+        "`newsclf cloud stop --delete` deletes a VM with its disk.",
+        highlight=False,
+    )
 
 
 @app.command("status")
@@ -428,8 +522,6 @@ def status(
                 run_state = compute.run_state(vm_store, vm.run_id)
             except CloudError as e:
                 _output.warn(f"Cannot read the state of run {vm.run_id}: {e}")
-        hourly = vm.hourly_usd
-        uptime = vm.uptime_s()
         rows.append(
             {
                 "name": vm.name,
@@ -439,9 +531,7 @@ def status(
                 "gpus": vm.gpus,
                 "gpu_type": vm.gpu_type,
                 "spot": vm.spot,
-                "uptime_s": round(uptime),
-                "est_usd_per_hour": hourly if vm.status in compute.ACTIVE_STATES else 0.0,
-                "est_usd_so_far": round(hourly * uptime / 3600, 4) if hourly is not None else None,
+                **_vm_costs(vm),
                 "run_id": vm.run_id,
                 "run_state": run_state,
                 "sweep_id": vm.sweep_id,
@@ -487,6 +577,7 @@ def status(
                 *([r["sweep_id"] or "-"] if sweeps else []),
             )
         console.print(table)
+        _disk_note(console, rows)
         console.print("Costs are estimates from a built-in price table, not a bill.", style="dim", highlight=False)
 
     _output.emit(data, render)

@@ -17,7 +17,8 @@ from newsclf.cli._transfer import bucket_option
 from newsclf.errors import NewsclfError
 
 # train flags that make no sense inside the job (data and run dir come from the bucket)
-NOT_IN_JOB = ("data", "demo", "resume", "run", "run_id", "sweep", "sweep_file", "metric", "sweep_id", "sweep_runs")
+NOT_IN_JOB = ("data", "demo", "resume", "run", "run_id")
+SWEEP_FLAGS = ("sweep", "sweep_file", "metric", "sweep_id", "sweep_runs")  # a job runs one trial: the plan picks it
 
 
 def _train_options(args: list[str]) -> Any:
@@ -30,6 +31,9 @@ def _train_options(args: list[str]) -> Any:
     ctx = train_cmd.make_context("newsclf job", list(args))
     params = ctx.params
     defaults = {p.name: p.default for p in train_cmd.params}
+    swept = [f"--{k.replace('_', '-')}" for k in SWEEP_FLAGS if params.get(k) is not None]
+    if swept:
+        raise typer.BadParameter(f"{', '.join(swept)} after `--`: give the sweep to `newsclf cloud run` itself, before `--`")
     bad = [f"--{k.replace('_', '-')}" for k in NOT_IN_JOB if params.get(k) != defaults.get(k)]
     if bad:
         raise typer.BadParameter(f"{', '.join(bad)} cannot be used in a job: the job takes data and run from the bucket")

@@ -53,7 +53,7 @@ def list_(
     def render(console) -> None:
         if not runs:
             console.print(
-                f"No runs in gs://{name}/runs/ yet: train one (`newsclf cloud train`) or push a local one "
+                f"No runs in gs://{name}/runs/ yet: train one (`newsclf cloud run`) or push a local one "
                 "(`newsclf models push latest`)",
                 highlight=False,
             )

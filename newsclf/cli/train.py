@@ -265,7 +265,7 @@ def train(
     run: Optional[str] = typer.Argument(None, metavar="RUN", help="With --resume: the run id or directory to continue."),
     wandb: bool = typer.Option(False, "--wandb", help="Report to Weights & Biases (on by default when WANDB_API_KEY is set)."),
     wandb_offline: bool = typer.Option(False, "--wandb-offline", help="Write a local W&B run (sync it later with `wandb sync`)."),
-    num_processes: int = typer.Option(1, "--num-processes", min=1, help="Data-parallel processes (torch distributed: gloo on CPU, NCCL on GPUs)."),
+    num_processes: int = typer.Option(1, "--num-processes", min=1, max=1024, help="Data-parallel processes (torch distributed: gloo on CPU, NCCL on GPUs)."),
     keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep checkpoints/ after the run finishes."),
     cpu: bool = typer.Option(False, "--cpu", help="Train on the CPU even when a GPU is present."),
     precision: Optional[str] = typer.Option(None, "--precision", metavar="auto|bf16|fp16|tf32|fp32", help="Number format (default: NEWSCLF_PRECISION or auto = TF32 on Ampere+ GPUs, fp16 on older ones, bf16 on CPUs with AMX, else fp32)."),
@@ -424,6 +424,13 @@ def train(
 # -- evaluate --------------------------------------------------------------------------------------
 
 
+def _check_batch_size(batch_size: int) -> None:
+    from newsclf.config import MAX_BATCH_SIZE
+
+    if batch_size > MAX_BATCH_SIZE:
+        raise typer.BadParameter(f"--batch-size must be at most {MAX_BATCH_SIZE}, not {batch_size}")
+
+
 def evaluate(
     model: str = typer.Option("latest", "--model", "-m", help="Run id, run directory, or `latest`."),
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset dir or CSV (text,label) (default: the run's dataset)."),
@@ -446,13 +453,18 @@ def evaluate(
     from newsclf.runs import resolve_run
 
     settings = get_settings()
+    _check_batch_size(batch_size)
     run = resolve_run(Path(settings.models_dir), model)
     _quiet_libraries()
-    from newsclf.evaluate import default_data, evaluate_model, plot_evaluation
+    from newsclf.evaluate import check_plot_path, default_data, evaluate_model, plot_evaluation
+    from newsclf.predict import Predictor
 
+    if plot is not None:
+        check_plot_path(plot)  # before the work, not after it
+    predictor = Predictor(run, precision=precision or settings.precision)  # refuses an incomplete run
     data = data or default_data(run, Path(settings.data_dir) / "processed")
     _output.info(f"Evaluating {run} on {data}" + ("" if data.suffix.lower() == ".csv" else f" ({split})"))
-    result = evaluate_model(run, data, split=split, batch_size=batch_size, precision=precision or settings.precision)
+    result = evaluate_model(run, data, split=split, batch_size=batch_size, predictor=predictor)
     if plot is not None:
         result["plot"] = str(plot_evaluation(result, plot, run / "trainer_state.json"))
 
@@ -509,6 +521,7 @@ def predict(
     from newsclf.runs import resolve_run
 
     settings = get_settings()
+    _check_batch_size(batch_size)
     run = resolve_run(Path(settings.models_dir), model)
     _quiet_libraries()
     from newsclf.predict import Predictor, clean_texts, read_texts

@@ -30,6 +30,16 @@ IMAGE_NAME = "newsclf-train"
 DOCKER_BUILDER = "gcr.io/cloud-builders/docker"
 BUILD_TAGS = ["newsclf"]  # Cloud Build tags, to find these builds: gcloud builds list --filter=tags=newsclf
 BUILD_TIMEOUT_S = 3600  # CUDA torch layers are GBs: download + push outlast Cloud Build's 10-minute default
+# The default worker (e2-standard-2: 2 vCPUs, 100 GB disk) is sized for small images. This one is ~7 GB
+# (nvidia/torch/triton wheels): `uv sync` unpacks them and compiles bytecode in the builder stage, the
+# runtime stage copies the whole venv again, then docker compresses and pushes every layer; all of it
+# is CPU-bound and multi-threaded, so 8 vCPUs (8 GB memory is plenty: wheels are streamed, not held)
+# cut the build time roughly in proportion. Build minutes on it cost more, but far fewer are billed.
+BUILD_MACHINE = "E2_HIGHCPU_8"
+# Disk: the builder's venv (~7 GB) + the runtime stage's copy (~7 GB) + the exported, compressed
+# layers (~3-4 GB) + base images and uv's downloads, ~25 GB at peak; 200 GB leaves room for the
+# image to grow and for docker's layer cache without a "no space left on device" halfway through.
+BUILD_DISK_GB = 200
 LOGS_PREFIX = f"{layout.BUILDS_PREFIX}logs"  # logs_bucket gs://BUCKET/builds/logs → builds/logs/log-<id>.txt
 POLL_S = 2.0  # seconds between build-status polls and log reads while following a build
 TRANSIENT_GRACE_S = 120.0  # keep following through network blips this long before giving up
@@ -317,7 +327,10 @@ def pack_source(root: Path, dest_dir: Path) -> PackedSource:
     mtime/owner/mode, gzip header mtime 0, so the same tree always gives the same sha256."""
     root = Path(root)
     if not (root / "Dockerfile").is_file():
-        raise InputError(f"No Dockerfile in {root}: run this in the newsclf project directory or pass --source")
+        raise InputError(
+            f"No Dockerfile in {root}: pass --source a newsclf project directory, or leave --source out "
+            "to build the installed newsclf"
+        )
     files = source_files(root)
     out = Path(dest_dir) / "source.tar.gz"
     with open(out, "wb") as raw:
@@ -335,6 +348,83 @@ def pack_source(root: Path, dest_dir: Path) -> PackedSource:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return PackedSource(path=out, sha256=digest.hexdigest(), size=out.stat().st_size, files=files)
+
+
+# --- what to build: a project directory, or the installed newsclf ---------------------------------
+
+BUILD_FILES_DIR = "_build"  # in the installed package: the wheel's copy of what the image build needs
+# pyproject.toml's [tool.hatch.build.targets.wheel.force-include] puts these in newsclf/_build/; README.md
+# because pyproject.toml names it as the readme, without which `uv sync` in the image cannot build newsclf
+BUILD_FILES = ("Dockerfile", ".dockerignore", "pyproject.toml", "uv.lock", "README.md", "docker")
+_VERSION_LINE = re.compile(r"""^__version__\s*=\s*["']([^"']+)["']""", re.MULTILINE)
+
+
+@dataclass
+class BuildContext:
+    """The directory `cloud build` packs, and what the log calls it."""
+
+    root: Path
+    label: str
+
+
+def installed_context(dest: Path, package: Path | None = None) -> BuildContext:
+    """The build context of the installed newsclf: the build files its wheel carries (newsclf/_build/)
+    staged at `dest`'s root and the package itself as `dest`/newsclf/, so the image is built from the
+    very code that runs this. An editable install is its checkout: that directory, as it is."""
+    if package is None:
+        import newsclf
+
+        package = Path(newsclf.__file__).resolve().parent
+    carried = package / BUILD_FILES_DIR
+    version = _version_in(package / "__init__.py") or "?"
+    if not (carried / "Dockerfile").is_file():
+        checkout = package.parent
+        if (checkout / "Dockerfile").is_file() and (checkout / "uv.lock").is_file():
+            return BuildContext(checkout, f"{checkout} (newsclf {version}, installed from this checkout)")
+        raise InputError(
+            f"The installed newsclf {version} carries no build files (no {BUILD_FILES_DIR}/Dockerfile in "
+            f"{package}): reinstall it from a newsclf checkout (`pipx install --force .`) or its wheel, or "
+            "pass --source a newsclf project directory"
+        )
+    missing = [name for name in BUILD_FILES if not (carried / name).exists()]
+    if missing:
+        raise InputError(
+            f"The installed newsclf {version} lacks {', '.join(missing)} in {carried}: reinstall it from a "
+            "newsclf checkout (`pipx install --force .`) or its wheel, or pass --source a newsclf project directory"
+        )
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in BUILD_FILES:
+        src = carried / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, symlinks=True)
+        else:
+            shutil.copy2(src, dest / name)
+    # the package minus its copy of the build files (they are at the root now) and any bytecode
+    shutil.copytree(
+        package, dest / "newsclf", symlinks=True,
+        ignore=lambda d, names: [n for n in names if n == "__pycache__" or (Path(d) == package and n == BUILD_FILES_DIR)],
+    )
+    return BuildContext(dest, f"the installed newsclf {version} ({package})")
+
+
+def _version_in(init: Path) -> str | None:
+    try:
+        m = _VERSION_LINE.search(init.read_text(encoding="utf-8"))
+    except OSError:
+        return None
+    return m.group(1) if m else None
+
+
+def project_version(root: Path) -> str | None:
+    """The newsclf version of the project at `root`: newsclf/__init__.py's __version__ (the line
+    hatch reads for the package's version), or None when there is none."""
+    return _version_in(Path(root) / "newsclf" / "__init__.py")
+
+
+def version_tag(version: str) -> str:
+    """The image tag for a build of newsclf `version` (a Docker tag: [A-Za-z0-9_.-], at most 128)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", version)[:128]
 
 
 # --- settings → names ---------------------------------------------------------------------------
@@ -364,6 +454,9 @@ def resolve_project(settings: Settings, project: str | None = None) -> str:
     """--project, else NEWSCLF_GCP_PROJECT, else the Application Default Credentials' project."""
     project = project or settings.gcp_project
     if not project and not is_local_endpoint(settings.cloudbuild_api_endpoint):
+        from newsclf.cloud.storage import check_credentials_file
+
+        check_credentials_file()  # a broken key file is that, not a missing project
         try:
             import google.auth
 
@@ -373,6 +466,102 @@ def resolve_project(settings: Settings, project: str | None = None) -> str:
     if not project:
         raise ConfigError("No Google Cloud project set: set NEWSCLF_GCP_PROJECT or pass --project")
     return project
+
+
+# --- the image `cloud run` starts, checked before any VM is paid for ------------------------------
+
+# LOCATION-docker.pkg.dev/PROJECT/REPOSITORY/PACKAGE[:TAG][@DIGEST] (a package name may hold slashes)
+_AR_IMAGE = re.compile(
+    r"(?P<location>[a-z0-9-]+)-docker\.pkg\.dev/(?P<project>[^/]+)/(?P<repo>[^/]+)/(?P<package>[^:@]+)"
+    r"(?::(?P<tag>[^:@/]+))?(?:@(?P<digest>[a-z0-9]+:[0-9a-f]+))?"
+)
+_SOURCE_HASH_TAG = re.compile(r"[0-9a-f]{64}")
+AR_CALL_TIMEOUT_S = 30.0
+
+
+def run_image(settings: Settings, project: str) -> tuple[str, str | None]:
+    """(image, newsclf version it must hold) for `cloud run`: --image/NEWSCLF_IMAGE as given when it
+    names a tag or digest (version None: the user's choice), else its repository (default: the one
+    `cloud build` pushes to) at the tag of this newsclf's version, which `cloud build` gives it."""
+    from newsclf import __version__
+
+    image = settings.image
+    if image and ("@" in image or ":" in image.rsplit("/", 1)[-1]):
+        return image, None
+    return f"{image_repository(settings, project)}:{version_tag(__version__)}", __version__
+
+
+def check_image(settings: Settings, image: str, *, version: str | None = None, client: Any = None) -> bool:
+    """Ask Artifact Registry whether `image` is there, before a VM is paid to pull it; False for an
+    image elsewhere (nothing to ask). Raises CloudError naming `newsclf cloud build` when it is missing
+    (with `version`: naming the newsclf version the repository's latest image was built from)."""
+    from google.api_core import exceptions as gexc
+
+    m = _AR_IMAGE.fullmatch(image)
+    if m is None:
+        return False
+    from urllib.parse import quote
+
+    repo = f"{m['location']}-docker.pkg.dev/{m['project']}/{m['repo']}"
+    package = (
+        f"projects/{m['project']}/locations/{m['location']}/repositories/{m['repo']}/packages/"
+        + quote(m["package"], safe="")  # slashes in a package name are escaped in its resource name
+    )
+    try:
+        if client is None:
+            from newsclf.cloud.setup import artifactregistry_client
+
+            client = artifactregistry_client(settings)
+        if m["digest"]:
+            client.get_version(name=f"{package}/versions/{m['digest']}", timeout=AR_CALL_TIMEOUT_S)
+        else:
+            client.get_tag(name=f"{package}/tags/{m['tag'] or 'latest'}", timeout=AR_CALL_TIMEOUT_S)
+        return True
+    except gexc.NotFound:
+        pass
+    except Exception as e:
+        raise _registry_error(e, settings, m["project"], image) from e
+    if version is None:
+        raise CloudError(
+            f"No image {image} in Artifact Registry: build it with `newsclf cloud build`, or fix --image/NEWSCLF_IMAGE"
+        )
+    built = _latest_version(client, package)
+    if built is not None and built != version:
+        raise CloudError(
+            f"The training image in {repo} is for newsclf {built}, and this is newsclf {version}: build the "
+            f"image for this version with `newsclf cloud build` (it pushes {image})"
+        )
+    raise CloudError(f"No training image for newsclf {version} in {repo} ({image}): build it with `newsclf cloud build`")
+
+
+def _latest_version(client: Any, package: str) -> str | None:
+    """The newsclf version `cloud build` tagged the repository's `latest` image with, if it can tell."""
+    from google.cloud import artifactregistry_v1
+
+    try:
+        latest = client.get_tag(name=f"{package}/tags/latest", timeout=AR_CALL_TIMEOUT_S)
+        found = client.get_version(
+            request=artifactregistry_v1.GetVersionRequest(
+                name=latest.version, view=artifactregistry_v1.VersionView.FULL
+            ),
+            timeout=AR_CALL_TIMEOUT_S,
+        )
+    except Exception:  # only to say which version is there: the error names the fix without it
+        return None
+    tags = [t.name.rsplit("/", 1)[-1] for t in found.related_tags]
+    versions = [t for t in tags if t != "latest" and not _SOURCE_HASH_TAG.fullmatch(t)]
+    return versions[0] if versions else None
+
+
+def _registry_error(e: BaseException, settings: Settings, project: str, image: str) -> BaseException:
+    from newsclf.cloud.setup import _api_failure
+
+    answer = _api_failure(
+        e, title="Artifact Registry API", service="artifactregistry.googleapis.com", project=project,
+        what=f"read the image {image}", role="roles/artifactregistry.reader", member="user:YOU@example.com",
+        endpoint=settings.artifactregistry_api_endpoint, endpoint_setting="NEWSCLF_ARTIFACTREGISTRY_API_ENDPOINT",
+    )  # fmt: skip
+    return CloudError(answer[1]) if answer is not None else e
 
 
 # --- clients and their errors -------------------------------------------------------------------
@@ -466,25 +655,30 @@ def upload_source(client: Any, bucket: str, packed: PackedSource) -> bool:
     return True
 
 
-def build_request(*, bucket: str, object_name: str, image: str, tag: str) -> Any:
-    """The Cloud Build `Build`: one docker build step; the images are pushed when it succeeds."""
+def build_request(*, bucket: str, object_name: str, image: str, tag: str, version: str | None = None) -> Any:
+    """The Cloud Build `Build`: one docker build step on a worker big enough for the image; the
+    images (source hash, newsclf version, latest) are pushed when it succeeds."""
     from google.cloud.devtools import cloudbuild_v1
     from google.protobuf import duration_pb2
 
-    tagged = [f"{image}:{tag}", f"{image}:latest"]
+    tags = [tag, *([version_tag(version)] if version else []), "latest"]
+    tagged = [f"{image}:{t}" for t in tags]
     return cloudbuild_v1.Build(
         source=cloudbuild_v1.Source(
             storage_source=cloudbuild_v1.StorageSource(bucket=bucket, object_=object_name)
         ),
         steps=[
             cloudbuild_v1.BuildStep(
-                name=DOCKER_BUILDER, args=["build", "-t", tagged[0], "-t", tagged[1], "."]
+                name=DOCKER_BUILDER, args=["build", *[a for t in tagged for a in ("-t", t)], "."]
             )
         ],
         images=tagged,
         tags=BUILD_TAGS,
         logs_bucket=f"gs://{bucket}/{LOGS_PREFIX}",
         timeout=duration_pb2.Duration(seconds=BUILD_TIMEOUT_S),
+        options=cloudbuild_v1.BuildOptions(
+            machine_type=BUILD_MACHINE, disk_size_gb=BUILD_DISK_GB  # proto-plus takes an enum's name
+        ),
     )
 
 
@@ -533,6 +727,8 @@ class BuildResult:
     source: str  # gs://BUCKET/builds/<sha256>.tar.gz
     uploaded: bool = False
     log_tail: list[str] = field(default_factory=list)
+    version: str | None = None  # the newsclf version built; the image is also tagged with it
+    version_image: str | None = None  # IMAGE:<version>: what `cloud run` of that version starts
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -543,6 +739,8 @@ class BuildResult:
             "duration_s": self.duration_s,
             "log_url": self.log_url,
             "source": self.source,
+            "version": self.version,
+            "version_image": self.version_image,
         }
 
 
@@ -610,15 +808,16 @@ def _failure_error(result: BuildResult, build: Any, settings: Settings, project:
 def submit_build(
     settings: Settings,
     *,
-    source_dir: Path = Path("."),
+    source_dir: Path | None = None,
     project: str | None = None,
     wait: bool = True,
     on_log: Callable[[str], None] | None = None,
     build_client: Any = None,
     storage: Any = None,
 ) -> BuildResult:
-    """Pack, upload and build the training image; with `wait`, follow the log (each complete line
-    goes to `on_log`) until the build ends. Raises BuildFailedError when it does not succeed."""
+    """Pack `source_dir` (None: the installed newsclf), upload and build the training image; with
+    `wait`, follow the log (each complete line goes to `on_log`) until the build ends. Raises
+    BuildFailedError when it does not succeed."""
     from newsclf.cloud.storage import require_bucket, storage_client
 
     project = resolve_project(settings, project)
@@ -631,11 +830,21 @@ def submit_build(
 
     workdir = Path(tempfile.mkdtemp(prefix="newsclf-build-"))
     try:
-        packed = pack_source(Path(source_dir), workdir)
+        if source_dir is None:
+            context = installed_context(workdir / "context")
+        else:
+            context = BuildContext(Path(source_dir), str(Path(source_dir).resolve()))
+        packed = pack_source(context.root, workdir)
+        version = project_version(context.root)
         log.info(
             "Packed %d files (%s) of %s, sha256 %s",
-            len(packed.files), _human(packed.size), Path(source_dir).resolve(), packed.sha256[:12],
+            len(packed.files), _human(packed.size), context.label, packed.sha256[:12],
         )
+        if version is None:
+            log.warning(
+                "No newsclf version in %s/newsclf/__init__.py: the image gets no version tag, so "
+                "`newsclf cloud run` will not find it (pass --image)", context.root,
+            )
         if packed.size > BIG_SOURCE_BYTES:
             log.warning(
                 "The source archive is %s: add large files to .dockerignore to keep builds fast",
@@ -647,7 +856,9 @@ def submit_build(
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    request = build_request(bucket=bucket, object_name=packed.object_name, image=image, tag=packed.sha256)
+    request = build_request(
+        bucket=bucket, object_name=packed.object_name, image=image, tag=packed.sha256, version=version
+    )
     try:
         operation = client.create_build(project_id=project, build=request)
         build = operation.metadata.build
@@ -662,6 +873,8 @@ def submit_build(
         log_url=build.log_url or None,
         source=source_uri,
         uploaded=uploaded,
+        version=version,
+        version_image=f"{image}:{version_tag(version)}" if version else None,
     )
     log.info("Cloud Build %s started%s", build.id, f": {build.log_url}" if build.log_url else "")
     if not wait:

@@ -106,16 +106,9 @@ def make_clients(settings: Settings) -> Clients:
 
 
 def _adc() -> Any:
-    import google.auth
-    from google.auth.exceptions import DefaultCredentialsError
+    from newsclf.cloud.storage import default_credentials  # the same words for a missing or broken key
 
-    try:
-        credentials, _ = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
-    except DefaultCredentialsError:
-        raise CloudError(
-            "No Google Cloud credentials: run `gcloud auth application-default login` "
-            "or set GOOGLE_APPLICATION_CREDENTIALS"
-        ) from None
+    credentials, _ = default_credentials([CLOUD_PLATFORM_SCOPE])
     return credentials
 
 
@@ -135,6 +128,9 @@ def project_id(settings: Settings) -> str:
     import google.auth
     from google.auth.exceptions import DefaultCredentialsError
 
+    from newsclf.cloud.storage import check_credentials_file
+
+    check_credentials_file()  # a broken key file is that, not a missing project
     try:
         _, project = google.auth.default()
     except DefaultCredentialsError:
@@ -1304,8 +1300,13 @@ def follow(
             failures = 0
         except (*api_errors, CloudError) as e:  # a blip in a follow that lasts hours: poll again
             failures += 1
-            if failures >= FOLLOW_MAX_FAILURES:
-                raise
+            if failures >= FOLLOW_MAX_FAILURES:  # the VM bills on: say so, and how to end it
+                seen = f"last seen {current.status}" if current is not None else "state unknown"
+                raise CloudError(
+                    f"Stopped following run {run_id} after {failures} failed polls ({_short(e)}); VM {vm.name} "
+                    f"({vm.zone}, {seen}) keeps running and billing: re-attach with `newsclf cloud logs {run_id} "
+                    "--follow` or stop it with `newsclf cloud stop`"
+                ) from e
             log.debug("Polling run %s failed (%s); retrying", run_id, _short(e))
             time.sleep(poll_s)
             continue

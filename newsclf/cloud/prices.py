@@ -31,7 +31,17 @@ GPU_USD_PER_HOUR = {
     "nvidia-tesla-p100": 1.46,
     "nvidia-l4": 0.56,
 }
-DISK_USD_PER_GB_HOUR = 0.10 / 730  # pd-balanced, $0.10 per GB-month
+# Persistent disk, USD per GB-month of provisioned size, billed while the disk exists: a stopped VM's
+# boot disk keeps billing until the VM is deleted. US list prices from "Disk and image pricing"
+# (https://cloud.google.com/compute/disks-image-pricing: a 200 GB pd-standard volume is $8.00 a month);
+# europe-west1 is within a few percent.
+DISK_USD_PER_GB_MONTH = {
+    "pd-standard": 0.04,
+    "pd-balanced": 0.10,  # what `cloud run` creates
+    "pd-ssd": 0.17,
+}
+HOURS_PER_MONTH = 730  # Google's pricing pages convert monthly prices with 730 hours
+DISK_USD_PER_GB_HOUR = DISK_USD_PER_GB_MONTH["pd-balanced"] / HOURS_PER_MONTH
 SPOT_FACTOR = 0.35  # spot VMs and GPUs cost roughly 60-91% less; a middle-of-the-road guess
 
 
@@ -50,3 +60,9 @@ def hourly_estimate(
         gpu = per_gpu * gpu_count
     compute = (machine + gpu) * (SPOT_FACTOR if spot else 1.0)
     return round(compute + disk_gb * DISK_USD_PER_GB_HOUR, 4)
+
+
+def disk_hourly(disk_gb: int, disk_type: str = "pd-balanced") -> float | None:
+    """Estimated USD per hour for a persistent disk of `disk_gb`, running or not; None for an unknown type."""
+    per_month = DISK_USD_PER_GB_MONTH.get(disk_type)
+    return None if per_month is None else round(disk_gb * per_month / HOURS_PER_MONTH, 4)

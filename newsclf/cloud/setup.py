@@ -282,15 +282,12 @@ def _project(ctx: _Context) -> tuple[str, str]:
     settings = ctx.settings
     project, source = settings.gcp_project, ""
     if _needs_credentials(settings):
-        import google.auth
-        from google.auth.exceptions import DefaultCredentialsError
-
-        from newsclf.cloud.storage import translate
+        from newsclf.cloud.storage import default_credentials
 
         try:
-            ctx.credentials, adc_project = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
-        except DefaultCredentialsError as e:
-            return MISSING, str(translate(e, ""))
+            ctx.credentials, adc_project = default_credentials(["https://www.googleapis.com/auth/cloud-platform"])
+        except CloudError as e:  # none, or a broken key file (named, never quoted)
+            return MISSING, str(e)
         if not project and adc_project:
             project, source = adc_project, " (from Application Default Credentials)"
         if not project:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RETRY_DEADLINE_S = 300.0  # give up on 429/5xx/connection resets after this long
+REQUEST_TIMEOUT_S = 60.0  # a request silent for this long (connecting, or between two reads) is retried
 LARGE_FILE = 8 * 1024 * 1024  # above this: resumable upload in chunks (and its own progress bar)
 UPLOAD_CHUNK = 8 * 1024 * 1024  # a multiple of 256 KiB, as GCS requires
 WORKERS = 8  # files in flight at once
@@ -84,17 +85,95 @@ def _log_retry(exc: Exception) -> None:
     log.info("Cloud Storage: %s; retrying (for up to %g s)", _short(exc), RETRY_DEADLINE_S)
 
 
-def _no_credentials_message() -> str:
+_KEY_TYPES = frozenset({
+    "service_account", "authorized_user", "external_account", "external_account_authorized_user",
+    "impersonated_service_account", "gdch_service_account",
+})  # what google.auth.load_credentials_from_file accepts
+_KEY_FIX = (
+    "download a new key (`gcloud iam service-accounts keys create KEY.json --iam-account=ACCOUNT`) "
+    "or unset it and run `gcloud auth application-default login`"
+)
+_DAMAGED = "cannot be loaded (its private key or another field is damaged)"
+
+
+def _key_file_problem(path: Path) -> str | None:
+    """Why the credentials file is unusable, in words that quote none of its content (it holds a
+    private key); None when it looks like a key google.auth can load."""
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        return "is a directory"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or type(e).__name__})"
+    if not data.strip():
+        return "is empty"
+    try:
+        info = json.loads(data)
+    except ValueError:  # UnicodeDecodeError is one
+        return "is not valid JSON (truncated, or not a key file)"
+    if not isinstance(info, dict):
+        return "is not a JSON object"
+    if info.get("type") not in _KEY_TYPES:
+        return 'has no known credential "type" (a service-account key has "type": "service_account")'
+    if info["type"] == "service_account":
+        missing = [f for f in ("client_email", "private_key", "token_uri") if not isinstance(info.get(f), str) or not info[f]]
+        if missing:
+            return f"lacks {', '.join(missing)}"
+        from google.auth.exceptions import GoogleAuthError
+        from google.oauth2 import service_account
+
+        try:  # what google.auth.default will do with it (callers that swallow its errors see this one)
+            service_account.Credentials.from_service_account_info(info)
+        except (GoogleAuthError, ValueError):
+            return _DAMAGED
+    return None
+
+
+def _credentials_path() -> Path | None:
     path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
-    if path and not Path(path).is_file():
+    return Path(path) if path else None
+
+
+def check_credentials_file() -> None:
+    """A CloudError naming the path when GOOGLE_APPLICATION_CREDENTIALS points at a file that is not a
+    usable key, before google.auth reads it (whose errors can quote the file, or be an AttributeError)."""
+    path = _credentials_path()
+    if path is None or not path.exists():
+        return
+    problem = _key_file_problem(path)
+    if problem is not None:
+        raise CloudError(_broken_key_message(path, problem))
+
+
+def _broken_key_message(path: Path, problem: str) -> str:
+    return f"GOOGLE_APPLICATION_CREDENTIALS points at {path}, which is not a usable key file: it {problem}; " + _KEY_FIX
+
+
+def _no_credentials_message() -> str:
+    path = _credentials_path()
+    if path is not None and not path.exists():
         return (
             f"No Google Cloud credentials: GOOGLE_APPLICATION_CREDENTIALS points at {path}, which does not "
             "exist; fix the path or unset it and run `gcloud auth application-default login`"
         )
+    if path is not None:
+        return _broken_key_message(path, _key_file_problem(path) or _DAMAGED)
     return (
         "No Google Cloud credentials found: run `gcloud auth application-default login` or set "
         "GOOGLE_APPLICATION_CREDENTIALS to a service-account key file"
     )
+
+
+def default_credentials(scopes: Sequence[str]) -> tuple[Any, str | None]:
+    """(credentials, project) from Application Default Credentials, or a CloudError naming the fix."""
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    check_credentials_file()
+    try:
+        return google.auth.default(scopes=list(scopes))
+    except DefaultCredentialsError:
+        raise CloudError(_no_credentials_message()) from None
 
 
 def _bucket_missing_message(bucket: str) -> str:
@@ -142,15 +221,60 @@ def _forbidden_message(exc: Any, bucket: str) -> str:
 def _short(exc: BaseException | None) -> str:
     if exc is None:
         return "unknown"
+    if "Connection refused" in str(exc) or isinstance(exc, ConnectionRefusedError):  # requests buries it deep
+        m = re.search(r"host='([^']+)', port=(\d+)", str(exc))
+        return f"connection refused by {m.group(1)}:{m.group(2)}" if m else "connection refused"
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def translate(exc: BaseException, bucket: str, op: str = "list", name: str | None = None) -> CloudError | None:
+def _not_found_scope(exc: BaseException) -> str | None:
+    """What a 404 is about, from the request that got it (never the message, which quotes the URL and
+    so the bucket's name): "bucket", "object" (or its bucket), "session" (a resumable upload's), or
+    None when the request is unknown."""
+    from urllib.parse import parse_qs, urlsplit
+
+    url = getattr(getattr(getattr(exc, "response", None), "request", None), "url", None)
+    if not isinstance(url, str):
+        return None
+    parts = urlsplit(url)
+    m = re.search(r"/storage/v1/b/[^/]+(/.*)?$", parts.path)
+    if m is None:
+        return None
+    rest = m.group(1) or ""
+    if rest.startswith("/o/"):
+        return "object"
+    if rest.rstrip("/") == "/o" and "upload_id" in parse_qs(parts.query):
+        return "session"
+    return "bucket"  # the bucket itself, its listing, an upload into it, its IAM policy
+
+
+def _bucket_exists(bucket: "Bucket") -> bool | None:
+    """Whether the bucket exists, by listing (storage.objects.list, which every role that reads objects
+    has; storage.buckets.get often is not granted); None when that cannot tell."""
+    from google.api_core import exceptions as api
+    from google.auth.exceptions import GoogleAuthError
+
+    try:
+        found = bucket.client.list_blobs(bucket, max_results=1, retry=retry_policy(), timeout=REQUEST_TIMEOUT_S)
+        next(iter(found), None)
+    except api.NotFound:
+        return False
+    except (api.GoogleAPICallError, api.RetryError, GoogleAuthError, OSError) as e:  # OSError: requests' errors
+        log.debug("Could not check that gs://%s exists: %s", bucket.name, _short(e))
+        return None
+    return True
+
+
+def translate(
+    exc: BaseException, bucket: "str | Bucket", op: str = "list", name: str | None = None
+) -> CloudError | None:
     """A one-line CloudError naming the fix for a Google client exception, or None if it is not ours to explain.
 
-    op is what failed: "list" or "upload" (a 404 means the bucket is missing), "download" or "read"
-    (a 404 means the object is).
+    A 404 is read from the request that got it: on the bucket, its listing or an upload into it, the
+    bucket is missing; on an object, the object is, unless the bucket is (checked when `bucket` is a
+    Bucket, else assumed present). op is what failed, for a 404 without its request: "list" or
+    "upload" (the bucket), "download" or "read" (the object).
     """
     import requests
     from google.api_core import exceptions as api
@@ -158,6 +282,8 @@ def translate(exc: BaseException, bucket: str, op: str = "list", name: str | Non
 
     if isinstance(exc, CloudError):
         return exc
+    handle = None if isinstance(bucket, str) else bucket
+    bucket = bucket if isinstance(bucket, str) else bucket.name
     if isinstance(exc, auth.DefaultCredentialsError):
         return CloudError(_no_credentials_message())
     if isinstance(exc, (auth.RefreshError, api.Unauthorized)):
@@ -168,8 +294,16 @@ def translate(exc: BaseException, bucket: str, op: str = "list", name: str | Non
     if isinstance(exc, api.Forbidden):
         return CloudError(_forbidden_message(exc, bucket))
     if isinstance(exc, api.NotFound):
-        if op in ("list", "upload") or "bucket" in str(getattr(exc, "message", "")).lower():
+        scope = _not_found_scope(exc) or ("bucket" if op in ("list", "upload") else "object")
+        if scope == "object" and handle is not None and _bucket_exists(handle) is False:
+            scope = "bucket"
+        if scope == "bucket":
             return CloudError(_bucket_missing_message(bucket))
+        if scope == "session":
+            return CloudError(
+                f"The resumable upload of {layout.uri(bucket, name or '')} expired or was lost on the server: "
+                "re-run the command; finished files are kept"
+            )
         return ObjectNotFound(
             f"{layout.uri(bucket, name or '')} is gone (deleted or replaced while we read it): re-run the command"
         )
@@ -189,7 +323,7 @@ def translate(exc: BaseException, bucket: str, op: str = "list", name: str | Non
 
 
 @contextmanager
-def _errors(bucket: str, op: str, name: str | None = None) -> Iterator[None]:
+def _errors(bucket: "str | Bucket", op: str, name: str | None = None) -> Iterator[None]:
     try:
         yield
     except TransferCancelled:
@@ -226,13 +360,7 @@ def storage_client(settings: "Settings | None" = None) -> "Client":
 
         return storage.Client(project=project or "newsclf-emulator", credentials=AnonymousCredentials())
 
-    import google.auth
-    from google.auth.exceptions import DefaultCredentialsError
-
-    try:
-        credentials, adc_project = google.auth.default(scopes=list(storage.Client.SCOPE))
-    except DefaultCredentialsError:
-        raise CloudError(_no_credentials_message()) from None
+    credentials, adc_project = default_credentials(storage.Client.SCOPE)
     return storage.Client(project=project or adc_project, credentials=credentials)
 
 
@@ -274,7 +402,8 @@ def list_objects(client: "Client", bucket: "str | Bucket", prefix: str) -> dict[
     """Every object under prefix, by name (one paged listing)."""
     b = _bucket(client, bucket)
     with _errors(b.name, "list"):
-        return {bl.name: _remote(bl) for bl in client.list_blobs(b, prefix=prefix, retry=retry_policy())}
+        listing = client.list_blobs(b, prefix=prefix, retry=retry_policy(), timeout=REQUEST_TIMEOUT_S)
+        return {bl.name: _remote(bl) for bl in listing}
 
 
 # --- progress -----------------------------------------------------------------------------------
@@ -300,17 +429,17 @@ _NO_PROGRESS = TransferProgress()
 class _Reader:
     """A file for the client to read an upload from: reports progress, stops on cancel."""
 
-    def __init__(self, f: Any, report: Callable[[int], None], cancel: threading.Event) -> None:
-        self._f, self._report, self._cancel, self._high = f, report, cancel, 0
+    def __init__(self, f: Any, report: Callable[[int], None], cancel: threading.Event, high: int = 0) -> None:
+        self._f, self._report, self._cancel, self.high = f, report, cancel, high
 
     def read(self, n: int = -1) -> bytes:
         if self._cancel.is_set():
             raise TransferCancelled()
         data = self._f.read(n)
         pos = self._f.tell()
-        if pos > self._high:  # a retried chunk re-reads bytes already counted
-            self._report(pos - self._high)
-            self._high = pos
+        if pos > self.high:  # a retried chunk re-reads bytes already counted
+            self._report(pos - self.high)
+            self.high = pos
         return data
 
     def seek(self, *args: Any) -> int:
@@ -388,7 +517,13 @@ def _execute(jobs: Sequence[Callable[[], int]], workers: int, cancel: threading.
     def guarded(job: Callable[[], int]) -> int:
         if cancel.is_set():
             raise TransferCancelled()
-        return job()
+        try:
+            return job()
+        except (*_PER_FILE_ERRORS, TransferCancelled):
+            raise
+        except BaseException:
+            cancel.set()  # here, not when the main thread gets to it: no queued file starts meanwhile
+            raise
 
     pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs))), thread_name_prefix="newsclf-gcs")
     interrupted = False
@@ -415,8 +550,9 @@ def _raise_first(errors: list[Exception]) -> None:
     if not errors:
         return
     first = errors[0]
-    if len(errors) > 1 and isinstance(first, CloudError):
-        raise type(first)(f"{first} (and {len(errors) - 1} more failed)") from first
+    others = [e for e in errors[1:] if str(e) != str(first)]  # the same credentials error twice is one problem
+    if others and isinstance(first, CloudError):
+        raise type(first)(f"{first} (and {len(others)} more failed)") from first
     raise first
 
 
@@ -442,45 +578,107 @@ def upload_file(
 
     if_generation_match: 0 = only if absent; N = only if the object is still generation N.
     If the precondition fails because a retried request had in fact landed (same bytes), that is success.
+    An upload that arrives corrupted is deleted and sent once more; a second corruption is an IntegrityError.
     """
-    from google.api_core.exceptions import PreconditionFailed
-
     b = _bucket(client, bucket)
     path = Path(local_path)
     size = path.stat().st_size
     crc = crc32c or crc32c_of_file(path)
     progress = progress or _NO_PROGRESS
-    blob = b.blob(name)
-    if size > LARGE_FILE:
-        blob.chunk_size = UPLOAD_CHUNK
+    reported = [0]  # bytes shown as sent, so that a second attempt does not count them again
     progress.file_started(name, size)
     with _errors(b.name, "upload", name):
         try:
-            with open(path, "rb") as f:
+            blob = _upload_once(b, path, name, size, crc, if_generation_match, progress, cancel, reported)
+        except _Corrupted:
+            log.info("Cloud Storage: %s arrived corrupted and was deleted; sending it again", layout.uri(b.name, name))
+            retry_match = None if if_generation_match is None else 0  # ours is deleted: the object is absent now
+            try:
+                blob = _upload_once(b, path, name, size, crc, retry_match, progress, cancel, reported)
+            except _Corrupted:
+                raise IntegrityError(
+                    f"{layout.uri(b.name, name)} arrived corrupted twice (its crc32c differs from the local "
+                    "file's) and was deleted from the bucket; the local file is unchanged: check the network "
+                    "(a proxy rewriting uploads?) and re-run the push"
+                ) from None
+    progress.file_done(name)
+    return _remote(blob)
+
+
+class _Corrupted(Exception):
+    """What the bucket got differs from what we sent; the object was deleted."""
+
+
+def _upload_once(
+    b: "Bucket",
+    path: Path,
+    name: str,
+    size: int,
+    crc: str,
+    if_generation_match: int | None,
+    progress: TransferProgress,
+    cancel: threading.Event | None,
+    reported: list[int],
+) -> "Blob":
+    from google.api_core.exceptions import PreconditionFailed
+    from google.cloud.storage.exceptions import DataCorruption
+
+    blob = b.blob(name)
+    if size > LARGE_FILE:
+        blob.chunk_size = UPLOAD_CHUNK
+    try:
+        with open(path, "rb") as f:
+            reader = _Reader(f, lambda n: progress.advance(name, n), cancel or threading.Event(), high=reported[0])
+            try:
                 blob.upload_from_file(
-                    _Reader(f, lambda n: progress.advance(name, n), cancel or threading.Event()),
+                    reader,
                     size=size,
                     content_type=_content_type(name),
                     if_generation_match=if_generation_match,
                     checksum="crc32c",  # multipart: GCS verifies; resumable: verified after the last chunk
                     crc32c_checksum_value=crc if size > LARGE_FILE else None,
                     retry=retry_policy(),
+                    timeout=REQUEST_TIMEOUT_S,
                 )
-        except PreconditionFailed:
-            current = b.get_blob(name, retry=retry_policy())
-            if current is None or current.size != size or current.crc32c != crc:
-                if if_generation_match == 0:
-                    raise ConflictError(
-                        f"{layout.uri(b.name, name)} already exists with different content: it is never "
-                        "overwritten; push under a new name (for a run: train a new run)"
-                    ) from None
+            finally:
+                reported[0] = reader.high
+    except DataCorruption:  # a resumable upload: the client compared the final crc32c (and tried to delete)
+        _delete_if_not(b, name, crc)
+        raise _Corrupted() from None
+    except PreconditionFailed:
+        current = b.get_blob(name, retry=retry_policy(), timeout=REQUEST_TIMEOUT_S)
+        if current is None or current.size != size or current.crc32c != crc:
+            if if_generation_match == 0:
                 raise ConflictError(
-                    f"{layout.uri(b.name, name)} was changed by someone else during the push: "
-                    "re-run the push to compare again"
+                    f"{layout.uri(b.name, name)} already exists with different content: it is never "
+                    "overwritten; push under a new name (for a run: train a new run)"
                 ) from None
-            blob = current
-    progress.file_done(name)
-    return _remote(blob)
+            raise ConflictError(
+                f"{layout.uri(b.name, name)} was changed by someone else during the push: "
+                "re-run the push to compare again"
+            ) from None
+        return current  # a retried request had already landed
+    if blob.crc32c is not None and blob.crc32c != crc:
+        # a multipart upload to a server that did not check the crc32c we sent (GCS does; an emulator
+        # or a proxy may not) kept the corrupted bytes
+        _delete_if_not(b, name, crc, generation=blob.generation)
+        raise _Corrupted()
+    return blob
+
+
+def _delete_if_not(bucket: "Bucket", name: str, crc: str, generation: int | None = None) -> None:
+    """Delete gs://bucket/name unless it holds the bytes with this crc32c (only that generation, when given)."""
+    from google.api_core.exceptions import NotFound, PreconditionFailed
+
+    try:
+        if generation is None:
+            current = bucket.get_blob(name, retry=retry_policy(), timeout=REQUEST_TIMEOUT_S)
+            if current is None or current.crc32c == crc:
+                return
+            generation = current.generation
+        bucket.blob(name).delete(if_generation_match=generation, retry=retry_policy(), timeout=REQUEST_TIMEOUT_S)
+    except (NotFound, PreconditionFailed):
+        pass  # gone already, or someone else wrote it meanwhile: theirs to keep
 
 
 def upload_files(
@@ -626,7 +824,7 @@ def download_file(
     cancel = cancel or threading.Event()
     if obj is None:
         with _errors(b.name, "read", name):
-            blob = b.get_blob(name, retry=retry_policy())
+            blob = b.get_blob(name, retry=retry_policy(), timeout=REQUEST_TIMEOUT_S)
         if blob is None:
             raise ObjectNotFound(f"{layout.uri(b.name, name)} not found: check the name and the bucket")
         obj = _remote(blob)
@@ -644,19 +842,25 @@ def download_file(
     while True:
         if offset < obj.size:
             blob = b.blob(obj.name, generation=obj.generation)  # no media link: the configured endpoint
-            with open(part, "ab" if offset else "wb") as f:
-                writer = _Writer(f, lambda n: progress.advance(name, n), cancel)
-                with _errors(b.name, "download", name):
-                    blob.download_to_file(
-                        writer,
-                        start=offset or None,
-                        raw_download=True,  # the stored bytes, which the crc32c describes
-                        checksum=None,  # verified below over the whole file, resumed or not
-                        retry=retry_policy(),
-                    )
-                writer.flush_progress()
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with open(part, "ab" if offset else "wb") as f:
+                    writer = _Writer(f, lambda n: progress.advance(name, n), cancel)
+                    with _errors(b, "download", name):
+                        blob.download_to_file(
+                            writer,
+                            start=offset or None,
+                            raw_download=True,  # the stored bytes, which the crc32c describes
+                            checksum=None,  # verified below over the whole file, resumed or not
+                            retry=retry_policy(),
+                            timeout=REQUEST_TIMEOUT_S,
+                        )
+                    writer.flush_progress()
+                    f.flush()
+                    os.fsync(f.fileno())
+            except BaseException:
+                if part.is_file() and part.stat().st_size == 0:
+                    part.unlink()  # nothing to resume from: leave no trace
+                raise
             moved += part.stat().st_size - offset
         elif not part.exists():
             part.touch()  # empty object
@@ -774,17 +978,10 @@ def download_prefix(
 
 def read_json(bucket: "Bucket", name: str) -> Any | None:
     """The parsed JSON object gs://bucket/name, or None if there is no such object."""
-    from google.api_core.exceptions import NotFound
-
     blob = bucket.blob(name)
     try:
-        with _errors(bucket.name, "read", name):
-            try:
-                data = blob.download_as_bytes(checksum="crc32c", retry=retry_policy())
-            except NotFound as e:
-                if "bucket" in str(getattr(e, "message", "")).lower():
-                    raise
-                return None
+        with _errors(bucket, "read", name):  # a Bucket: a 404 is checked against a missing bucket
+            data = blob.download_as_bytes(checksum="crc32c", retry=retry_policy(), timeout=REQUEST_TIMEOUT_S)
     except ObjectNotFound:
         return None
     try:
@@ -807,14 +1004,22 @@ def write_json(bucket: "Bucket", name: str, data: Any, *, if_generation_match: i
                 if_generation_match=if_generation_match,
                 checksum="crc32c",
                 retry=retry_policy(),
+                timeout=REQUEST_TIMEOUT_S,
             )
         except PreconditionFailed:
-            current = bucket.get_blob(name, retry=retry_policy())
+            current = bucket.get_blob(name, retry=retry_policy(), timeout=REQUEST_TIMEOUT_S)
             if current is not None and current.crc32c == crc32c_of_bytes(payload):
                 return _remote(current)  # a retried request had already landed
             raise ConflictError(
                 f"{layout.uri(bucket.name, name)} already exists or changed meanwhile: it was not overwritten"
             ) from None
+        crc = crc32c_of_bytes(payload)
+        if blob.crc32c is not None and blob.crc32c != crc:  # see _upload_once
+            _delete_if_not(bucket, name, crc, generation=blob.generation)
+            raise IntegrityError(
+                f"{layout.uri(bucket.name, name)} arrived corrupted (its crc32c differs from what was sent) and "
+                "was deleted from the bucket: re-run the command"
+            )
     return _remote(blob)
 
 
@@ -892,7 +1097,7 @@ def resolve_remote_run(runs: Sequence[RemoteRun], ref: str, bucket: str) -> Remo
             if run.complete:
                 return run
         raise CloudError(
-            f"No complete run in {layout.uri(bucket, layout.RUNS_PREFIX)}: train one with `newsclf cloud train` "
+            f"No complete run in {layout.uri(bucket, layout.RUNS_PREFIX)}: train one with `newsclf cloud run` "
             "or push a local one with `newsclf models push`"
         )
     for run in runs:
@@ -954,6 +1159,11 @@ def pull_run(
     if marker.exists() and not all(_same_file(d, o) for o, d in pairs):
         marker.unlink()
     transfer = download_objects(client, b, pairs, last={lay.metrics}, progress=progress)
+    try:
+        local_runs.check_run(run_dir)  # what arrived is the run training wrote, or it is not used
+    except InputError:
+        marker.unlink(missing_ok=True)
+        raise
 
     link = Path(models_dir) / local_runs.LATEST
     current = os.readlink(link) if link.is_symlink() else None
@@ -979,6 +1189,7 @@ def check_pushable(run_dir: Path) -> str:
         )
     if not (run_dir / local_runs.RUN_CONFIG).is_file():
         raise InputError(f"{run_dir} has no {local_runs.RUN_CONFIG}: it is not a newsclf training run")
+    local_runs.check_run(run_dir)  # every file there, as training wrote it
     return run_id
 
 
