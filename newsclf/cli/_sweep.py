@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 METRIC_NAMES = {"macro_f1": "macro-F1", "accuracy": "accuracy", "precision": "precision", "recall": "recall",
                 "loss": "loss"}  # fmt: skip
 STATUS_STYLE = {"succeeded": "green", "failed": "red", "running": "yellow", "interrupted": "yellow", "pending": "dim"}
-SWEEP_OPTIONS = ("sweep", "sweep_file", "metric", "sweep_id", "sweep_runs")
+SWEEP_OPTIONS = ("sweep", "sweep_file", "metric", "sweep_id")
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -268,10 +268,8 @@ def _finish(
 
 
 def check_train_flags(
-    *, sweeping: bool, metric: str | None, sweep_runs: str | None, resume: bool, run: str | None, num_processes: int
+    *, sweeping: bool, metric: str | None, resume: bool, run: str | None, num_processes: int
 ) -> None:
-    if sweep_runs is not None:
-        raise typer.BadParameter("--sweep-runs is set by `newsclf cloud run` for the job; run sweeps with --sweep")
     if not sweeping:
         if metric is not None and not (resume and run):
             raise typer.BadParameter("--metric picks a sweep's objective: use it with --sweep or --sweep-file")

@@ -18,7 +18,7 @@ from newsclf.errors import NewsclfError
 
 # train flags that make no sense inside the job (data and run dir come from the bucket)
 NOT_IN_JOB = ("data", "demo", "resume", "run", "run_id")
-SWEEP_FLAGS = ("sweep", "sweep_file", "metric", "sweep_id", "sweep_runs")  # a job runs one trial: the plan picks it
+SWEEP_FLAGS = ("sweep", "sweep_file", "metric", "sweep_id")  # a job runs one trial: the plan picks it
 
 
 def _train_options(args: list[str]) -> Any:
