@@ -478,6 +478,11 @@ def run_training(
     run_id = run_dir.name
     data_dir = Path(options.data_dir)
     check_processed(data_dir)
+    if main:  # one writer per run: another process training it (a plain --resume elsewhere) fails naming this one
+        from newsclf import locks
+
+        fix = f"wait for it to finish, or stop it and continue with `newsclf train --resume {run_id}`"
+        locks.hold_until_exit(run_dir.resolve(), what=f"Run {run_id}", fix=fix)
 
     cuda = use_cuda(options)
     precision = resolve_precision(options.precision, cuda)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import signal
 from pathlib import Path
 from typing import Any, Optional
 
@@ -36,10 +35,6 @@ def _train_options(args: list[str]) -> Any:
     return TrainOptions.from_settings(get_settings(), **overrides)
 
 
-def _sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # `docker stop` / VM shutdown: record the interruption in status.json
-
-
 def job(
     ctx: typer.Context,
     bucket: Optional[str] = bucket_option(),
@@ -65,7 +60,6 @@ def job(
 
     sweep_args = _sweep.job_sweep_args(ctx.args)  # `cloud run --sweep`: the trials of a sweep
     _, name, client = connect(bucket)
-    signal.signal(signal.SIGTERM, _sigterm)
     if sweep_args is not None:
         _sweep.job_sweep(client, name, run_id, options, workdir, sweep_args)
         return
