@@ -1,0 +1,224 @@
+"""One writer per dataset folder and per training run, with real concurrent processes.
+
+The first writer runs in a subprocess and pauses at a known point (it touches a `ready` file and
+waits for a `go` file), so the race is set up by events, never by sleeping a fixed time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from newsclf import locks
+from tests.tiny_model import tiny_data, tiny_model  # noqa: F401  (fixtures)
+
+REPO = Path(__file__).resolve().parents[1]
+
+# `newsclf ARGS...` in a subprocess that pauses once it holds its lock: after the first split of
+# `data prepare` is written (inside the temporary folder), or when `train` starts the Trainer.
+PAUSED_CLI = """
+import os, sys, time
+from pathlib import Path
+
+ready, go = Path(os.environ["TEST_READY"]), Path(os.environ["TEST_GO"])
+
+def pause():
+    ready.touch()
+    while not go.exists():
+        time.sleep(0.01)
+
+if os.environ["TEST_PAUSE_AT"] == "prepare":
+    import newsclf.data as data
+    write = data._write_parquet
+    def paused(rows, path):
+        write(rows, path)
+        pause()
+    data._write_parquet = paused
+else:
+    import transformers
+    train = transformers.Trainer.train
+    def paused(self, *args, **kwargs):
+        pause()
+        return train(self, *args, **kwargs)
+    transformers.Trainer.train = paused
+
+from newsclf.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+class Paused:
+    """A `newsclf` subprocess stopped at its pause point until go()."""
+
+    def __init__(self, tmp_path: Path, at: str, *args: str) -> None:
+        self.ready, self.go_file = tmp_path / f"ready-{at}", tmp_path / f"go-{at}"
+        env = {**os.environ, "PYTHONPATH": str(REPO), "TEST_READY": str(self.ready), "TEST_GO": str(self.go_file),
+               "TEST_PAUSE_AT": at}  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", PAUSED_CLI, *args], env=env, cwd=tmp_path,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready.exists():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"exited {self.proc.returncode} before its pause: {self.proc.stderr.read()}")
+            assert time.monotonic() < deadline, "never reached its pause point"
+            time.sleep(0.01)
+
+    def go(self, timeout: float = 300) -> tuple[int, str, str]:
+        self.go_file.touch()
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out, err
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+@pytest.fixture
+def paused(tmp_path):
+    started: list[Paused] = []
+
+    def start(at: str, *args: str) -> Paused:
+        p = Paused(tmp_path, at, *args)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.kill()
+
+
+def test_second_prepare_to_the_same_out_fails_naming_the_first(cli, paused, tmp_path):
+    out = tmp_path / "data" / "processed"
+    first = paused("prepare", "--json", "data", "prepare", "--demo", "--out", str(out))
+    first.wait_ready()
+
+    for extra in ((), ("--force",)):
+        r = cli("data", "prepare", "--demo", "--out", str(out), *extra)
+        assert r.exit_code == 1
+        [line] = r.stderr.splitlines()
+        assert line.startswith(f"Error: Dataset folder {out} is being written by another process (pid {first.proc.pid} since ")
+        assert line.endswith(
+            f": newsclf --json data prepare --demo --out {out}): wait for it to finish (or stop it), "
+            "or choose another --out DIR"
+        )
+        assert not out.exists()  # the second writer touched nothing
+
+    rc, stdout, stderr = first.go()
+    assert rc == 0, stderr
+    assert json.loads(stdout)["data"]["out_dir"] == str(out)
+    assert (out / "manifest.json").is_file()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["processed"]  # no lock file, no temp folder left
+
+
+def test_kill_9_leaves_a_temp_folder_that_the_next_prepare_removes(cli, paused, tmp_path):
+    out = tmp_path / "data" / "processed"
+    first = paused("prepare", "data", "prepare", "--demo", "--out", str(out))
+    first.wait_ready()
+    first.kill()  # kill -9 while its temporary folder is half written
+    assert first.proc.returncode == -signal.SIGKILL
+    left = sorted(p.name for p in out.parent.iterdir())
+    assert len(left) == 2 and left[0] == ".processed.lock" and left[1].startswith(".processed.tmp-"), left
+    # folders that are not this dataset's temporaries stay
+    others = [out.parent / ".processed.tmp-keepme", out.parent / ".processed.tmp-x.tmp-abcd1234", out.parent / "notes"]
+    for p in others:
+        p.mkdir()
+
+    r = cli("--json", "data", "prepare", "--demo", "--out", str(out))
+    assert r.exit_code == 0, r.stderr  # the dead writer's lock is free
+    names = sorted(p.name for p in out.parent.iterdir())
+    assert names == sorted(["processed", *(p.name for p in others)])
+
+
+def test_unwritable_out_folder_is_one_error_line(cli, tmp_path):
+    if os.geteuid() == 0:  # root writes anywhere, except in sysfs
+        parent = Path("/sys")
+        if not parent.is_dir():
+            pytest.skip("running as root, and no /sys to be refused by")
+    else:
+        parent = tmp_path / "ro"
+        parent.mkdir()
+        parent.chmod(0o555)
+    before = sorted(parent.iterdir())
+    try:
+        for out in (parent / "newsclf-processed", parent / "newsclf-sub" / "processed"):
+            r = cli("data", "prepare", "--demo", "--out", str(out))
+            assert r.exit_code == 1
+            [line] = r.stderr.splitlines()
+            assert re.fullmatch(
+                rf"Error: Cannot write to {re.escape(str(out.parent))}/ \((Permission denied|Operation not permitted)\): "
+                r"choose another --out DIR or fix its permissions",
+                line,
+            ), line
+        assert sorted(parent.iterdir()) == before
+    finally:
+        if parent != Path("/sys"):
+            parent.chmod(0o755)
+
+
+def test_lock_is_released_and_its_file_removed(tmp_path):
+    folder = tmp_path / "d"
+    with locks.hold(folder, what="Dataset folder d", fix="wait") as path:
+        holder = json.loads(path.read_text())
+        assert holder["pid"] == os.getpid()
+        with pytest.raises(locks.Busy) as e:  # another open file description: the same as another process
+            with locks.hold(folder, what="Dataset folder d", fix="wait"):
+                pass
+        assert str(e.value).startswith(f"Dataset folder d is being written by another process (pid {os.getpid()} since ")
+    assert not path.exists()
+    with locks.hold(folder, what="Dataset folder d", fix="wait"):  # free again
+        pass
+
+
+@pytest.mark.parametrize(
+    ("argv", "shown"),
+    [
+        (["--wandb-api-key", "s3cr3t", "--epochs", "2"], ["--wandb-api-key", "****", "--epochs", "2"]),
+        (["--hf-token=hf_abc", "--lr", "1e-4"], ["--hf-token=****", "--lr", "1e-4"]),
+        (["--db-password", "pw", "--secret", "x", "--keep-checkpoints"], ["--db-password", "****", "--secret", "****", "--keep-checkpoints"]),
+        (["--max-length", "64", "--seed", "1"], ["--max-length", "64", "--seed", "1"]),
+    ],
+)
+def test_mask_argv(argv, shown):
+    assert locks.mask_argv(argv) == shown
+
+
+@pytest.mark.slow
+def test_a_second_process_cannot_train_a_run_being_trained(cli, paused, tiny_data, tiny_model, tmp_path):
+    run = "20261130-120000-LOCKED"
+    args = ["train", "--data", str(tiny_data), "--model", str(tiny_model), "--epochs", "1", "--batch-size", "8",
+            "--max-length", "64", "--run-id", run]  # fmt: skip
+    first = paused("train", *args)
+    first.wait_ready()  # the run folder has its run_config.json: a plain --resume would pick it
+    run_dir = tmp_path / "models" / run
+    before = sorted(p.name for p in run_dir.iterdir())
+
+    for again in (("train", "--resume"), ("train", "--resume", run)):
+        r = cli(*again)
+        assert r.exit_code == 1, r.stderr
+        errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and r.stderr.splitlines()[-1] == errors[0], r.stderr  # after its log lines
+        line = errors[0]
+        assert line.startswith(f"Error: Run {run} is being written by another process (pid {first.proc.pid} since ")
+        assert line.endswith(
+            f": newsclf {' '.join(args)}): wait for it to finish, or stop it and continue with "
+            f"`newsclf train --resume {run}`"
+        )
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+
+    rc, _, stderr = first.go()
+    assert rc == 0, stderr
+    assert (run_dir / "metrics.json").is_file()
+    assert not (tmp_path / "models" / f".{run}.lock").exists()
