@@ -1,0 +1,140 @@
+"""SIGTERM (`docker stop`, `timeout`, a cancelled CI job, a preempted VM) is handled like Ctrl-C.
+
+Real subprocesses get a real SIGTERM once an event shows they are where the test wants them (a
+file appears, a line is logged), never after a fixed sleep. Exit 143, one JSON document with
+--json, the resume hint; `newsclf job` uploads a checkpoint first and the next start resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.paused_cli import REPO, paused  # noqa: F401  (fixture)
+from tests.tiny_model import tiny_data, tiny_model  # noqa: F401  (fixtures)
+
+
+def _newsclf(*args: str, cwd: Path, stderr: int = subprocess.PIPE) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "newsclf", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=stderr, text=True)  # fmt: skip
+
+
+def _wait_for(base: Path, pattern: str, proc: subprocess.Popen, timeout: float = 240) -> Path:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = sorted(base.glob(pattern))
+        if found:
+            return found[0]
+        assert proc.poll() is None, f"exited {proc.returncode} first"
+        assert time.monotonic() < deadline, f"no {pattern} in {base}"
+        time.sleep(0.01)
+
+
+def test_sigterm_during_prepare_exits_143_with_one_json_document_and_cleans_up(paused, tmp_path):
+    out = tmp_path / "data" / "processed"
+    proc = paused("prepare", "--json", "data", "prepare", "--demo", "--out", str(out))
+    proc.wait_ready()  # its temporary folder is half written
+    assert any(p.name.startswith(".processed.tmp-") for p in out.parent.iterdir())
+
+    proc.proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.proc.communicate(timeout=60)
+
+    assert proc.proc.returncode == 143, stderr
+    doc = json.loads(stdout)
+    assert (doc["command"], doc["status"], doc["exit_code"]) == ("data prepare", "error", 143)
+    assert doc["errors"] == ["Terminated (SIGTERM)"]
+    assert stderr.splitlines()[-1] == "Error: Terminated (SIGTERM)"
+    assert list(out.parent.iterdir()) == []  # no dataset, no temporary folder, no lock file
+
+
+def test_ctrl_c_still_exits_130(paused, tmp_path):
+    out = tmp_path / "data" / "processed"
+    proc = paused("prepare", "--json", "data", "prepare", "--demo", "--out", str(out))
+    proc.wait_ready()
+    proc.proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.proc.communicate(timeout=60)
+    assert proc.proc.returncode == 130, stderr
+    assert json.loads(stdout)["errors"] == ["Interrupted"]
+    assert list(out.parent.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_sigterm_during_training_keeps_the_json_document_and_the_resume_hint(cli, tiny_data, tiny_model, tmp_path):
+    run = "20261130-120000-TERM"
+    proc = _newsclf("--json", "train", "--data", str(tiny_data), "--model", str(tiny_model), "--epochs", "6",
+                    "--batch-size", "8", "--lr", "3e-3", "--max-length", "64", "--warmup-ratio", "0",
+                    "--patience", "9", "--run-id", run, cwd=tmp_path)  # fmt: skip
+    _wait_for(tmp_path / "models" / run, "checkpoints/checkpoint-*/trainer_state.json", proc)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+
+    assert proc.returncode == 143, stderr
+    doc = json.loads(stdout)
+    assert (doc["command"], doc["status"], doc["exit_code"]) == ("train", "error", 143)
+    assert doc["errors"] == ["Terminated (SIGTERM)"]
+    hint = f"Training interrupted; continue it with `newsclf train --resume {run}`"
+    assert doc["warnings"] == [hint]
+    assert f"Warning: {hint}" in stderr and stderr.splitlines()[-1] == "Error: Terminated (SIGTERM)"
+    assert not (tmp_path / "models" / run / "metrics.json").exists()
+
+    os.chdir(tmp_path)
+    r = cli("--json", "train", "--resume", run)  # the hint works
+    assert r.exit_code == 0, r.stderr
+    assert r.json["data"]["metrics"]["train"]["resumed_from_step"] >= 12
+
+
+@pytest.mark.slow
+def test_sigterm_in_a_job_uploads_a_checkpoint_and_the_retry_resumes_from_it(cli, gcs, tiny_data, tiny_model, tmp_path):
+    from newsclf.cloud import storage
+    from newsclf.job import SIGTERM_GRACE_S
+
+    run = "20261130-120000-PREEMPTED"
+    storage.upload_dir(gcs, gcs.test_bucket, tiny_data, "data/processed/")
+    flags = ["--model", str(tiny_model), "--epochs", "6", "--batch-size", "8", "--lr", "3e-3", "--max-length", "64",
+             "--warmup-ratio", "0", "--patience", "9"]  # fmt: skip
+    proc = _newsclf("job", "--run-id", run, "--workdir", str(tmp_path / "vm1"), *flags, cwd=tmp_path)
+    seen = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        seen.append(line)
+        if "synced to" in line:  # epoch 1's checkpoint is in the bucket; the VM is being preempted now
+            proc.send_signal(signal.SIGTERM)
+            t0 = time.monotonic()
+            break
+    rest, _ = proc.stderr.read(), proc.wait(timeout=60)
+    took = time.monotonic() - t0
+    log = "".join(seen) + rest
+
+    assert proc.returncode == 143, log
+    assert took < SIGTERM_GRACE_S, log  # within what a preempted VM gets
+    assert log.splitlines()[-1] == "Error: Terminated (SIGTERM)"
+    bucket = gcs.bucket(gcs.test_bucket)
+    status = json.loads(bucket.blob(f"runs/{run}/status.json").download_as_bytes())
+    assert status["state"] == "interrupted" and status["exit_code"] == 143, status
+    assert status["error"] == (
+        f"SIGTERM (the VM stopping, or `docker stop`): it resumes from gs://{gcs.test_bucket}/runs/{run}/checkpoints/ "
+        "when the job starts again"
+    )
+    steps = {int(b.name.split("/checkpoint-")[1].split("/")[0])
+             for b in gcs.list_blobs(gcs.test_bucket, prefix=f"runs/{run}/checkpoints/checkpoint-")}  # fmt: skip
+    saved = max(steps)
+    assert saved > 12, steps  # a checkpoint newer than epoch 1's: the step in flight when SIGTERM came
+    assert f"SIGTERM: saving and uploading a checkpoint at step {saved}, then stopping" in log
+    assert f"runs/{run}/metrics.json" not in {b.name for b in gcs.list_blobs(gcs.test_bucket, prefix=f"runs/{run}/")}
+
+    # the VM starts again: a fresh disk, the same run id
+    r = cli("--json", "job", "--run-id", run, "--workdir", tmp_path / "vm2", *flags)
+    assert r.exit_code == 0, r.stderr
+    status = json.loads(bucket.blob(f"runs/{run}/status.json").download_as_bytes())
+    assert status["state"] == "succeeded" and status["attempt"] == 2
+    metrics = json.loads(bucket.blob(f"runs/{run}/metrics.json").download_as_bytes())
+    assert metrics["train"]["resumed_from_step"] == saved
+    assert [e["epoch"] for e in metrics["validation"]] == [1, 2, 3, 4, 5, 6]
