@@ -1,8 +1,8 @@
 """A `newsclf` subprocess that pauses at a known point, so that tests set up races and signals by events.
 
 It touches a `ready` file once it holds what it is about to be raced for (after the first split of
-`data prepare` is written in its temporary folder, or when `train` starts the Trainer) and waits
-for a `go` file: never a fixed sleep.
+`data prepare` is written in its temporary folder, when `train` starts the Trainer, or in the
+middle of a given training step) and waits for a `go` file: never a fixed sleep.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# `newsclf ARGS...` in a subprocess that pauses once it holds its lock: after the first split of
-# `data prepare` is written (inside the temporary folder), or when `train` starts the Trainer.
+# `newsclf ARGS...` in a subprocess that pauses at TEST_PAUSE_AT: prepare, train or step:N
 PAUSED_CLI = """
 import os, sys, time
 from pathlib import Path
@@ -37,13 +36,22 @@ if os.environ["TEST_PAUSE_AT"] == "prepare":
         write(rows, path)
         pause()
     data._write_parquet = paused
-else:
+elif os.environ["TEST_PAUSE_AT"] == "train":
     import transformers
     train = transformers.Trainer.train
     def paused(self, *args, **kwargs):
         pause()
         return train(self, *args, **kwargs)
     transformers.Trainer.train = paused
+else:  # "step:N": in the middle of training step N + 1
+    import transformers
+    at = int(os.environ["TEST_PAUSE_AT"].split(":")[1])
+    training_step = transformers.Trainer.training_step
+    def paused(self, *args, **kwargs):
+        if self.state.global_step == at and not ready.exists():
+            pause()
+        return training_step(self, *args, **kwargs)
+    transformers.Trainer.training_step = paused
 
 from newsclf.cli import main
 sys.exit(main(sys.argv[1:]))

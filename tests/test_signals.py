@@ -92,7 +92,8 @@ def test_sigterm_during_training_keeps_the_json_document_and_the_resume_hint(cli
 
 
 @pytest.mark.slow
-def test_sigterm_in_a_job_uploads_a_checkpoint_and_the_retry_resumes_from_it(cli, gcs, tiny_data, tiny_model, tmp_path):
+def test_sigterm_in_a_job_uploads_a_checkpoint_and_the_retry_resumes_from_it(cli, gcs, paused, tiny_data, tiny_model,
+                                                                              tmp_path):  # fmt: skip
     from newsclf.cloud import storage
     from newsclf.job import SIGTERM_GRACE_S
 
@@ -100,22 +101,17 @@ def test_sigterm_in_a_job_uploads_a_checkpoint_and_the_retry_resumes_from_it(cli
     storage.upload_dir(gcs, gcs.test_bucket, tiny_data, "data/processed/")
     flags = ["--model", str(tiny_model), "--epochs", "6", "--batch-size", "8", "--lr", "3e-3", "--max-length", "64",
              "--warmup-ratio", "0", "--patience", "9"]  # fmt: skip
-    proc = _newsclf("job", "--run-id", run, "--workdir", str(tmp_path / "vm1"), *flags, cwd=tmp_path)
-    seen = []
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        seen.append(line)
-        if "synced to" in line:  # epoch 1's checkpoint is in the bucket; the VM is being preempted now
-            proc.send_signal(signal.SIGTERM)
-            t0 = time.monotonic()
-            break
-    rest, _ = proc.stderr.read(), proc.wait(timeout=60)
+    job = paused("step:14", "job", "--run-id", run, "--workdir", str(tmp_path / "vm1"), *flags)
+    job.wait_ready(timeout=240)  # in step 15, two steps into epoch 2 (12 steps an epoch): the VM is preempted now
+    t0 = time.monotonic()
+    job.proc.send_signal(signal.SIGTERM)
+    rc, _, log = job.go(timeout=60)
     took = time.monotonic() - t0
-    log = "".join(seen) + rest
 
-    assert proc.returncode == 143, log
+    assert rc == 143, log
     assert took < SIGTERM_GRACE_S, log  # within what a preempted VM gets
     assert log.splitlines()[-1] == "Error: Terminated (SIGTERM)"
+    assert "SIGTERM: saving and uploading a checkpoint at step 15, then stopping" in log
     bucket = gcs.bucket(gcs.test_bucket)
     status = json.loads(bucket.blob(f"runs/{run}/status.json").download_as_bytes())
     assert status["state"] == "interrupted" and status["exit_code"] == 143, status
@@ -123,18 +119,15 @@ def test_sigterm_in_a_job_uploads_a_checkpoint_and_the_retry_resumes_from_it(cli
         f"SIGTERM (the VM stopping, or `docker stop`): it resumes from gs://{gcs.test_bucket}/runs/{run}/checkpoints/ "
         "when the job starts again"
     )
-    steps = {int(b.name.split("/checkpoint-")[1].split("/")[0])
-             for b in gcs.list_blobs(gcs.test_bucket, prefix=f"runs/{run}/checkpoints/checkpoint-")}  # fmt: skip
-    saved = max(steps)
-    assert saved > 12, steps  # a checkpoint newer than epoch 1's: the step in flight when SIGTERM came
-    assert f"SIGTERM: saving and uploading a checkpoint at step {saved}, then stopping" in log
-    assert f"runs/{run}/metrics.json" not in {b.name for b in gcs.list_blobs(gcs.test_bucket, prefix=f"runs/{run}/")}
+    names = {b.name for b in gcs.list_blobs(gcs.test_bucket, prefix=f"runs/{run}/")}
+    assert f"runs/{run}/checkpoints/checkpoint-15/trainer_state.json" in names  # the step in flight, uploaded
+    assert f"runs/{run}/metrics.json" not in names
 
-    # the VM starts again: a fresh disk, the same run id
+    # the VM starts again: a fresh disk, the same run id; it loses nothing
     r = cli("--json", "job", "--run-id", run, "--workdir", tmp_path / "vm2", *flags)
     assert r.exit_code == 0, r.stderr
     status = json.loads(bucket.blob(f"runs/{run}/status.json").download_as_bytes())
     assert status["state"] == "succeeded" and status["attempt"] == 2
     metrics = json.loads(bucket.blob(f"runs/{run}/metrics.json").download_as_bytes())
-    assert metrics["train"]["resumed_from_step"] == saved
+    assert metrics["train"]["resumed_from_step"] == 15
     assert [e["epoch"] for e in metrics["validation"]] == [1, 2, 3, 4, 5, 6]
