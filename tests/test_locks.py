@@ -48,8 +48,7 @@ def test_kill_9_leaves_a_temp_folder_that_the_next_prepare_removes(cli, paused, 
     first.wait_ready()
     first.kill()  # kill -9 while its temporary folder is half written
     assert first.proc.returncode == -signal.SIGKILL
-    left = sorted(p.name for p in out.parent.iterdir())
-    assert len(left) == 2 and left[0] == ".processed.lock" and left[1].startswith(".processed.tmp-"), left
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".processed.tmp-")]  # left behind
     # folders that are not this dataset's temporaries stay
     others = [out.parent / ".processed.tmp-keepme", out.parent / ".processed.tmp-x.tmp-abcd1234", out.parent / "notes"]
     for p in others:

@@ -95,7 +95,6 @@ def test_sigterm_during_training_keeps_the_json_document_and_the_resume_hint(cli
 def test_sigterm_in_a_job_uploads_a_checkpoint_and_the_retry_resumes_from_it(cli, gcs, paused, tiny_data, tiny_model,
                                                                               tmp_path):  # fmt: skip
     from newsclf.cloud import storage
-    from newsclf.job import SIGTERM_GRACE_S
 
     run = "20261130-120000-PREEMPTED"
     storage.upload_dir(gcs, gcs.test_bucket, tiny_data, "data/processed/")
@@ -109,7 +108,7 @@ def test_sigterm_in_a_job_uploads_a_checkpoint_and_the_retry_resumes_from_it(cli
     took = time.monotonic() - t0
 
     assert rc == 143, log
-    assert took < SIGTERM_GRACE_S, log  # within what a preempted VM gets
+    assert took < 25, log  # within the ~30 s a preempted VM gets
     assert log.splitlines()[-1] == "Error: Terminated (SIGTERM)"
     assert "SIGTERM: saving and uploading a checkpoint at step 15, then stopping" in log
     bucket = gcs.bucket(gcs.test_bucket)
