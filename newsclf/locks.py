@@ -24,8 +24,9 @@ from newsclf.errors import InputError, NewsclfError
 
 log = logging.getLogger(__name__)
 
-# options whose values are masked wherever a command line is shown (argv of the lock holder, the VM's log)
-SECRET_OPTION = re.compile(r"^--?[\w-]*(?:key|token|secret|passw(?:or)?d)[\w-]*$", re.I)
+# options whose values are masked wherever a command line is shown (the lock holder's, the VM's log; the
+# same pattern is in cloud/startup.sh): a word of the name is key, token, secret or password (not --tokenizer)
+SECRET_OPTION = re.compile(r"^--?(?:[a-z0-9]+[-_])*(?:api-?key|key|token|secret|passw(?:or)?d)(?:[-_][a-z0-9]+)*$", re.I)
 MASK = "****"
 
 

@@ -100,19 +100,6 @@ def test_lock_is_released_and_its_file_removed(tmp_path):
         pass
 
 
-@pytest.mark.parametrize(
-    ("argv", "shown"),
-    [
-        (["--wandb-api-key", "s3cr3t", "--epochs", "2"], ["--wandb-api-key", "****", "--epochs", "2"]),
-        (["--hf-token=hf_abc", "--lr", "1e-4"], ["--hf-token=****", "--lr", "1e-4"]),
-        (["--db-password", "pw", "--secret", "x", "--keep-checkpoints"], ["--db-password", "****", "--secret", "****", "--keep-checkpoints"]),
-        (["--max-length", "64", "--seed", "1"], ["--max-length", "64", "--seed", "1"]),
-    ],
-)
-def test_mask_argv(argv, shown):
-    assert locks.mask_argv(argv) == shown
-
-
 @pytest.mark.slow
 def test_a_second_process_cannot_train_a_run_being_trained(cli, paused, tiny_data, tiny_model, tmp_path):
     run = "20261130-120000-LOCKED"

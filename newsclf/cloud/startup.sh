@@ -64,6 +64,27 @@ say() {  # a progress line: serial port (for `newsclf cloud run`), the run's log
   printf '%s\n' "$line"
 }
 
+shown_args() {  # the arguments for the log: values of options named *key*, *token*, *secret*, *password* masked
+  local arg name hide=0 out=()
+  for arg in "$@"; do
+    name="${arg%%=*}"
+    if ((hide)); then
+      out+=("****")
+      hide=0
+    elif [[ "${name,,}" =~ ^--?([a-z0-9]+[-_])*(api-?key|key|token|secret|passw(or)?d)([-_][a-z0-9]+)*$ ]]; then
+      if [[ "$arg" == *=* ]]; then
+        out+=("$name=****")
+      else
+        out+=("$arg")
+        hide=1
+      fi
+    else
+      out+=("$arg")
+    fi
+  done
+  printf '%s' "${out[*]}"
+}
+
 preempted() { [[ "$(meta instance/preempted 2>/dev/null || true)" == TRUE ]]; }
 
 write_failed() {  # write_failed EXIT_CODE ERROR: a final status.json, unless the job wrote one
@@ -226,7 +247,7 @@ fi
 unset wandb_key
 
 docker rm -f "$CONTAINER" >/dev/null 2>&1 || true
-say "running: newsclf job --bucket $BUCKET --run-id $RUN_ID ${TRAIN_ARGS[*]}"
+say "running: newsclf job --bucket $BUCKET --run-id $RUN_ID $(shown_args "${TRAIN_ARGS[@]}")"
 set +e
 docker run --rm --name "$CONTAINER" --network host --ipc host "${GPU_FLAGS[@]}" --env-file "$ENV_FILE" \
   "$IMAGE" --bucket "$BUCKET" --run-id "$RUN_ID" "${TRAIN_ARGS[@]}" 2>&1 |
