@@ -249,7 +249,8 @@ unset wandb_key
 docker rm -f "$CONTAINER" >/dev/null 2>&1 || true
 say "running: newsclf job --bucket $BUCKET --run-id $RUN_ID $(shown_args "${TRAIN_ARGS[@]}")"
 set +e
-docker run --rm --name "$CONTAINER" --network host --ipc host "${GPU_FLAGS[@]}" --env-file "$ENV_FILE" \
+# --stop-timeout: on SIGTERM the job finishes its step and uploads a checkpoint (20 s at most) before docker kills it
+docker run --rm --name "$CONTAINER" --network host --ipc host "${GPU_FLAGS[@]}" --stop-timeout=30 --env-file "$ENV_FILE" \
   "$IMAGE" --bucket "$BUCKET" --run-id "$RUN_ID" "${TRAIN_ARGS[@]}" 2>&1 |
   tee -a "$LOG" |
   sed -u -e 's/\r*$//' -e 's/^.*\r//' -e "s/^/newsclf-job[$RUN_ID]: /" >>"$SERIAL"
@@ -260,6 +261,7 @@ rm -f "$ENV_FILE"
 state="$(run_state)"
 case "$state" in
   succeeded | failed) say "job finished: $state (exit $rc)" ;;
+  interrupted) say "job interrupted (exit $rc): the run resumes from its last checkpoint when the job starts again" ;;
   *)
     say "the job exited ($rc) without a final status.json"
     write_failed "$((rc == 0 ? 1 : rc))" "the job exited ($rc) without writing a final status.json"
