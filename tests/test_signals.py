@@ -66,6 +66,23 @@ def test_ctrl_c_still_exits_130(paused, tmp_path):
     assert list(out.parent.iterdir()) == []
 
 
+def test_sigterm_in_a_sweep_reports_143_in_its_own_document(paused, tiny_data, tiny_model):
+    """A command that reports its own interruption (a sweep's summary) says 143 too, not Ctrl-C's 130."""
+    sweep = paused("train", "--json", "train", "--data", str(tiny_data), "--model", str(tiny_model), "--epochs", "1",
+                   "--batch-size", "8", "--max-length", "64", "--max-train-samples", "16",
+                   "--sweep", "lr=3e-3,1e-3")  # fmt: skip
+    sweep.wait_ready()  # trial 1 is about to train
+    sweep.proc.send_signal(signal.SIGTERM)
+    stdout, stderr = sweep.proc.communicate(timeout=120)
+
+    assert sweep.proc.returncode == 143, stderr
+    doc = json.loads(stdout)
+    assert doc["exit_code"] == 143 and doc["status"] == "error"
+    [message] = doc["errors"]
+    assert message.startswith("Sweep sweep-") and "interrupted with 0 of 2 trials finished" in message
+    assert stderr.splitlines()[-1] == "Error: Terminated (SIGTERM)"
+
+
 @pytest.mark.slow
 def test_sigterm_during_training_keeps_the_json_document_and_the_resume_hint(cli, tiny_data, tiny_model, tmp_path):
     run = "20261130-120000-TERM"
