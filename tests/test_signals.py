@@ -21,10 +21,27 @@ from tests.paused_cli import REPO, paused  # noqa: F401  (fixture)
 from tests.tiny_model import tiny_data, tiny_model  # noqa: F401  (fixtures)
 
 
-def _newsclf(*args: str, cwd: Path, stderr: int = subprocess.PIPE) -> subprocess.Popen:
+_started: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_strays():
+    """Whatever a failing test leaves running (its training processes included) is killed."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+
+
+def _newsclf(*args: str, cwd: Path) -> subprocess.Popen:
+    """`newsclf ARGS` in its own process group, so that a signal sent to it reaches it alone."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "newsclf", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=stderr, text=True)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "newsclf", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    _started.append(proc)
+    return proc
 
 
 def _wait_for(base: Path, pattern: str, proc: subprocess.Popen, timeout: float = 240) -> Path:
@@ -106,6 +123,29 @@ def test_sigterm_during_training_keeps_the_json_document_and_the_resume_hint(cli
     r = cli("--json", "train", "--resume", run)  # the hint works
     assert r.exit_code == 0, r.stderr
     assert r.json["data"]["metrics"]["train"]["resumed_from_step"] >= 12
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_stops_every_training_process(tiny_data, tiny_model, tmp_path):
+    """`docker stop` signals PID 1 only: with --num-processes the launcher passes SIGTERM on to the ranks."""
+    from newsclf import locks
+
+    run = "20261130-120000-DDPTERM"
+    proc = _newsclf("--json", "train", "--data", str(tiny_data), "--model", str(tiny_model), "--epochs", "1000",
+                    "--batch-size", "8", "--lr", "3e-3", "--max-length", "64", "--warmup-ratio", "0",
+                    "--patience", "2000", "--num-processes", "2", "--run-id", run, cwd=tmp_path)  # fmt: skip
+    run_dir = tmp_path / "models" / run
+    _wait_for(run_dir, "checkpoints/checkpoint-*/trainer_state.json", proc)
+    proc.send_signal(signal.SIGTERM)  # the launcher only, not its process group
+    stdout, stderr = proc.communicate(timeout=60)  # the ranks would train for an hour if nobody told them
+
+    assert proc.returncode == 143, stderr
+    doc = json.loads(stdout)
+    assert doc["exit_code"] == 143 and doc["errors"] == ["Terminated (SIGTERM)"]
+    assert f"continue it with `newsclf train --resume {run}`" in stderr  # rank 0's hint
+    assert not (run_dir / "metrics.json").exists()
+    with locks.hold(run_dir.resolve(), what="run", fix="-"):  # rank 0 is gone: its lock is free
+        pass
 
 
 @pytest.mark.slow

@@ -185,7 +185,6 @@ def _is_usage_error(e: BaseException) -> bool:
 
 
 INTERRUPTED, TERMINATED = 130, 143  # Ctrl-C; SIGTERM (128 + 15, what shells and CI runners report)
-_sigterm_received = False
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -195,22 +194,14 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     main() exits 143 with its one JSON document. A second SIGTERM is ignored, so that the clean-up
     finishes; SIGKILL still ends the process at once.
     """
-    global _sigterm_received
-    if _sigterm_received:
+    if _output.state.terminated:
         return
-    _sigterm_received = True
+    _output.state.terminated = True
     raise Terminated()
-
-
-def sigterm_received() -> bool:
-    """Whether this process got SIGTERM (its interruption exit code is then 143, not 130)."""
-    return _sigterm_received
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code: 0 ok, 1 error, 2 usage, 130 interrupted, 143 terminated."""
-    global _sigterm_received
-    _sigterm_received = False
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread (an embedding program): its own handling stays
@@ -223,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _interrupted() -> int:
-    code = TERMINATED if _sigterm_received else INTERRUPTED
+    code = TERMINATED if _output.state.terminated else INTERRUPTED
     _output.emit_error("Terminated (SIGTERM)" if code == TERMINATED else "Interrupted", code)
     return code
 
