@@ -161,9 +161,10 @@ _held: dict[Path, int | None] = {}  # lock file -> fd, for locks held until the 
 
 
 def hold_until_exit(folder: Path, *, what: str, fix: str) -> Path:
-    """Hold the folder's lock until this process exits (taking it again here is a no-op).
+    """Hold the folder's lock until this process exits or calls release() (taking it again is a no-op).
 
-    For a training run: the run belongs to this process from the moment it is chosen.
+    For a training run: the run belongs to this process from the moment it is chosen, and a run
+    that fails keeps it until the process ends (an in-process retry may take it again).
     """
     path = lock_path(folder)
     if path not in _held:
@@ -178,6 +179,13 @@ def hold_until_exit(folder: Path, *, what: str, fix: str) -> Path:
                 f"Cannot write to {path.parent}/ ({e.strerror or e}): make it writable or choose another folder"
             ) from None
     return path
+
+
+def release(folder: Path) -> None:
+    """Release a lock taken with hold_until_exit() before the process exits (the run is finished)."""
+    path = lock_path(folder)
+    if path in _held:
+        _release(path, _held.pop(path))
 
 
 @atexit.register
