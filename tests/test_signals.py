@@ -1,8 +1,28 @@
 """SIGTERM (`docker stop`, `timeout`, a cancelled CI job, a preempted VM) is handled like Ctrl-C.
 
 Real subprocesses get a real SIGTERM once an event shows they are where the test wants them (a
-file appears, a line is logged), never after a fixed sleep. Exit 143, one JSON document with
+file appears, a pause point is reached), never after a fixed sleep. Exit 143, one JSON document with
 --json, the resume hint; `newsclf job` uploads a checkpoint first and the next start resumes it.
+
+Signals, kills and races covered here and in test_locks.py:
+
+| fault                                           | what holds                                          |
+|-------------------------------------------------|-----------------------------------------------------|
+| SIGTERM during `data prepare` (temp folder half | exit 143, one JSON document, no temp folder, no     |
+| written)                                        | lock file, no dataset                               |
+| SIGINT at the same point                        | exit 130, "Interrupted"                             |
+| SIGTERM during `train`                          | exit 143, JSON document with the `--resume` hint;   |
+|                                                 | the hint resumes it                                 |
+| SIGTERM during a sweep                          | its own summary document says 143 too               |
+| SIGTERM to the `--num-processes` launcher only  | the ranks stop too (no training on after exit)      |
+| SIGTERM mid-step in `newsclf job`               | that step's checkpoint uploaded within 25 s; status |
+|                                                 | `interrupted` (143); the retry resumes from it      |
+| `kill -9` during `data prepare`                 | the next prepare removes its temp folder, lock free |
+| two `data prepare` to one `--out` (with or      | the second exits 1 naming the first (pid, command); |
+| without --force)                                | the first finishes untouched                        |
+| `train --resume` (plain or by id) of a run      | exits 1 naming the training process; the run's      |
+| still training in another process               | files untouched                                     |
+| unwritable `--out`                              | one `Error: Cannot write to DIR/ (...)` line        |
 """
 
 from __future__ import annotations
