@@ -677,6 +677,26 @@ def run_training(
     resume_from: Path | None = None,
     callbacks: Sequence["TrainerCallback"] = (),
 ) -> TrainResult:
+    """Fine-tune `options.base_model` (see _run_training); the run's lock is released however it ends,
+    so the same process may resume it (a crash releases it too: the kernel drops the flock)."""
+    from newsclf import locks
+
+    held = set(locks.held())
+    try:
+        return _run_training(options, run_dir=run_dir, resume_from=resume_from, callbacks=callbacks)
+    except BaseException:
+        for folder in set(locks.held()) - held:
+            locks.release(folder)
+        raise
+
+
+def _run_training(
+    options: TrainOptions,
+    *,
+    run_dir: Path | None = None,
+    resume_from: Path | None = None,
+    callbacks: Sequence["TrainerCallback"] = (),
+) -> TrainResult:
     """Fine-tune `options.base_model` on `options.data_dir` and save a complete run directory.
 
     run_dir: where the run lives (default: options.models_dir/<new run id>).
@@ -713,6 +733,11 @@ def run_training(
     run_id = run_dir.name
     data_dir = Path(options.data_dir)
     check_processed(data_dir)
+    from newsclf import locks
+
+    if main:  # one writer per run: another process training it (a plain --resume elsewhere) fails naming this one
+        fix = f"wait for it to finish, or stop it and continue with `newsclf train --resume {run_id}`"
+        locks.hold_until_exit(run_dir.resolve(), what=f"Run {run_id}", fix=fix)
 
     cuda = use_cuda(options)
     precision = resolve_precision(options.precision, cuda)
@@ -888,4 +913,5 @@ def run_training(
     if not options.keep_checkpoints:
         shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
     log.info("Saved the model to %s", run_dir)
+    locks.release(run_dir.resolve())
     return TrainResult(run_id, run_dir, metrics, run_config, str(resume_ckpt) if resume_ckpt else None, True)

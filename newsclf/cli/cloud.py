@@ -371,6 +371,8 @@ def run(
                                 ("wandb_key_in_metadata", wandb_key_in_metadata or None)) if v is not None}  # fmt: skip
         _sweep.check_cloud_flags(sweeping=sweeping, parallel=parallel, given=given)
     _check_train_options(list(train_args or []))  # first: a typo needs no network to be found
+    if max_hours is not None:
+        compute.check_max_hours(max_hours)
     settings, project, clients, store = _compute(bucket)
     if image:
         settings = settings.model_copy(update={"image": image})

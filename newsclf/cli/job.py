@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -97,10 +96,6 @@ def _launcher(n: int, bucket: str, run_id: str, workdir: Path, train_args: list[
     return launch
 
 
-def _sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # `docker stop` / VM shutdown: record the interruption in status.json
-
-
 def job(
     ctx: typer.Context,
     bucket: Optional[str] = bucket_option(),
@@ -131,7 +126,6 @@ def job(
         from newsclf.cli import _sweep
 
         _, name, client = connect(bucket)
-        signal.signal(signal.SIGTERM, _sigterm)
         _sweep.job_trial(client, name, sweep_plan, workdir)
         return
     if run_id is None:
@@ -152,7 +146,6 @@ def job(
     else:  # every GPU of the VM unless told otherwise: one process would leave the others idle
         processes = requested or max(1, _gpu_count(options))
     _, name, client = connect(bucket)
-    signal.signal(signal.SIGTERM, _sigterm)
     from newsclf.cli.train import _progress_callback, _quiet_libraries
 
     _quiet_libraries()
