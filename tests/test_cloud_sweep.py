@@ -278,3 +278,28 @@ def test_a_disabled_batch_api_names_cloud_setup(cli, standin, batch):
     [line] = r.stderr.strip().splitlines()
     assert line.startswith("Error: The Batch API is not enabled in project test-project: run `newsclf cloud setup` (")
     assert batch.created_jobs() == []
+
+
+def test_ctrl_c_detaches_and_the_sweep_goes_on(cli, standin, batch):
+    import _thread
+
+    fake = FakeTrial(standin.gcs, hold=threading.Event())
+    batch.runner = fake
+    # Ctrl-C once a trial runs and the command follows the job
+    followed = threading.Event()
+
+    def ctrl_c() -> None:
+        release_after(lambda: fake.running.is_set() and len(batch.calls("GET", "/tasks$")) >= 2, followed)
+        _thread.interrupt_main()
+
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    r = cli("--json", "cloud", "run", "--sweep", "lr=0.1,0.2,0.3", "--parallel", "2", *POLL)
+    assert r.exit_code == 130, r.stderr
+    sid, job_id = r.json["data"]["sweep_id"], r.json["data"]["job_id"]
+    assert r.json["errors"] == [
+        f"Detached from sweep {sid}: Batch job {job_id} goes on running its trials; run the same command again to "
+        "follow it"
+    ]
+    assert batch.job(job_id).state == "RUNNING" and batch.calls("POST", ":cancel$") == []
+    fake.hold.set()
+    assert batch.wait_job(job_id).state == "SUCCEEDED"  # without anyone following it
