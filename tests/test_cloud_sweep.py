@@ -20,7 +20,8 @@ def _image() -> str:
 class FakeTrial:
     """A task the way `newsclf job --sweep-plan` runs it: its trial from the plan by BATCH_TASK_INDEX,
     status.json (running, with an evaluation in `progress`), metrics.json with macro-F1 = 1 - lr, status
-    succeeded; a trial with lr >= 0.5 fails by itself ("loss is nan", exit 3)."""
+    succeeded; a trial with lr >= 0.5 fails by itself ("loss is nan", exit 3), except lr = 0.7, which
+    crashes (exit 139) without a final status."""
 
     def __init__(self, gcs, hold: threading.Event | None = None) -> None:
         self.gcs = gcs
@@ -54,6 +55,8 @@ class FakeTrial:
                 self.hold.wait(0.02)
         if stop.is_set():
             return 137  # killed: the stand-in reports why
+        if lr == 0.7:
+            return 139  # a crash that leaves status.json `running`, every time
         if lr >= 0.5:
             self._put(bucket, status_name, {**status, "state": "failed", "exit_code": 1, "error": "loss is nan",
                                             "finished_at": now})  # fmt: skip
@@ -303,3 +306,14 @@ def test_ctrl_c_detaches_and_the_sweep_goes_on(cli, standin, batch):
     assert batch.job(job_id).state == "RUNNING" and batch.calls("POST", ":cancel$") == []
     fake.hold.set()
     assert batch.wait_job(job_id).state == "SUCCEEDED"  # without anyone following it
+
+
+def test_a_task_batch_gives_up_on_is_a_failed_trial(cli, standin, batch):
+    batch.runner = FakeTrial(standin.gcs)
+    r = cli("--json", "cloud", "run", "--sweep", "lr=0.1,0.7", "--parallel", "2", *POLL)
+    assert r.exit_code == 0, r.stderr
+    trials = r.json["data"]["trials"]
+    assert [(t["params"]["lr"], t["status"]) for t in trials] == [(0.1, "succeeded"), (0.7, "failed")]
+    assert trials[1]["error"] == "Batch gave up on its task after 4 attempts (exit codes 139, 139, 139, 139)"
+    assert sorted(s.attempt for s in batch.started if s.index == 1) == [0, 1, 2, 3]  # maxRetryCount 3
+    assert r.json["warnings"] == [f"Trial 2/2 (lr=0.7) failed: {trials[1]['error']}"]

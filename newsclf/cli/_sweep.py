@@ -597,7 +597,7 @@ def cloud_run(
         _output.warn(f"Batch job {job.job_id} was cancelled (newsclf cloud stop --sweep {sid})")
     if last is not None and last.cost_usd is not None:
         extra["est_usd"] = last.cost_usd
-    final = sw.remote_sweep(client, bucket, sid, metric=metric) or sweep
+    final = sw.final_sweep(client, bucket, started)
     _finish(final.summary(), final, pull_hint=True, extra=extra)
 
 

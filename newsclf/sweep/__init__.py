@@ -19,6 +19,8 @@ from newsclf.sweep.cloud import (  # noqa: F401
     CloudSweep,
     PlannedTask,
     follow_cloud_sweep,
+    final_sweep,
+    task_error,
     is_sweep_job,
     plan_object,
     plan_record,

@@ -297,6 +297,27 @@ def read_plan_tasks(client: Any, bucket: str, sweep_id: str, job_id: str) -> lis
     return [str(t.get("run_id")) for t in doc["tasks"] if isinstance(t, dict)]
 
 
+def task_error(status: dict[str, Any], info: Any) -> str:
+    """Why a task Batch failed: the run's own error, else what Batch saw (a run still `running` was stopped
+    from outside: preempted or lost VMs, a crash, the run limit, each attempt)."""
+    if status.get("state") == FAILED and status.get("error"):
+        return str(status["error"])
+    codes = ", ".join(str(c) for c in info.exit_codes) or "none"
+    return f"Batch gave up on its task after {info.attempts} attempts (exit codes {codes})"
+
+
+def final_sweep(storage_client: Any, bucket: str, started: CloudSweep) -> Sweep:
+    """The sweep's table from the bucket once its job has ended, with the trials Batch gave up on marked
+    failed (their runs never wrote a final status)."""
+    final = remote_sweep(storage_client, bucket, started.sweep.sweep_id, metric=started.sweep.metric) or started.sweep
+    given_up = {t.run_id: t for t in started.todo if t.status == FAILED}
+    for t in final.trials:
+        gone = given_up.get(t.run_id)
+        if gone is not None and t.status not in (SUCCEEDED, FAILED):
+            t.status, t.error, t.finished_at = FAILED, gone.error, gone.finished_at
+    return final
+
+
 @dataclass
 class CloudEvent:
     """What the CLI renders while it follows a sweep job."""
@@ -346,8 +367,8 @@ def follow_cloud_sweep(
                 t.finish(SUCCEEDED, metrics=metrics)
                 t.started_at, t.finished_at = status.get("started_at"), status.get("finished_at")
                 yield CloudEvent("trial", t, job)
-            elif info is not None and info.state == "FAILED" and state != RUNNING:
-                t.finish(FAILED, error=status.get("error") or f"task {i} failed (exit codes {info.exit_codes})")
+            elif info is not None and info.state == "FAILED":  # Batch's last word: no retry follows
+                t.finish(FAILED, error=task_error(status, info))
                 yield CloudEvent("trial", t, job)
             elif info is not None and t.status == PENDING and info.state in ("ASSIGNED", "RUNNING"):
                 t.progress = "starting" if info.state == "RUNNING" else "VM assigned"
