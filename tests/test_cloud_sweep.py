@@ -267,6 +267,8 @@ def test_sweep_flags_are_checked_before_anything_is_submitted(cli, standin, batc
     assert r.exit_code == 2 and "--lr is both swept and given after `--`" in r.stderr
     r = cli("cloud", "run", "--sweep", "lr=1e-3", "--", "--sweep", "lr=1")
     assert r.exit_code == 2 and "give the sweep to `newsclf cloud run` itself" in r.stderr
+    r = cli("cloud", "run", "--sweep", "lr=1e-3,2e-3", "--gpu", "nvidia-tesla-v100:1")
+    assert r.exit_code == 1 and r.stderr.startswith("Error: --gpu nvidia-tesla-v100 (")
     r = cli("cloud", "stop", "--sweep", "sweep-1a2b3c4d", "--delete")
     assert r.exit_code == 2 and "go with it: drop --delete" in r.stderr
     assert batch.requests == []

@@ -535,9 +535,13 @@ def cloud_run(
     from newsclf.cloud import batch
     from newsclf.cloud.iam import vm_service_account
 
+    from newsclf.cloud.compute import check_hardware, check_max_hours
+
     grid, metric = resolve_grid(spec, sweep_file, metric)
     options, explicit = cloud_base(list(train_args), grid)
     sw.validate_trials(options, grid)
+    check_hardware(machine_type, gpu)  # the same VM rules as a single run: refused before anything is submitted
+    check_max_hours(max_hours)
     sid = sw.make_sweep_id(grid, {"cloud": explicit})
     bucket, client = store.bucket, store.client
     sweep = sw.Sweep.new(sid, grid, metric=metric, base=explicit, location=f"gs://{bucket}/runs/")
