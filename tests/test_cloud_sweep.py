@@ -251,6 +251,12 @@ def test_stop_sweep_cancels_the_job_and_waits_until_it_is_gone(cli, standin, bat
     # the trials that ran keep their state in the bucket; the next run of the command resumes them
     trials = cli("--json", "models", "list", "--sweep", sid).json["data"]["trials"]
     assert sorted(t["status"] for t in trials) == ["pending", "running", "running"]
+    fake.hold.set()
+    again = cli("--json", "cloud", "run", "--sweep", "lr=0.1,0.2,0.3", "--parallel", "2", *POLL)
+    assert again.exit_code == 0, again.stderr
+    assert again.json["data"]["job_id"] != job_id and len(batch.created_jobs()) == 2
+    assert {t["run_id"] for t in again.json["data"]["trials"]} == {t["run_id"] for t in trials}  # same runs, resumed
+    assert [t["status"] for t in again.json["data"]["trials"]] == ["succeeded"] * 3
 
 
 def test_sweep_flags_are_checked_before_anything_is_submitted(cli, standin, batch):

@@ -357,7 +357,10 @@ def follow_cloud_sweep(
             if progress.get("max_steps"):
                 t.progress = f"epoch {progress.get('epoch') or 0:g} · step {progress.get('step')}/{progress['max_steps']}"
             attempt = int(status.get("attempt") or 0)
-            if state == RUNNING and (t.status != RUNNING or attempt > (t.attempt or 0)):
+            waiting = info is not None and info.state == "PENDING" and t.status != RUNNING
+            if state == RUNNING and waiting:
+                pass  # an earlier job's attempt left `running`: this job's task has not started yet
+            elif state == RUNNING and (t.status != RUNNING or attempt > (t.attempt or 0)):
                 retried = t.status == RUNNING or (t.attempt or 0) > 0
                 t.status, t.started_at, t.t0 = RUNNING, status.get("started_at"), time.monotonic()
                 t.attempt = attempt
