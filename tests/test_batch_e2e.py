@@ -45,14 +45,12 @@ def test_sweep_survives_a_preemption_and_the_client_killed(cli, standin, batch, 
     batch.runner = container_runner(fake_gcs.url, tmp_path / "tasks")
     bucket = bucket_with_data
 
-    def first_trial_has_a_checkpoint() -> bool:
-        plans = [b.name for b in bucket.list_blobs(prefix="sweeps/")]
-        if not plans:
-            return False
-        run = _doc(bucket, plans[0])["tasks"][0]["run_id"]
-        return any(True for _ in bucket.list_blobs(prefix=f"runs/{run}/checkpoints/", max_results=1))
+    def first_trial_synced_a_checkpoint() -> bool:
+        """Task 0's job said its first checkpoint is in the bucket (uploaded whole, not half-way)."""
+        logs = list(batch.workdir.glob("*-task0-attempt0.log"))
+        return bool(logs) and "synced to" in logs[0].read_text(errors="replace")
 
-    batch.preempt(None, 0, when=first_trial_has_a_checkpoint)
+    batch.preempt(None, 0, when=first_trial_synced_a_checkpoint)
     args = ["cloud", "run", "--sweep", GRID, "--parallel", "2", "--poll-interval", "0.2", "--",
             *_train_args(tiny_model)]  # fmt: skip
     client = subprocess.Popen([sys.executable, "-m", "newsclf", *args], cwd=tmp_path, stdout=subprocess.PIPE,
@@ -84,6 +82,8 @@ def test_sweep_survives_a_preemption_and_the_client_killed(cli, standin, batch, 
     # the preempted trial: the same run, attempt 2, resumed from the checkpoint it had synced
     plan = _doc(bucket, f"sweeps/{sid}/{job_id}.json")
     first = plan["tasks"][0]["run_id"]
+    killed_log = (batch.workdir / f"{job_id}-task0-attempt0.log").read_text()
+    assert "Checkpoint at step 2 synced" in killed_log and "succeeded" not in killed_log
     run_status = _doc(bucket, f"runs/{first}/status.json")
     assert run_status["state"] == "succeeded" and run_status["attempt"] == 2
     retry_log = (batch.workdir / f"{job_id}-task0-attempt1.log").read_text()
