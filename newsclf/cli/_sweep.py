@@ -657,7 +657,8 @@ def status_jobs(settings: Any, project: str) -> list[dict[str, Any]]:
 def render_jobs(console: Any, rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
-    from newsclf.cli.cloud import _money
+    def _money(usd: float | None) -> str:
+        return "?" if usd is None else f"${usd:,.2f}"
 
     if not console.is_terminal:
         console.width = max(console.width, 200)
