@@ -68,7 +68,7 @@ def _cells(t: dict[str, Any] | "Trial", names: list[str], metric: str, *, live: 
 
     d = t if isinstance(t, dict) else None
     get = (lambda k: d.get(k)) if d is not None else (lambda k: getattr(t, k))  # noqa: E731
-    status = get("status")
+    status = str(get("status"))
     shown = status
     if live and status == "running" and get("progress"):
         shown = f"running · {get('progress')}"
@@ -76,6 +76,7 @@ def _cells(t: dict[str, Any] | "Trial", names: list[str], metric: str, *, live: 
     if d is not None:
         objective, seconds = d.get("objective"), d.get("seconds")
     else:
+        assert not isinstance(t, dict)
         objective, seconds = t.objective(metric), t.elapsed()
         if objective is None and status == "running":
             objective = t.live_best  # best so far

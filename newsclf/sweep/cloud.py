@@ -92,7 +92,8 @@ def remote_trials(client: Any, bucket: str, sweep_id: str) -> tuple[list[Trial],
         r for r in list_runs(client, bucket)
         if (r.config or {}).get(RUN_SWEEP_ID) == sweep_id and not is_sweep_job(r.config)
     ]  # fmt: skip
-    grid = next((r.config.get("sweep_grid") for r in runs if isinstance(r.config.get("sweep_grid"), dict)), None)
+    grids = ((r.config or {}).get("sweep_grid") for r in runs)
+    grid = next((g for g in grids if isinstance(g, dict)), None)
     if not runs:
         return [], grid
     with ThreadPoolExecutor(max_workers=min(8, len(runs))) as pool:

@@ -180,12 +180,12 @@ def parse_grid(spec: str) -> Grid:
     text = spec.strip()
     if text.startswith("{"):
         try:
-            mapping = json.loads(text)
+            doc = json.loads(text)
         except ValueError as e:
             raise InputError(f"--sweep is not valid JSON ({e}): write NAME=V1,V2 items or a JSON object") from None
-        if not isinstance(mapping, dict):
+        if not isinstance(doc, dict):
             raise InputError("--sweep JSON must be an object of NAME: [values]")
-        return Grid.from_mapping(mapping)
+        return Grid.from_mapping(doc)
     if not text:
         return Grid({})
     mapping: dict[str, Any] = {}
@@ -214,7 +214,7 @@ def load_sweep_file(path: Path) -> tuple[Grid, str | None]:
 
     Returns the grid and the file's metric (None when it names none).
     """
-    import yaml
+    import yaml  # type: ignore[import-untyped]
 
     path = Path(path)
     try:
