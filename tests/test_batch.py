@@ -162,3 +162,28 @@ def test_job_sweep_plan_needs_its_task_index_and_plan(cli, gcs, monkeypatch):
     assert r.exit_code == 2 and "drop --run-id and the train options" in r.stderr
     r = cli("job", "--bucket", gcs.test_bucket)
     assert r.exit_code == 2 and "give the run to execute" in r.stderr
+
+
+def test_a_trial_failing_by_itself_exits_with_the_code_batch_does_not_retry(cli, gcs, monkeypatch, tmp_path):
+    from newsclf.cloud import batch as b
+    from newsclf.cloud.storage import write_json
+
+    bucket = gcs.bucket(gcs.test_bucket)
+    bucket.blob("data/processed/manifest.json").upload_from_string("{}")  # no real data: training fails early
+    run = "20261130-120000-abc123"
+    write_json(bucket, f"sweeps/{SWEEP}/job.json", {
+        "plan_version": 1, "sweep_id": SWEEP, "job_id": "job", "metric": "macro_f1", "grid": {"lr": [0.001]},
+        "train_args": ["--model", str(tmp_path / "no-such-model"), "--epochs", "1"],
+        "tasks": [{"trial": 1, "run_id": run, "params": {"lr": 0.001}}],
+    })  # fmt: skip
+    monkeypatch.setenv("BATCH_TASK_INDEX", "0")
+    monkeypatch.setenv("BATCH_JOB_ID", "job")
+    r = cli("--json", "job", "--bucket", gcs.test_bucket, "--sweep-plan", f"sweeps/{SWEEP}/job.json",
+            "--workdir", tmp_path / "work")  # fmt: skip
+    assert r.exit_code == b.TRIAL_FAILED_EXIT, r.stderr
+    status = json.loads(bucket.blob(f"runs/{run}/status.json").download_as_bytes())
+    assert status["state"] == "failed" and status["error"]
+    assert r.json["errors"] == [
+        f"Trial 1 (lr=0.001) failed: {status['error']} (recorded in gs://{gcs.test_bucket}/runs/{run}/status.json)"
+    ]
+    assert bucket.blob(f"runs/{run}/logs/batch-job-task0-attempt0.log").exists()  # `cloud logs RUN` has it
