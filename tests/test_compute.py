@@ -64,7 +64,7 @@ def test_capacity_reason_reads_http_errors_and_operations():
 
 
 def test_prices_are_estimates():
-    from newsclf.cloud.prices import hourly_estimate
+    from newsclf.cloud.compute.prices import hourly_estimate
 
     assert hourly_estimate("n1-standard-8") == 0.38
     assert hourly_estimate("n1-standard-8", "nvidia-tesla-t4", 1) == pytest.approx(0.73)
