@@ -117,6 +117,7 @@ def follow(
     """Follow a run on its VM: job lines, then status ticks, until status.json is final and the VM
     has stopped (or keep-vm), or the VM stops without a final status. The last item is an Outcome."""
     call_errors = api_errors()
+    retryable: tuple[type[BaseException], ...] = (*call_errors, CloudError)
     reader = SerialReader(clients, project, vm.zone, vm.name, run_id)
     phase = ""
     final_since: float | None = None
@@ -142,7 +143,7 @@ def follow(
             current = get_vm(clients, project, vm.zone, vm.name)
             status = store.status(run_id)
             failures = 0
-        except (*call_errors, CloudError) as e:  # a blip in a follow that lasts hours: poll again
+        except retryable as e:  # a blip in a follow that lasts hours: poll again
             failures += 1
             if failures >= FOLLOW_MAX_FAILURES:  # the VM bills on: say so, and how to end it
                 seen = f"last seen {current.status}" if current is not None else "state unknown"

@@ -122,9 +122,11 @@ class TransferResult:
         }
 
 
-def execute(jobs: Sequence[Callable[[], int]], workers: int, cancel: threading.Event) -> tuple[int, list[Exception]]:
+def execute(
+    jobs: Sequence[Callable[[], int]], workers: int, cancel: threading.Event
+) -> tuple[int, list[BaseException]]:
     """Run jobs (each returns bytes moved) in a thread pool; per-file errors let the others finish."""
-    moved, errors = 0, []
+    moved, errors = 0, list[BaseException]()
     if not jobs:
         return moved, errors
 
@@ -160,7 +162,7 @@ def execute(jobs: Sequence[Callable[[], int]], workers: int, cancel: threading.E
     return moved, errors
 
 
-def raise_first(errors: list[Exception]) -> None:
+def raise_first(errors: list[BaseException]) -> None:
     if not errors:
         return
     first = errors[0]

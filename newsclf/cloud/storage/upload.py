@@ -11,6 +11,7 @@ import mimetypes
 import os
 import threading
 import time
+from functools import partial
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -228,9 +229,9 @@ def upload_files(
 
     first = [p for p in plan if p[1] not in last]
     then = [p for p in plan if p[1] in last]
-    moved, errors = execute([lambda p=p: job(p) for p in first], workers, cancel)
+    moved, errors = execute([partial(job, p) for p in first], workers, cancel)
     if not errors:
-        moved2, errors = execute([lambda p=p: job(p) for p in then], 1, cancel)
+        moved2, errors = execute([partial(job, p) for p in then], 1, cancel)
         moved += moved2
     raise_first(errors)
     result.files_transferred = len(plan)
