@@ -362,7 +362,7 @@ def run(
     from newsclf.cloud.compute.hardware import parse_gpu
     from newsclf.cloud.compute.labels import META_TRAIN_ARGS
     from newsclf.cloud.compute.lifecycle import start_run
-    from newsclf.cloud.compute.request import RunRequest
+    from newsclf.cloud.compute.request import RunRequest, check_max_hours
     from newsclf.cloud.compute.store import FINAL_RUN_STATES, run_state
     from newsclf.cloud.compute.vm import find_vm
     from newsclf.cloud.iam import vm_service_account
@@ -377,6 +377,8 @@ def run(
             raise typer.BadParameter("--metric picks a sweep's objective: use it with --sweep or --sweep-file")
         _sweep.check_cloud_flags(sweeping=sweeping, parallel=parallel, resume=resume, detach=detach)
     _check_train_options(list(train_args or []))  # first: a typo needs no network to be found
+    if max_hours is not None:
+        check_max_hours(max_hours)
     settings, project, clients, store = _compute(bucket)
     if image:
         settings = settings.model_copy(update={"image": image})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -72,6 +73,15 @@ def check_vm_name(name: str) -> str:
 
 
 
+def check_max_hours(max_hours: float) -> None:
+    """--max-hours within what Compute Engine's max_run_duration takes (inf and nan are not)."""
+    if not (math.isfinite(max_hours) and MIN_RUN_SECONDS <= run_seconds(max_hours) <= MAX_RUN_SECONDS):
+        raise InputError(
+            f"Bad --max-hours {max_hours:g}: Compute Engine stops a VM after 30 seconds to 120 days, "
+            "so use 0.0084 to 2880"
+        )
+
+
 def run_seconds(max_hours: float) -> int:
     return int(round(max_hours * 3600))
 
@@ -121,11 +131,7 @@ def validate_vm_request(req: RunRequest) -> None:
         if arg.split("=", 1)[0] in RESERVED_TRAIN_ARGS:
             raise InputError(f"{arg.split('=', 1)[0]} is set by `newsclf cloud run`: drop it from the train options")
     check_vm_name(req.vm_name)
-    if not MIN_RUN_SECONDS <= run_seconds(req.max_hours) <= MAX_RUN_SECONDS:
-        raise InputError(
-            f"Bad --max-hours {req.max_hours:g}: Compute Engine stops a VM after 30 seconds to 120 days, "
-            "so use 0.0084 to 2880"
-        )
+    check_max_hours(req.max_hours)
     if req.disk_gb < MIN_DISK_GB:
         raise InputError(f"--disk-gb must be at least {MIN_DISK_GB}")
     check_hardware(req.machine_type, req.gpu)
