@@ -35,7 +35,6 @@ class Clients:
         return self.storage
 
 
-
 def make_clients(settings: Settings) -> Clients:
     """Compute clients for settings.compute_api_endpoint (anonymous for a local stand-in), else ADC."""
     from google.cloud import compute_v1

@@ -89,7 +89,6 @@ def boot_disk_type(machine_type: str) -> str:
     return "hyperdisk-balanced" if machine_family(machine_type) in ("a3", "a4", "g4") else "pd-balanced"
 
 
-
 def check_hardware(machine_type: str, gpu: tuple[str, int] | None) -> None:
     """The machine type and --gpu make a VM Compute Engine creates and the image's torch can use."""
     if gpu is None:

@@ -65,7 +65,6 @@ def _conflicts(vm: VM, req: RunRequest) -> list[str]:
     return out
 
 
-
 @dataclass
 class _Reshape:
     """What a stopped VM must change to be what the run asks for (None / False: keep it)."""

@@ -72,7 +72,6 @@ def check_vm_name(name: str) -> str:
     return name
 
 
-
 def check_max_hours(max_hours: float) -> None:
     """--max-hours within what Compute Engine's max_run_duration takes (inf and nan are not)."""
     if not (math.isfinite(max_hours) and MIN_RUN_SECONDS <= run_seconds(max_hours) <= MAX_RUN_SECONDS):
@@ -84,7 +83,6 @@ def check_max_hours(max_hours: float) -> None:
 
 def run_seconds(max_hours: float) -> int:
     return int(round(max_hours * 3600))
-
 
 
 @dataclass

@@ -131,7 +131,6 @@ class VM:
         return f"{self.machine_type}{gpu}{' (spot)' if self.spot else ''}"
 
 
-
 def list_vms(clients: Clients, project: str, zone: str | None = None) -> list[VM]:
     """newsclf-labelled VMs in one zone, or in every zone (aggregated list)."""
     label_filter = f"labels.{LABEL}:*"

@@ -55,7 +55,6 @@ def check_project(ctx: Context) -> tuple[str, str]:
     return OK, f"{project}{source}"
 
 
-
 def check_bucket(ctx: Context) -> tuple[str, str]:
     from google.api_core import exceptions as gexc
 

@@ -27,7 +27,6 @@ class SetupClients:
     secrets: Any = None  # secretmanager_v1.SecretManagerServiceClient
 
 
-
 def projects_client(settings: Settings, credentials: Any = None) -> Any:
     """A resourcemanager_v3.ProjectsClient over REST; NEWSCLF_RESOURCEMANAGER_API_ENDPOINT points it elsewhere."""
     from google.cloud import resourcemanager_v3
@@ -51,7 +50,6 @@ def member_of(credentials: Any) -> str:
     return "user:YOU@example.com"
 
 
-
 @dataclass
 class Context:
     settings: Settings
@@ -64,7 +62,6 @@ class Context:
     repository: str | None = None  # the Artifact Registry repository's resource name, once found or created
     account: str | None = None  # the VMs' service account email, once found or created
     account_created: bool = False  # created in this run: grants may need to wait for it to propagate
-
 
 
 def storage_of(ctx: Context) -> Any:
