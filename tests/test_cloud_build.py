@@ -12,11 +12,11 @@ import tarfile
 
 import pytest
 
-from newsclf.cloud.build import cloudbuild, logtail
-from newsclf.cloud.build import context as build_context
-from newsclf.cloud.build import source as build_source
-from newsclf.cloud.build.ignore import DockerIgnore, GitIgnore
-from newsclf.cloud.build.source import pack_source, source_files
+from newsclf.cloud.cloudbuild import logtail, submit
+from newsclf.cloud.cloudbuild import context as build_context
+from newsclf.cloud.cloudbuild import source as build_source
+from newsclf.cloud.cloudbuild.ignore import DockerIgnore, GitIgnore
+from newsclf.cloud.cloudbuild.source import pack_source, source_files
 from newsclf.errors import InputError
 from tests import cloudbuild_standin as standin_mod
 from tests.cloudbuild_standin import CloudBuildStandIn
@@ -72,7 +72,7 @@ def standin(fake_gcs):
 def project(tmp_path, gcs, standin, monkeypatch):
     """A small project in the current directory, the stand-in as the Cloud Build endpoint."""
     monkeypatch.setenv("NEWSCLF_CLOUDBUILD_API_ENDPOINT", standin.url)
-    monkeypatch.setattr(cloudbuild, "POLL_S", 0.1)  # the stand-in builds in ~2 s, not minutes
+    monkeypatch.setattr(submit, "POLL_S", 0.1)  # the stand-in builds in ~2 s, not minutes
     make_tree(tmp_path)
     return tmp_path
 
@@ -260,7 +260,7 @@ def test_failed_build_json_still_shows_the_tail(cli, project, standin):
     doc = r.json
     assert doc["status"] == "error" and doc["errors"][0].startswith("Cloud Build ")
     [build_id] = standin.builds
-    tail = standin.written_logs[build_id][-cloudbuild.LOG_TAIL_LINES:]
+    tail = standin.written_logs[build_id][-submit.LOG_TAIL_LINES:]
     err = r.stderr.splitlines()
     assert err[: len(tail)] == tail
 

@@ -49,7 +49,7 @@ def build(
 
       newsclf cloud build --no-wait --json
     """
-    from newsclf.cloud.build.cloudbuild import BuildFailedError, submit_build
+    from newsclf.cloud.cloudbuild.submit import BuildFailedError, submit_build
     from newsclf.config import get_settings
 
     settings = get_settings()
@@ -290,7 +290,7 @@ def _check_train_options(args: list[str]) -> None:
 def _check_training_image(settings, image: str, version: str | None) -> None:
     """Find the image the VM will pull in Artifact Registry (built for newsclf `version`, unless
     --image/NEWSCLF_IMAGE names a tag): a missing image fails here, not on a paid VM."""
-    from newsclf.cloud.build.image import check_image
+    from newsclf.cloud.cloudbuild.image import check_image
 
     if not check_image(settings, image, version=version):
         _output.info(f"Image {image} is not in Artifact Registry: not checked before the VM pulls it")
@@ -408,7 +408,7 @@ def run(
         if settings.wandb_api_key is None:
             raise InputError("--wandb-key-in-metadata needs a W&B key: set WANDB_API_KEY")
         wandb_key = settings.wandb_api_key.get_secret_value()
-    from newsclf.cloud.build.image import run_image
+    from newsclf.cloud.cloudbuild.image import run_image
 
     image_ref, image_version = run_image(settings, project)
     req = RunRequest(

@@ -3,7 +3,7 @@
 - google/     credentials, the project, endpoints, the error translator core, the operation waiter
 - storage/    Cloud Storage (the bucket: data, runs, build sources, status)
 - compute/    Compute Engine (the training VM and following its run)
-- build/      Cloud Build and Artifact Registry (the training image)
+- cloudbuild/ Cloud Build and Artifact Registry (the training image; `build/` is in .gitignore)
 - setup/      `newsclf cloud setup` (checks and creates what the others need)
 - iam.py      IAM (the training VMs' service account)
 - layout.py   every object name in the bucket

@@ -52,7 +52,7 @@ def default_image(settings: Settings, project: str) -> str:
     """settings.image, else the `latest` image `newsclf cloud build` pushes."""
     if settings.image:
         return settings.image
-    from newsclf.cloud.build.image import image_repository
+    from newsclf.cloud.cloudbuild.image import image_repository
 
     return f"{image_repository(settings, project)}:latest"
 

@@ -158,7 +158,7 @@ def check_bucket_access(ctx: Context) -> tuple[str, str]:
 def check_repository(ctx: Context) -> tuple[str, str]:
     from google.api_core import exceptions as gexc
 
-    from newsclf.cloud.build.image import artifactregistry_client, image_repository
+    from newsclf.cloud.cloudbuild.image import artifactregistry_client, image_repository
 
     settings, project = ctx.settings, ctx.project or ""
     image = image_repository(settings, project)
@@ -243,7 +243,7 @@ def _check_format(found: Any, repo: str, location: str, host: str) -> tuple[str,
 def check_cloudbuild_api(ctx: Context) -> tuple[str, str]:
     from google.api_core import exceptions as gexc
 
-    from newsclf.cloud.build.cloudbuild import cloudbuild_client
+    from newsclf.cloud.cloudbuild.submit import cloudbuild_client
 
     settings, project = ctx.settings, ctx.project or ""
     try:
