@@ -80,3 +80,17 @@ def test_short_is_the_first_line_without_the_rest_prefix():
     )
     assert short(refused) == "connection refused by 127.0.0.1:9"
     assert short(None) == "unknown"
+
+
+def test_no_module_of_the_package_is_gitignored():
+    """A package named like an ignored folder (`build/`) would be left out of git, and of the wheel,
+    which hatch builds from what .gitignore leaves in."""
+    from pathlib import Path
+
+    import pathspec
+
+    root = Path(__file__).resolve().parent.parent
+    spec = pathspec.GitIgnoreSpec.from_lines((root / ".gitignore").read_text(encoding="utf-8").splitlines())
+    modules = [p.relative_to(root).as_posix() for p in (root / "newsclf").rglob("*.py") if "__pycache__" not in p.parts]
+    assert len(modules) > 40
+    assert [m for m in modules if spec.match_file(m)] == []
