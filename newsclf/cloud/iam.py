@@ -67,7 +67,10 @@ class IamClient:
     def __init__(self, settings: Settings, credentials: Any = None, *, timeout: float = 60.0) -> None:
         from google.auth.transport.requests import AuthorizedSession
 
-        from newsclf.cloud.google.credentials import CLOUD_PLATFORM_SCOPE, default_credentials
+        from newsclf.cloud.google.credentials import (
+            CLOUD_PLATFORM_SCOPE,
+            default_credentials,
+        )
         from newsclf.cloud.google.endpoints import is_local_endpoint
 
         endpoint = settings.iam_api_endpoint

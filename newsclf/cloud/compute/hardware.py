@@ -136,7 +136,7 @@ def offering_zones(clients: Clients, project: str, machine_type: str, gpu: tuple
     flt = f'name = "{machine_type}"'
     with translated("list machine types", project):
         zones = {
-            _last(scope)
+            last_segment(scope)
             for scope, scoped in clients.machine_types.aggregated_list(request={"project": project, "filter": flt})
             for m in scoped.machine_types
             if m.name == machine_type and m.deprecated.state not in ("OBSOLETE", "DELETED")
@@ -145,7 +145,7 @@ def offering_zones(clients: Clients, project: str, machine_type: str, gpu: tuple
         kind, count = gpu
         with translated("list GPU types", project):
             zones &= {
-                _last(scope)
+                last_segment(scope)
                 for scope, scoped in clients.accelerator_types.aggregated_list(
                     request={"project": project, "filter": f'name = "{kind}"'}
                 )
@@ -173,5 +173,6 @@ def candidate_zones(zone: str, zones_setting: str, offered: set[str] | frozenset
     return out
 
 
-def _last(url: str) -> str:
+def last_segment(url: str) -> str:
+    """`zones/europe-west1-b` -> `europe-west1-b`: what compute.v1 names by URL, by name."""
     return url.rsplit("/", 1)[-1] if url else ""

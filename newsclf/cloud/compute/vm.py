@@ -9,7 +9,7 @@ from typing import Any
 
 from newsclf.cloud.compute.clients import Clients
 from newsclf.cloud.compute.errors import translated
-from newsclf.cloud.compute.hardware import builtin_gpu, builtin_gpus
+from newsclf.cloud.compute.hardware import builtin_gpu, builtin_gpus, last_segment
 from newsclf.cloud.compute.labels import (
     LABEL,
     META_BUCKET,
@@ -22,10 +22,6 @@ from newsclf.errors import CloudError
 
 ACTIVE_STATES = frozenset({"PROVISIONING", "STAGING", "RUNNING", "REPAIRING"})
 DOWN_STATES = frozenset({"TERMINATED", "STOPPED", "SUSPENDED"})
-
-
-def _last(url: str) -> str:
-    return url.rsplit("/", 1)[-1] if url else ""
 
 
 def _parse_time(value: str) -> datetime | None:
@@ -61,15 +57,15 @@ class VM:
     @classmethod
     def from_instance(cls, inst: Any) -> VM:
         accels = list(inst.guest_accelerators)
-        gpu_type = _last(accels[0].accelerator_type) if accels else None
+        gpu_type = last_segment(accels[0].accelerator_type) if accels else None
         gpu_count = sum(a.accelerator_count for a in accels)
         boot = [d for d in inst.disks if d.boot]
         disk_gb = sum(d.disk_size_gb for d in boot)
         return cls(
             name=inst.name,
-            zone=_last(inst.zone),
+            zone=last_segment(inst.zone),
             status=inst.status,
-            machine_type=_last(inst.machine_type),
+            machine_type=last_segment(inst.machine_type),
             gpu_type=gpu_type,
             gpu_count=gpu_count,
             spot=inst.scheduling.provisioning_model == "SPOT" or bool(inst.scheduling.preemptible),
@@ -79,7 +75,7 @@ class VM:
             metadata_fingerprint=inst.metadata.fingerprint,
             label_fingerprint=inst.label_fingerprint,
             last_start=_parse_time(inst.last_start_timestamp),
-            boot_disk=_last(boot[0].source) if boot else "",
+            boot_disk=last_segment(boot[0].source) if boot else "",
             scheduling=inst.scheduling,
             service_account=inst.service_accounts[0].email if inst.service_accounts else "",
         )

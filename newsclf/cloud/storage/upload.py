@@ -11,8 +11,8 @@ import mimetypes
 import os
 import threading
 import time
-from functools import partial
 from collections.abc import Collection, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
