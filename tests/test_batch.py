@@ -166,7 +166,7 @@ def test_job_sweep_plan_needs_its_task_index_and_plan(cli, gcs, monkeypatch):
 
 def test_a_trial_failing_by_itself_exits_with_the_code_batch_does_not_retry(cli, gcs, monkeypatch, tmp_path):
     from newsclf.cloud import batch as b
-    from newsclf.cloud.storage import write_json
+    from newsclf.cloud.storage.objects import write_json
 
     bucket = gcs.bucket(gcs.test_bucket)
     bucket.blob("data/processed/manifest.json").upload_from_string("{}")  # no real data: training fails early

@@ -536,7 +536,8 @@ def cloud_run(
     from newsclf.cloud import batch
     from newsclf.cloud.iam import vm_service_account
 
-    from newsclf.cloud.compute import check_hardware, check_max_hours
+    from newsclf.cloud.compute.hardware import check_hardware
+    from newsclf.cloud.compute.request import check_max_hours
 
     grid, metric = resolve_grid(spec, sweep_file, metric)
     options, explicit = cloud_base(list(train_args), grid)
@@ -643,7 +644,7 @@ def status_jobs(settings: Any, project: str) -> list[dict[str, Any]]:
     """`cloud status`: newsclf's sweep jobs on Cloud Batch in NEWSCLF_REGION (a warning, not a failure,
     when Batch cannot be asked: the VMs are still worth showing)."""
     from newsclf.cloud import batch
-    from newsclf.cloud.build import is_local_endpoint
+    from newsclf.cloud.google.endpoints import is_local_endpoint
     from newsclf.errors import NewsclfError
 
     if settings.batch_api_endpoint is None and is_local_endpoint(settings.compute_api_endpoint):
@@ -678,12 +679,13 @@ def stop_sweep(sweep_id: str, *, yes: bool, poll_s: float, confirm: Callable[[st
     """`cloud stop --sweep SWEEP_ID`: cancel the sweep's Batch jobs (their running trials stop; Batch
     deletes the VMs), then delete them and wait until Batch no longer lists them."""
     from newsclf import sweep as sw
-    from newsclf.cloud import batch, compute
+    from newsclf.cloud import batch
+    from newsclf.cloud.google.project import resolve_project
     from newsclf.config import get_settings
 
     sw.check_sweep_id(sweep_id)
     settings = get_settings()
-    project = compute.project_id(settings)
+    project = resolve_project(settings, endpoint=settings.batch_api_endpoint)
     client = batch.make_client(settings)
     jobs = batch.list_jobs(client, project, settings.region, sweep_id=sweep_id)
     if not jobs:

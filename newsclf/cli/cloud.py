@@ -49,7 +49,7 @@ def build(
 
       newsclf cloud build --no-wait --json
     """
-    from newsclf.cloud.build import BuildFailedError, submit_build
+    from newsclf.cloud.cloudbuild.submit import BuildFailedError, submit_build
     from newsclf.config import get_settings
 
     settings = get_settings()
@@ -106,16 +106,19 @@ DETACH_HINT = "Re-attach: newsclf cloud logs {run} --follow · stop it: newsclf 
 
 
 def _compute(bucket: str | None = None, *, need_bucket: bool = True):  # -> (settings, project, clients, store)
-    from newsclf.cloud import compute
+    from newsclf.cloud.compute.clients import make_clients
+    from newsclf.cloud.compute.store import RunStore
+    from newsclf.cloud.storage.client import require_bucket
+    from newsclf.cloud.google.project import resolve_project
     from newsclf.config import get_settings
 
     settings = get_settings()
     if bucket:
         settings = settings.model_copy(update={"bucket": bucket})
-    project = compute.project_id(settings)
-    name = compute.require_bucket(settings) if need_bucket or settings.bucket else None
-    clients = compute.make_clients(settings)
-    store = compute.RunStore(clients.storage_client(), name) if name else None
+    project = resolve_project(settings, endpoint=settings.compute_api_endpoint)
+    name = require_bucket(settings) if need_bucket or settings.bucket else None
+    clients = make_clients(settings)
+    store = RunStore(clients.storage_client(), name) if name else None
     return settings, project, clients, store
 
 
@@ -142,7 +145,7 @@ def _follow_run(clients, project: str, vm, run_id: str, store, *, poll_s: float,
     """Stream the run's job lines (stdout or stderr) with a status line on a terminal; None on Ctrl-C."""
     import contextlib
 
-    from newsclf.cloud import compute
+    from newsclf.cloud.compute.follow import JobLine, Outcome, Tick, follow
 
     line_console = _output.stdout() if to_stdout else _output.stderr()
     show_lines = (to_stdout and not _output.state.json) or (not to_stdout and not _output.state.quiet)
@@ -152,18 +155,18 @@ def _follow_run(clients, project: str, vm, run_id: str, store, *, poll_s: float,
         live = status_console.status(f"Waiting for VM {vm.name}…", spinner="dots")
     try:
         with live if live is not None else contextlib.nullcontext():
-            for event in compute.follow(clients, project, vm, run_id, store, poll_s=poll_s):
-                if isinstance(event, compute.JobLine):
+            for event in follow(clients, project, vm, run_id, store, poll_s=poll_s):
+                if isinstance(event, JobLine):
                     lines.append(event.text)
                     if show_lines:
                         line_console.print(event.text, markup=False, emoji=False, highlight=False, soft_wrap=True)
                         line_console.file.flush()
-                elif isinstance(event, compute.Tick) and live is not None:
+                elif isinstance(event, Tick) and live is not None:
                     phase = f" · {event.phase}" if event.phase else ""
                     live.update(
                         f"VM {event.vm_status} · {_duration(event.elapsed_s)} · est. {_money(event.cost_usd)}{phase}"
                     )
-                elif isinstance(event, compute.Outcome):
+                elif isinstance(event, Outcome):
                     return event
     except KeyboardInterrupt:
         sys.stderr.write("\n")
@@ -176,11 +179,12 @@ VM_TAIL = 8  # the VM's own progress lines shown when it stopped without a final
 
 def _vm_tail(settings, project: str, clients, vm, run_id: str) -> tuple[list[str], str | None]:
     """The last `newsclf-vm` lines of a stopped VM's serial port for the run, and the likely cause they name."""
-    from newsclf.cloud import compute, iam
+    from newsclf.cloud import iam
+    from newsclf.cloud.compute.follow import SerialReader
     from newsclf.errors import NewsclfError
 
     try:
-        _, vm_lines = compute.SerialReader(clients, project, vm.zone, vm.name, run_id).read()
+        _, vm_lines = SerialReader(clients, project, vm.zone, vm.name, run_id).read()
     except Exception:  # a VM may not serve its serial port any more: show the usual message
         return [], None
     try:
@@ -193,9 +197,9 @@ def _vm_tail(settings, project: str, clients, vm, run_id: str) -> tuple[list[str
 def _explain_stop(outcome, settings, project: str, clients, vm) -> list[str] | None:
     """A run whose VM stopped without a final status: the VM's last lines, and the likely cause in place of
     "interrupted (spot preemption, ...)" when they name one."""
-    from newsclf.cloud import compute
+    from newsclf.cloud.compute.vm import DOWN_STATES
 
-    if outcome.state != "interrupted" or outcome.vm_status not in compute.DOWN_STATES:
+    if outcome.state != "interrupted" or outcome.vm_status not in DOWN_STATES:
         return None
     vm_lines, cause = _vm_tail(settings, project, clients, vm, outcome.run_id)
     if cause:
@@ -257,7 +261,7 @@ def _check_train_options(args: list[str]) -> None:
     a flag a job cannot take fails here (exit 2), before a VM is paid for."""
     from newsclf.cli import app as root
     from newsclf.cli.job import _train_options
-    from newsclf.cloud.compute import RESERVED_TRAIN_ARGS
+    from newsclf.cloud.compute.request import RESERVED_TRAIN_ARGS
     from newsclf.errors import InputError
 
     if any(a.split("=", 1)[0] in RESERVED_TRAIN_ARGS for a in args):
@@ -286,7 +290,7 @@ def _check_train_options(args: list[str]) -> None:
 def _check_training_image(settings, image: str, version: str | None) -> None:
     """Find the image the VM will pull in Artifact Registry (built for newsclf `version`, unless
     --image/NEWSCLF_IMAGE names a tag): a missing image fails here, not on a paid VM."""
-    from newsclf.cloud.build import check_image
+    from newsclf.cloud.cloudbuild.image import check_image
 
     if not check_image(settings, image, version=version):
         _output.info(f"Image {image} is not in Artifact Registry: not checked before the VM pulls it")
@@ -356,7 +360,12 @@ def run(
 
       newsclf cloud run --sweep "lr=1e-5,2e-5 batch_size=16,32" --parallel 2 -- --epochs 2
     """
-    from newsclf.cloud import compute
+    from newsclf.cloud.compute.hardware import parse_gpu
+    from newsclf.cloud.compute.labels import META_TRAIN_ARGS
+    from newsclf.cloud.compute.lifecycle import start_run
+    from newsclf.cloud.compute.request import RunRequest, check_max_hours
+    from newsclf.cloud.compute.store import FINAL_RUN_STATES, run_state
+    from newsclf.cloud.compute.vm import find_vm
     from newsclf.cloud.iam import vm_service_account
     from newsclf.errors import InputError
     from newsclf.runs import new_run_id
@@ -372,7 +381,7 @@ def run(
         _sweep.check_cloud_flags(sweeping=sweeping, parallel=parallel, given=given)
     _check_train_options(list(train_args or []))  # first: a typo needs no network to be found
     if max_hours is not None:
-        compute.check_max_hours(max_hours)
+        check_max_hours(max_hours)
     settings, project, clients, store = _compute(bucket)
     if image:
         settings = settings.model_copy(update={"image": image})
@@ -382,26 +391,26 @@ def run(
             "upload one with `newsclf data push` first"
         )
     if sweeping:  # a Cloud Batch job; single runs stay on their own Compute Engine VM
-        from newsclf.cloud.build import run_image
+        from newsclf.cloud.cloudbuild.image import run_image
 
         sweep_image, image_version = run_image(settings, project)
         _check_training_image(settings, sweep_image, image_version)  # before anything is submitted
         _sweep.cloud_run(
             settings, project, store, image=sweep_image, train_args=list(train_args or []), spec=sweep, sweep_file=sweep_file,
             metric=metric, parallel=parallel, machine_type=machine_type or settings.machine_type,
-            gpu=compute.parse_gpu(gpu), spot=bool(spot), max_hours=max_hours if max_hours is not None else settings.max_hours,
+            gpu=parse_gpu(gpu), spot=bool(spot), max_hours=max_hours if max_hours is not None else settings.max_hours,
             disk_gb=disk_gb if disk_gb is not None else settings.disk_gb, detach=detach, poll_s=poll_interval,
         )  # fmt: skip
         return
     train = list(train_args or [])
     if resume:
-        state = compute.run_state(store, resume)
-        if state in compute.FINAL_RUN_STATES:
+        state = run_state(store, resume)
+        if state in FINAL_RUN_STATES:
             raise InputError(f"Run {resume} already {state}: nothing to resume (start a new one without --resume)")
         if not train:
-            vm = compute.find_vm(clients, project, settings.vm_name)
+            vm = find_vm(clients, project, settings.vm_name)
             if vm is not None and vm.run_id == resume:
-                train = [a for a in vm.metadata.get(compute.META_TRAIN_ARGS, "").split("\n") if a]
+                train = [a for a in vm.metadata.get(META_TRAIN_ARGS, "").split("\n") if a]
     explicit = frozenset(
         name
         for name, value in (
@@ -414,17 +423,17 @@ def run(
         if settings.wandb_api_key is None:
             raise InputError("--wandb-key-in-metadata needs a W&B key: set WANDB_API_KEY")
         wandb_key = settings.wandb_api_key.get_secret_value()
-    from newsclf.cloud.build import run_image
+    from newsclf.cloud.cloudbuild.image import run_image
 
     image_ref, image_version = run_image(settings, project)
-    req = compute.RunRequest(
+    req = RunRequest(
         run_id=resume or new_run_id(),
         bucket=store.bucket,
         image=image_ref,
         vm_name=settings.vm_name,
         zone=zone or settings.zone,
         machine_type=machine_type or settings.machine_type,
-        gpu=compute.parse_gpu(gpu),
+        gpu=parse_gpu(gpu),
         spot=bool(spot),
         disk_gb=disk_gb if disk_gb is not None else settings.disk_gb,
         max_hours=max_hours if max_hours is not None else settings.max_hours,
@@ -441,7 +450,7 @@ def run(
     if not train_args and train:
         _check_train_options(train)  # a resumed run's options, read from its VM
     _check_training_image(settings, req.image, image_version)
-    started = compute.start_run(clients, project, req, store=store, poll_s=poll_interval)
+    started = start_run(clients, project, req, store=store, poll_s=poll_interval)
     vm = started.vm
     hourly = vm.hourly_usd
     _output.info(
@@ -462,15 +471,15 @@ def run(
 def _vm_costs(vm) -> dict:
     """A VM's cost fields for `cloud status`: running, its machine, GPUs and disk bill; stopped, only
     its boot disk does, but that until the VM is deleted, so a stopped VM is never shown as free."""
-    from newsclf.cloud import compute
-    from newsclf.cloud.prices import HOURS_PER_MONTH, disk_hourly
+    from newsclf.cloud.compute.vm import ACTIVE_STATES
+    from newsclf.cloud.compute.prices import HOURS_PER_MONTH, disk_hourly
 
     uptime = vm.uptime_s()
     running = vm.hourly_usd
     disk = disk_hourly(vm.disk_gb)  # `cloud run` creates pd-balanced boot disks
     return {
         "uptime_s": round(uptime),
-        "est_usd_per_hour": running if vm.status in compute.ACTIVE_STATES else disk,
+        "est_usd_per_hour": running if vm.status in ACTIVE_STATES else disk,
         "est_usd_so_far": round(running * uptime / 3600, 4) if running is not None else None,
         "disk_gb": vm.disk_gb,
         "est_disk_usd_per_month": round(disk * HOURS_PER_MONTH, 2) if disk is not None else None,
@@ -479,9 +488,9 @@ def _vm_costs(vm) -> dict:
 
 def _disk_note(console, rows: list[dict]) -> None:
     """Under the table: what the stopped VMs' disks cost, and how to stop paying for them."""
-    from newsclf.cloud import compute
+    from newsclf.cloud.compute.vm import ACTIVE_STATES
 
-    stopped = [r for r in rows if r["state"] not in compute.ACTIVE_STATES and r["est_disk_usd_per_month"]]
+    stopped = [r for r in rows if r["state"] not in ACTIVE_STATES and r["est_disk_usd_per_month"]]
     if not stopped:
         return
     monthly = sum(r["est_disk_usd_per_month"] for r in stopped)
@@ -508,20 +517,21 @@ def status(
 
       newsclf cloud status --json
     """
-    from newsclf.cloud import compute
+    from newsclf.cloud.compute.store import RunStore, run_state as compute_run_state
+    from newsclf.cloud.compute.vm import ACTIVE_STATES, list_vms
     from newsclf.errors import CloudError
 
     settings, project, clients, store = _compute(need_bucket=False)
-    vms = compute.list_vms(clients, project, zone)
+    vms = list_vms(clients, project, zone)
     rows = []
     for vm in vms:
         run_state = None
         if vm.run_id and (vm.bucket or store is not None):
             try:
-                vm_store = store if store is not None and store.bucket == vm.bucket else compute.RunStore(
+                vm_store = store if store is not None and store.bucket == vm.bucket else RunStore(
                     clients.storage_client(), vm.bucket or store.bucket
                 )
-                run_state = compute.run_state(vm_store, vm.run_id)
+                run_state = compute_run_state(vm_store, vm.run_id)
             except CloudError as e:
                 _output.warn(f"Cannot read the state of run {vm.run_id}: {e}")
         rows.append(
@@ -545,7 +555,7 @@ def status(
         if r["sweep_id"]:
             group = sweeps.setdefault(r["sweep_id"], {"vms": [], "active": 0})
             group["vms"].append(r["name"])
-            group["active"] += r["state"] in compute.ACTIVE_STATES
+            group["active"] += r["state"] in ACTIVE_STATES
     from newsclf.cli import _sweep
 
     sweep_jobs = _sweep.status_jobs(settings, project)
@@ -603,21 +613,23 @@ def logs(
 
       newsclf cloud logs 20261127-071500-1a2b3c
     """
-    from newsclf.cloud import compute
+    from newsclf.cloud.compute.follow import run_log, serial_snapshot
+    from newsclf.cloud.compute.store import FINAL_RUN_STATES, run_state
+    from newsclf.cloud.compute.vm import ACTIVE_STATES, find_vm
     from newsclf.errors import InputError
 
     settings, project, clients, store = _compute(bucket)
-    vm = compute.find_vm(clients, project, settings.vm_name)
+    vm = find_vm(clients, project, settings.vm_name)
     run_id = run or (vm.run_id if vm else None)
     if not run_id:
         raise InputError(
             f"No run given and no VM {settings.vm_name}: pass a run id (list them with `newsclf models list`)"
         )
-    state = compute.run_state(store, run_id)
+    state = run_state(store, run_id)
     extra: dict = {}  # a stopped VM's last lines and their likely cause
     live = (
-        vm is not None and vm.run_id == run_id and vm.status in compute.ACTIVE_STATES
-        and state not in compute.FINAL_RUN_STATES
+        vm is not None and vm.run_id == run_id and vm.status in ACTIVE_STATES
+        and state not in FINAL_RUN_STATES
     )
     if live and follow:
         lines: list[str] = []
@@ -628,15 +640,15 @@ def logs(
         _finish_run(outcome, lines=lines, vm_lines=_explain_stop(outcome, settings, project, clients, vm))
         return
     if live:
-        lines = compute.serial_snapshot(clients, project, vm, run_id)
+        lines = serial_snapshot(clients, project, vm, run_id)
         source = "serial"
         _output.info(f"Run {run_id} is still running on VM {vm.name}: add --follow to keep watching")
     else:
-        lines = compute.run_log(store, run_id)
+        lines = run_log(store, run_id)
         source = "bucket"
         stopped = (
-            vm is not None and vm.run_id == run_id and vm.status not in compute.ACTIVE_STATES
-            and state not in compute.FINAL_RUN_STATES
+            vm is not None and vm.run_id == run_id and vm.status not in ACTIVE_STATES
+            and state not in FINAL_RUN_STATES
         )
         if stopped and vm is not None:  # without a final status: what the VM said last may be all there is
             vm_lines, cause = _vm_tail(settings, project, clients, vm, run_id)
@@ -685,7 +697,9 @@ def stop(
 
       newsclf cloud stop --sweep sweep-1a2b3c4d --yes
     """
-    from newsclf.cloud import compute
+    from newsclf.cloud.compute.lifecycle import stop_vm
+    from newsclf.cloud.compute.store import FINAL_RUN_STATES, RunStore, run_state
+    from newsclf.cloud.compute.vm import ACTIVE_STATES, DOWN_STATES, find_vm
     from newsclf.errors import InputError
 
     if sweep is not None:  # the sweep's Batch job: Batch deletes its VMs
@@ -696,21 +710,21 @@ def stop(
         _sweep.stop_sweep(sweep, yes=yes, poll_s=poll_interval, confirm=_confirm)
         return
     settings, project, clients, store = _compute(need_bucket=False)
-    vm = compute.find_vm(clients, project, settings.vm_name)
+    vm = find_vm(clients, project, settings.vm_name)
     if vm is None:
         data = {"vm": settings.vm_name, "zone": None, "before": None, "after": None, "deleted": False}
         _output.emit(data, lambda c: c.print(f"No VM {settings.vm_name} in project {project}: nothing to stop", highlight=False))
         return
-    if vm.status in compute.DOWN_STATES and not delete:
+    if vm.status in DOWN_STATES and not delete:
         data = {"vm": vm.name, "zone": vm.zone, "before": vm.status, "after": vm.status, "deleted": False}
         _output.emit(data, lambda c: c.print(f"VM {vm.name} ({vm.zone}) is already stopped", highlight=False))
         return
     busy = False
-    if vm.status in compute.ACTIVE_STATES and vm.run_id:
+    if vm.status in ACTIVE_STATES and vm.run_id:
         if store is None and vm.bucket:
-            store = compute.RunStore(clients.storage_client(), vm.bucket)
+            store = RunStore(clients.storage_client(), vm.bucket)
         try:
-            busy = compute.run_state(store, vm.run_id) not in compute.FINAL_RUN_STATES
+            busy = run_state(store, vm.run_id) not in FINAL_RUN_STATES
         except Exception:  # no bucket access: assume the worst and ask
             busy = True
     if (busy or delete) and not yes:
@@ -718,7 +732,7 @@ def stop(
         if busy:
             what += f", interrupting run {vm.run_id}"
         _confirm(what)
-    result = compute.stop_vm(clients, project, vm, delete=delete, poll_s=poll_interval)
+    result = stop_vm(clients, project, vm, delete=delete, poll_s=poll_interval)
     data = {"vm": result.name, "zone": result.zone, "before": result.before, "after": result.after, "deleted": result.deleted}
 
     def render(console) -> None:
@@ -765,7 +779,7 @@ def setup(
 
       newsclf cloud setup --no-create --json
     """
-    from newsclf.cloud.setup import run_setup
+    from newsclf.cloud.setup.run import run_setup
     from newsclf.config import get_settings
 
     settings = get_settings()

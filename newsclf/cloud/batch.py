@@ -47,27 +47,18 @@ _JOB_ID_RE = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?")
 # ---------------------------------------------------------------------------------------------- client
 
 
-def make_client(settings: Settings) -> Any:
+def make_client(settings: Settings, credentials: Any = None) -> Any:
     """A batch_v1.BatchServiceClient over REST: NEWSCLF_BATCH_API_ENDPOINT (anonymous for a local
-    stand-in), else Google's endpoint with Application Default Credentials."""
-    from google.api_core.client_options import ClientOptions
+    stand-in), else Google's endpoint with `credentials` or Application Default Credentials."""
     from google.cloud import batch_v1
 
-    from newsclf.cloud.build import is_local_endpoint
+    from newsclf.cloud.google.credentials import default_credentials
+    from newsclf.cloud.google.endpoints import client_kwargs, is_local_endpoint
 
-    kwargs: dict[str, Any] = {"transport": "rest"}
     endpoint = settings.batch_api_endpoint
-    if endpoint:
-        kwargs["client_options"] = ClientOptions(api_endpoint=endpoint)
-    if is_local_endpoint(endpoint):
-        from google.auth.credentials import AnonymousCredentials
-
-        kwargs["credentials"] = AnonymousCredentials()
-    else:
-        from newsclf.cloud.compute import _adc
-
-        kwargs["credentials"] = _adc()
-    return batch_v1.BatchServiceClient(**kwargs)
+    if credentials is None and not is_local_endpoint(endpoint):
+        credentials = default_credentials()[0]
+    return batch_v1.BatchServiceClient(transport="rest", **client_kwargs(endpoint, credentials))
 
 
 @contextlib.contextmanager
@@ -77,7 +68,7 @@ def _translated(action: str, project: str) -> Iterator[None]:
     from google.api_core import exceptions as gexc
     from google.auth import exceptions as auth_exc
 
-    from newsclf.cloud.compute import _short
+    from newsclf.cloud.google.errors import short as _short
 
     try:
         yield
@@ -142,7 +133,7 @@ def job_id_for(sweep_id: str, now: datetime | None = None) -> str:
 
 
 def label_value(text: str) -> str:
-    from newsclf.cloud.compute import label_value as compute_label_value
+    from newsclf.cloud.compute.request import label_value as compute_label_value
 
     return compute_label_value(text)
 
@@ -159,7 +150,7 @@ def secret_version(secret: str, project: str) -> str:
 
 def job_spec(req: SweepJobRequest) -> dict[str, Any]:
     """The Job resource (REST JSON) for `req`: one task group, one container runnable per task."""
-    from newsclf.cloud.compute import builtin_gpu
+    from newsclf.cloud.compute.hardware import builtin_gpu
 
     if not _JOB_ID_RE.fullmatch(req.job_id):
         raise InputError(f"Bad Batch job id {req.job_id!r}: 1-63 lowercase letters, digits and '-'")
@@ -248,7 +239,7 @@ class SweepJob:
     @property
     def hourly_usd(self) -> float | None:
         """One task's VM, per hour (an estimate from the built-in price table)."""
-        from newsclf.cloud.prices import hourly_estimate
+        from newsclf.cloud.compute.prices import hourly_estimate
 
         gpu_type, gpus = self.gpu or (None, 0)
         return hourly_estimate(self.machine_type, gpu_type, gpus, spot=self.spot, disk_gb=self.disk_gb)

@@ -85,7 +85,8 @@ def remote_trials(client: Any, bucket: str, sweep_id: str) -> tuple[list[Trial],
     from concurrent.futures import ThreadPoolExecutor
 
     from newsclf.cloud import layout
-    from newsclf.cloud.storage import list_runs, read_json
+    from newsclf.cloud.storage.objects import read_json
+    from newsclf.cloud.storage.runs import list_runs
 
     b = client.bucket(bucket)
     runs = [
@@ -158,7 +159,8 @@ def plan_remote(client: Any, bucket: str, sweep: Sweep) -> list[Trial]:
 def write_plans(client: Any, bucket: str, sweep: Sweep, trials: Iterable[Trial]) -> None:
     """runs/<run-id>/run.json for each trial that has none yet, so the bucket knows the whole sweep."""
     from newsclf.cloud import layout
-    from newsclf.cloud.storage import ConflictError, write_json
+    from newsclf.cloud.storage.errors import ConflictError
+    from newsclf.cloud.storage.objects import write_json
 
     b = client.bucket(bucket)
     for t in trials:
@@ -184,7 +186,7 @@ def write_trial_plan(
     client: Any, bucket: str, sweep: Sweep, todo: list[Trial], job_id: str, train_args: list[str]
 ) -> str:
     """Write the plan before the job exists, so that every task finds its trial; returns its object name."""
-    from newsclf.cloud.storage import write_json
+    from newsclf.cloud.storage.objects import write_json
 
     name = plan_object(sweep.sweep_id, job_id)
     doc = {
@@ -214,7 +216,7 @@ class PlannedTask:
 def read_task(client: Any, bucket: str, plan: str, index: int) -> PlannedTask:
     """Task `index` of the plan at gs://bucket/<plan> (what `newsclf job --sweep-plan` runs)."""
     from newsclf.cloud import layout
-    from newsclf.cloud.storage import read_json
+    from newsclf.cloud.storage.objects import read_json
 
     doc = read_json(client.bucket(bucket), plan)
     if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), list):
@@ -290,7 +292,7 @@ def start_cloud_sweep(
 
 def read_plan_tasks(client: Any, bucket: str, sweep_id: str, job_id: str) -> list[str] | None:
     """The run ids of a submission's tasks, in task order (None without a readable plan)."""
-    from newsclf.cloud.storage import read_json
+    from newsclf.cloud.storage.objects import read_json
 
     doc = read_json(client.bucket(bucket), plan_object(sweep_id, job_id))
     if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), list):
@@ -336,7 +338,7 @@ def follow_cloud_sweep(
     """Follow the job until it ends: the job's state and task counts from Batch, each trial's state and
     live metrics from its runs/<run-id>/status.json. Stopping the iteration leaves the job running."""
     from newsclf.cloud import batch, layout
-    from newsclf.cloud.storage import read_json
+    from newsclf.cloud.storage.objects import read_json
 
     b = storage_client.bucket(bucket)
     sweep = started.sweep
