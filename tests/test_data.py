@@ -546,7 +546,8 @@ def test_demo_help_says_it_is_for_trying(cli):
 
 
 def test_prepare_demo_contract_is_deterministic(tmp_path):
-    from newsclf.data import PrepareResult, prepare_demo
+    from newsclf.data import PrepareResult
+    from newsclf.demo import prepare_demo
 
     a = prepare_demo(tmp_path / "a")
     b = prepare_demo(tmp_path / "b", seed=42)
@@ -560,7 +561,7 @@ def test_prepare_demo_contract_is_deterministic(tmp_path):
 
 def test_demo_is_learnable_but_not_trivial(tmp_path):
     """A bag-of-words naive Bayes learns the demo well, but not perfectly (shared vocabulary, noise)."""
-    from newsclf.data import prepare_demo
+    from newsclf.demo import prepare_demo
 
     prepare_demo(tmp_path / "d")
     splits = read_all(tmp_path / "d")

@@ -560,13 +560,3 @@ def test_malformed_key_file_is_named_never_quoted(cli, monkeypatch, tmp_path, co
     assert SECRET not in r.stdout + r.stderr and "not-a-real-key" not in r.stdout + r.stderr
 
 
-def test_help_imports_nothing_heavy():
-    code = (
-        "import sys\nfrom newsclf.cli import main\n"
-        "for args in (['models', '--help'], ['models', 'pull', '--help'], ['data', 'push', '--help']):\n"
-        "    assert main(args) == 0\n"
-        "print(sorted(m for m in sys.modules if m.startswith(('google', 'torch', 'requests'))))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "[]"

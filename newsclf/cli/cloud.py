@@ -255,8 +255,7 @@ def _detached(run_id: str, vm, *, interrupted: bool) -> None:
 def _check_train_options(args: list[str]) -> None:
     """Parse the options after `--` with the parser the VM's `newsclf job` uses: a typo, a bad value or
     a flag a job cannot take fails here (exit 2), before a VM is paid for."""
-    from newsclf.cli import app as root
-    from newsclf.cli.job import _train_options
+    from newsclf.cli._train_args import demo_requested, train_options
     from newsclf.cloud.compute import RESERVED_TRAIN_ARGS
     from newsclf.errors import InputError
 
@@ -267,11 +266,10 @@ def _check_train_options(args: list[str]) -> None:
     def refuse(message: str) -> Exception:
         return usage_error(f"Train options after `--`: {message}")  # exit 2, as for the command's own flags
 
-    train_cmd = typer.main.get_command(root).commands["train"]  # type: ignore[attr-defined]
     try:
-        demo = train_cmd.make_context("newsclf job", list(args)).params.get("demo")
+        demo = demo_requested(args)
         if not demo:
-            _train_options(args).validate()
+            train_options(args).validate()
     except usage_error as e:  # no such option, a bad or missing value, a flag a job cannot take
         raise refuse(e.format_message()) from None  # type: ignore[attr-defined]
     except InputError as e:  # out of range, as the job would find it on the VM

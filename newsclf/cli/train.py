@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
 from newsclf.cli import _output
+# cli/_sweep.py imports _progress_callback and _quiet_libraries from here (until the Batch sweep rework)
+from newsclf.cli._progress import fmt as _fmt
+from newsclf.cli._progress import progress_callback as _progress_callback
+from newsclf.cli._progress import quiet_libraries as _quiet_libraries
 from newsclf.errors import InputError, NewsclfError
 
 SPLITS = ("train", "validation", "test")
@@ -27,123 +29,8 @@ INFERENCE_PRECISION_HELP = ("Number format of the weights (default: NEWSCLF_PREC
                             "on older ones, bf16 on CPUs with AMX, else fp32; fp32 scores do not depend on batching).")
 
 
-def _quiet_libraries() -> None:
-    """transformers/datasets chatter (load reports, tqdm bars) off unless --debug."""
-    if _output.state.debug:
-        return
-    import datasets
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-
-
 def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-# -- progress --------------------------------------------------------------------------------------
-
-
-def _progress_callback() -> Any:
-    """A TrainerCallback: a rich bar on a terminal, plain log lines otherwise (rank 0 only)."""
-    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-    from transformers import TrainerCallback
-
-    class Progress(TrainerCallback):
-        def __init__(self) -> None:
-            self.stack = ExitStack()
-            self.bar: Any = None
-            self.task: Any = None
-            self.loss: float | None = None
-            self.t0 = 0.0
-            self.step0 = 0
-            self.last_line = 0.0
-
-        def close(self) -> None:
-            self.stack.close()
-            self.bar = None
-
-        def _sps(self, args: Any, state: Any) -> float:
-            elapsed = time.perf_counter() - self.t0
-            batch = args.train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
-            return (state.global_step - self.step0) * batch / elapsed if elapsed > 0 else 0.0
-
-        def _epoch(self, args: Any, state: Any) -> str:
-            current = max(1, math.ceil((state.epoch or 0) - 1e-9))
-            return f"epoch {current}/{math.ceil(args.num_train_epochs)}"
-
-        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
-            if not state.is_world_process_zero:
-                return
-            self.t0, self.step0 = time.perf_counter(), state.global_step
-            if _output.show_progress():
-                self.bar = self.stack.enter_context(
-                    _output.progress(
-                        TextColumn("{task.description}"),
-                        BarColumn(),
-                        TextColumn("step {task.completed}/{task.total}"),
-                        TextColumn("loss {task.fields[loss]}"),
-                        TextColumn("{task.fields[sps]} samples/s"),
-                        TimeElapsedColumn(),
-                        TextColumn("ETA"),
-                        TimeRemainingColumn(),
-                    )
-                )
-                self.task = self.bar.add_task(
-                    self._epoch(args, state), total=state.max_steps, completed=state.global_step, loss="-", sps="-"
-                )
-            else:
-                start = f" from step {state.global_step}" if state.global_step else ""
-                _output.info(f"Training {state.max_steps} steps ({args.num_train_epochs:g} epochs){start}")
-
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-            if self.bar is not None:
-                self.bar.update(
-                    self.task,
-                    completed=state.global_step,
-                    description=self._epoch(args, state),
-                    loss=_fmt(self.loss),
-                    sps=f"{self._sps(args, state):.1f}",
-                )
-
-        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
-            if not state.is_world_process_zero or not logs or "loss" not in logs:
-                return
-            self.loss = float(logs["loss"])
-            if self.bar is None:
-                sps = self._sps(args, state)
-                left = state.max_steps - state.global_step
-                steps_per_s = sps / max(1, args.train_batch_size * max(1, args.world_size))
-                eta = f"{left / steps_per_s:.0f}s" if steps_per_s > 0 else "?"
-                _output.info(
-                    f"{self._epoch(args, state)}  step {state.global_step}/{state.max_steps}  "
-                    f"loss {self.loss:.4f}  {sps:.1f} samples/s  ETA {eta}"
-                )
-
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001
-            if not state.is_world_process_zero or not metrics:
-                return
-            prefix = "test" if any(k.startswith("test_") for k in metrics) else "eval"
-            name = "test" if prefix == "test" else f"epoch {state.epoch:g} validation"
-            line = (
-                f"{name}: accuracy {_fmt(metrics.get(f'{prefix}_accuracy'))}  "
-                f"macro-F1 {_fmt(metrics.get(f'{prefix}_macro_f1'))}  loss {_fmt(metrics.get(f'{prefix}_loss'))}"
-            )
-            if self.bar is not None:
-                self.bar.console.print(line, highlight=False)
-            else:
-                _output.info(line)
-
-        def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
-            self.close()
-
-    return Progress()
 
 
 # -- rendering -------------------------------------------------------------------------------------
@@ -362,7 +249,7 @@ def train(
             try:
                 check_processed(demo_dir)
             except InputError:
-                from newsclf.data import prepare_demo
+                from newsclf.demo import prepare_demo
 
                 _output.info(f"Preparing the built-in demo corpus into {demo_dir}")
                 prepare_demo(demo_dir, seed=seed if seed is not None else settings.seed, force=demo_dir.exists())
