@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from newsclf.cloud import layout
 from newsclf.errors import InputError, NewsclfError
+from newsclf.runstate import RunState, finish, running_status, write_status
 
 if TYPE_CHECKING:
     from google.cloud.storage import Bucket, Client
@@ -28,12 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
-FINAL_STATES = (SUCCEEDED, FAILED)
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+# the states and status.json schema live in newsclf.runstate; these names stay for the sweep code
+RUNNING, SUCCEEDED, FAILED = RunState.RUNNING, RunState.SUCCEEDED, RunState.FAILED
 
 
 @dataclass
@@ -45,20 +40,6 @@ class JobResult:
     resumed_from: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-
-
-def running_status(run_id: str, previous: dict[str, Any]) -> dict[str, Any]:
-    """The status.json of an attempt that starts now (`previous`: the status it replaces, or {})."""
-    return {
-        "run_id": run_id,
-        "state": RUNNING,
-        "exit_code": None,
-        "started_at": _now(),
-        "finished_at": None,
-        "attempt": int(previous.get("attempt") or 0) + 1,
-        "host": socket.gethostname(),
-        "error": None,
-    }
 
 
 # the training image sets these (its default model ships inside it); a named Hub model needs them off
@@ -234,7 +215,7 @@ def run_job(
         return JobResult(run_id, SUCCEEDED, 0, skipped=True, metrics=previous.get("metrics") or {})
 
     status = running_status(run_id, previous)
-    storage.write_json(bucket, lay.status, status)
+    write_status(bucket, run_id, status)
     resumed_from = None
     try:
         workdir = Path(workdir)
@@ -263,15 +244,15 @@ def run_job(
         raise
     except Exception as e:
         message = (str(e) or type(e).__name__).splitlines()[0]
-        status.update(state=FAILED, exit_code=1, finished_at=_now(), error=message)
+        finish(status, RunState.FAILED, 1, message)
         try:
-            storage.write_json(bucket, lay.status, status)
+            write_status(bucket, run_id, status)
         except Exception as write_error:  # the original failure matters more
             log.warning("Could not record the failure in status.json: %s", write_error)
         return JobResult(run_id, FAILED, 1, resumed_from=resumed_from, error=message)
     summary = {k: metrics.get(k) for k in ("best_validation", "test")}
-    status.update(state=SUCCEEDED, exit_code=0, finished_at=_now(), metrics=summary)
-    storage.write_json(bucket, lay.status, status)
+    finish(status, RunState.SUCCEEDED, 0, metrics=summary)
+    write_status(bucket, run_id, status)
     return JobResult(run_id, SUCCEEDED, 0, resumed_from=resumed_from, metrics=metrics)
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from newsclf.cloud import layout
 from newsclf.cloud.prices import hourly_estimate
 from newsclf.errors import CloudError, ConfigError, InputError
+from newsclf.runstate import FINAL, RunState
 
 if TYPE_CHECKING:
     from newsclf.config import Settings
@@ -48,7 +49,7 @@ VM_PREFIX = "newsclf-vm"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 ACTIVE_STATES = frozenset({"PROVISIONING", "STAGING", "RUNNING", "REPAIRING"})
 DOWN_STATES = frozenset({"TERMINATED", "STOPPED", "SUSPENDED"})
-FINAL_RUN_STATES = frozenset({"succeeded", "failed"})
+FINAL_RUN_STATES = FINAL  # status.json states (newsclf.runstate) after which a run is not started again
 RESERVED_TRAIN_ARGS = ("--bucket", "--run-id")
 
 FOLLOW_MAX_FAILURES = 10  # consecutive failed polls before `cloud run` / `cloud logs --follow` give up
@@ -1253,7 +1254,7 @@ class SerialReader:
 
 
 def _exit_code(status: dict | None) -> int:
-    if not status or status.get("state") == "succeeded":
+    if not status or status.get("state") == RunState.SUCCEEDED:
         return 0 if status else 1
     code = status.get("exit_code")
     return code if isinstance(code, int) and 0 < code < 256 else 1
@@ -1330,7 +1331,7 @@ def follow(
     final = bool(status and status.get("state") in FINAL_RUN_STATES)
     outcome = Outcome(
         run_id=run_id,
-        state=str(status["state"]) if final and status else "interrupted",
+        state=str(status["state"]) if final and status else RunState.INTERRUPTED.value,
         exit_code=_exit_code(status) if final else 1,
         vm_name=vm.name,
         zone=vm.zone,
@@ -1338,10 +1339,10 @@ def follow(
         status=status,
         logs_uri=store.logs_uri(run_id),
     )
-    if outcome.state == "succeeded":
+    if outcome.state == RunState.SUCCEEDED:
         outcome.metrics = store.metrics(run_id)
         outcome.model_uri = store.model_uri(run_id)
-    elif outcome.state == "failed":
+    elif outcome.state == RunState.FAILED:
         outcome.error = (status or {}).get("error") or f"the job exited with code {outcome.exit_code}"
     else:
         outcome.error = (
