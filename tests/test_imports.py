@@ -269,3 +269,27 @@ def test_arrives_with_lists_only_undeclared_imports():
     imported = {_normalize(d) for m in third_party_imports() if (d := distribution_of(m, top_level))}
     stale = sorted(n for n in ARRIVES_WITH if n in declared_distributions() or n not in imported)
     assert not stale, f"drop these from ARRIVES_WITH: {stale}"
+
+
+# -- a thin CLI ------------------------------------------------------------------------------------
+
+# cli/_sweep.py writes sweep records and drives VMs itself: removed by the Batch sweep rework
+THICK_CLI = {"newsclf/cli/_sweep.py"}
+
+
+def test_the_cli_parses_calls_and_renders_only():
+    """No bucket writes and no cost arithmetic under newsclf/cli/: the library does them, the CLI shows them."""
+    found = []
+    for path in sorted((PACKAGE / "cli").glob("*.py")):
+        rel = str(path.relative_to(REPO))
+        if rel in THICK_CLI:
+            continue
+        for imported in imports_of(path):
+            if imported.startswith("newsclf.cloud.prices"):
+                found.append(f"{rel} imports {imported} (cost arithmetic: newsclf/cloud/fleet.py)")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                if name in ("blob", "write_json", "write_status", "upload_from_string", "upload_from_filename"):
+                    found.append(f"{rel}:{node.lineno} calls {name}() (a bucket write)")
+    assert not found, found

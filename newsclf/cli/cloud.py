@@ -194,8 +194,9 @@ def _explain_stop(outcome, settings, project: str, clients, vm) -> list[str] | N
     """A run whose VM stopped without a final status: the VM's last lines, and the likely cause in place of
     "interrupted (spot preemption, ...)" when they name one."""
     from newsclf.cloud import compute
+    from newsclf.runstate import RunState
 
-    if outcome.state != "interrupted" or outcome.vm_status not in compute.DOWN_STATES:
+    if outcome.state != RunState.INTERRUPTED or outcome.vm_status not in compute.DOWN_STATES:
         return None
     vm_lines, cause = _vm_tail(settings, project, clients, vm, outcome.run_id)
     if cause:
@@ -205,6 +206,8 @@ def _explain_stop(outcome, settings, project: str, clients, vm) -> list[str] | N
 
 def _finish_run(outcome, *, lines: list[str] | None = None, vm_lines: list[str] | None = None) -> None:
     """Show how the run ended and exit with the job's code."""
+    from newsclf.runstate import RunState
+
     data = outcome.to_dict()
     if lines is not None:
         data["lines"] = lines
@@ -225,12 +228,12 @@ def _finish_run(outcome, *, lines: list[str] | None = None, vm_lines: list[str] 
             console.print(f"Last lines of VM {outcome.vm_name}:", highlight=False)
             for line in vm_lines:
                 console.print(f"  {line}", markup=False, emoji=False, highlight=False, soft_wrap=True)
-        if outcome.state != "succeeded":
+        if outcome.state != RunState.SUCCEEDED:
             console.print(f"Log     newsclf cloud logs {outcome.run_id}", highlight=False)
 
     message = f"run {outcome.run_id} {outcome.state}: {outcome.error}"
     _output.emit(data, render, exit_code=outcome.exit_code, errors=[message] if outcome.exit_code else None)
-    if outcome.state == "succeeded" and outcome.vm_status not in (None, "TERMINATED", "STOPPED", "SUSPENDED"):
+    if outcome.state == RunState.SUCCEEDED and outcome.vm_status not in (None, "TERMINATED", "STOPPED", "SUSPENDED"):
         _output.info(f"VM {outcome.vm_name} is still {outcome.vm_status}: stop it with `newsclf cloud stop`")
     if outcome.exit_code:
         _output.emit_error(message, outcome.exit_code)  # the `Error:` line on stderr
@@ -357,6 +360,7 @@ def run(
     from newsclf.cloud.iam import vm_service_account
     from newsclf.errors import InputError
     from newsclf.runs import new_run_id
+    from newsclf.runstate import FINAL
 
     sweeping = sweep is not None or sweep_file is not None
     if sweeping or parallel is not None or metric is not None:
@@ -377,7 +381,7 @@ def run(
     train = list(train_args or [])
     if resume:
         state = compute.run_state(store, resume)
-        if state in compute.FINAL_RUN_STATES:
+        if state in FINAL:
             raise InputError(f"Run {resume} already {state}: nothing to resume (start a new one without --resume)")
         if not train:
             vm = compute.find_vm(clients, project, settings.vm_name)
@@ -444,33 +448,12 @@ def run(
     _finish_run(outcome, vm_lines=_explain_stop(outcome, settings, project, clients, vm))
 
 
-def _vm_costs(vm) -> dict:
-    """A VM's cost fields for `cloud status`: running, its machine, GPUs and disk bill; stopped, only
-    its boot disk does, but that until the VM is deleted, so a stopped VM is never shown as free."""
-    from newsclf.cloud import compute
-    from newsclf.cloud.prices import HOURS_PER_MONTH, disk_hourly
-
-    uptime = vm.uptime_s()
-    running = vm.hourly_usd
-    disk = disk_hourly(vm.disk_gb)  # `cloud run` creates pd-balanced boot disks
-    return {
-        "uptime_s": round(uptime),
-        "est_usd_per_hour": running if vm.status in compute.ACTIVE_STATES else disk,
-        "est_usd_so_far": round(running * uptime / 3600, 4) if running is not None else None,
-        "disk_gb": vm.disk_gb,
-        "est_disk_usd_per_month": round(disk * HOURS_PER_MONTH, 2) if disk is not None else None,
-    }
-
-
-def _disk_note(console, rows: list[dict]) -> None:
+def _disk_note(console, fleet) -> None:
     """Under the table: what the stopped VMs' disks cost, and how to stop paying for them."""
-    from newsclf.cloud import compute
-
-    stopped = [r for r in rows if r["state"] not in compute.ACTIVE_STATES and r["est_disk_usd_per_month"]]
-    if not stopped:
+    stopped = fleet.stopped_disks()
+    if stopped is None:
         return
-    monthly = sum(r["est_disk_usd_per_month"] for r in stopped)
-    disks = sum(r["disk_gb"] for r in stopped)
+    monthly, disks = stopped
     console.print(
         f"Stopped VMs still bill for their disks: est. {_money(monthly)}/month for {disks} GB; "
         "`newsclf cloud stop --delete` deletes a VM with its disk.",
@@ -492,45 +475,14 @@ def status(
 
       newsclf cloud status --json
     """
-    from newsclf.cloud import compute
-    from newsclf.errors import CloudError
+    from newsclf.cloud.fleet import fleet_status
 
     settings, project, clients, store = _compute(need_bucket=False)
-    vms = compute.list_vms(clients, project, zone)
-    rows = []
-    for vm in vms:
-        run_state = None
-        if vm.run_id and (vm.bucket or store is not None):
-            try:
-                vm_store = store if store is not None and store.bucket == vm.bucket else compute.RunStore(
-                    clients.storage_client(), vm.bucket or store.bucket
-                )
-                run_state = compute.run_state(vm_store, vm.run_id)
-            except CloudError as e:
-                _output.warn(f"Cannot read the state of run {vm.run_id}: {e}")
-        rows.append(
-            {
-                "name": vm.name,
-                "zone": vm.zone,
-                "state": vm.status,
-                "machine_type": vm.machine_type,
-                "gpus": vm.gpus,
-                "gpu_type": vm.gpu_type,
-                "spot": vm.spot,
-                **_vm_costs(vm),
-                "run_id": vm.run_id,
-                "run_state": run_state,
-                "sweep_id": vm.sweep_id,
-            }
-        )
-    rows.sort(key=lambda r: (r["sweep_id"] or "", r["name"], r["zone"]))  # a sweep's VMs together
-    sweeps: dict[str, dict] = {}
-    for r in rows:
-        if r["sweep_id"]:
-            group = sweeps.setdefault(r["sweep_id"], {"vms": [], "active": 0})
-            group["vms"].append(r["name"])
-            group["active"] += r["state"] in compute.ACTIVE_STATES
-    data = {"project": project, "vms": rows, "sweeps": sweeps, "costs": "estimates from a built-in price table, not a bill"}
+    fleet = fleet_status(clients, project, store, zone)
+    for warning in fleet.warnings:
+        _output.warn(warning)
+    rows, sweeps = fleet.vms, fleet.sweeps
+    data = fleet.as_dict()
 
     def render(console) -> None:
         if not rows:
@@ -556,7 +508,7 @@ def status(
                 *([r["sweep_id"] or "-"] if sweeps else []),
             )
         console.print(table)
-        _disk_note(console, rows)
+        _disk_note(console, fleet)
         console.print("Costs are estimates from a built-in price table, not a bill.", style="dim", highlight=False)
 
     _output.emit(data, render)
@@ -662,7 +614,7 @@ def stop(
       newsclf cloud stop --sweep sweep-1a2b3c4d --delete
     """
     from newsclf.cloud import compute
-    from newsclf.errors import InputError
+    from newsclf.cloud.fleet import is_busy
 
     settings, project, clients, store = _compute(need_bucket=False)
     if sweep is not None:
@@ -677,14 +629,7 @@ def stop(
         data = {"vm": vm.name, "zone": vm.zone, "before": vm.status, "after": vm.status, "deleted": False}
         _output.emit(data, lambda c: c.print(f"VM {vm.name} ({vm.zone}) is already stopped", highlight=False))
         return
-    busy = False
-    if vm.status in compute.ACTIVE_STATES and vm.run_id:
-        if store is None and vm.bucket:
-            store = compute.RunStore(clients.storage_client(), vm.bucket)
-        try:
-            busy = compute.run_state(store, vm.run_id) not in compute.FINAL_RUN_STATES
-        except Exception:  # no bucket access: assume the worst and ask
-            busy = True
+    busy = is_busy(clients, store, vm)
     if (busy or delete) and not yes:
         what = f"{'Delete' if delete else 'Stop'} VM {vm.name} ({vm.zone})"
         if busy:
