@@ -212,9 +212,7 @@ def train(
         from newsclf.cli import _sweep
 
         if _sweep.is_local_sweep(Path(settings.models_dir), run):  # `--resume SWEEP_ID`
-            given = [f"--{k.replace('_', '-')}" for k in RUN_FLAGS if ctx_flags[k] is not None]
-            if given:
-                raise typer.BadParameter(f"{', '.join(given)} cannot change a sweep being resumed: drop them")
+            _refuse_run_flags(ctx_flags, "a sweep being resumed")
             _sweep.resume_sweep(Path(settings.models_dir), run, metric=metric, cpu=cpu, wandb_offline=wandb_offline,
                                 wandb=wandb or settings.wandb_api_key is not None)  # fmt: skip
             return
@@ -225,50 +223,15 @@ def train(
         _output.state.quiet = True
         _output.state.emitted = True  # only rank 0 prints a result
 
-    from newsclf.train import DEMO_OVERRIDES, TrainOptions, resolve_resume, run_training
-
     resume_dir: Path | None = None
     if resume and not sweeping:
-        given = [f"--{k.replace('_', '-')}" for k in RUN_FLAGS if ctx_flags[k] is not None]
-        if given:
-            raise typer.BadParameter(f"{', '.join(given)} cannot change a run being resumed: drop them")
-        resume_dir = resolve_resume(Path(settings.models_dir), run)
-        options = TrainOptions.from_run_config(resume_dir)
-        options.wandb = options.wandb or wandb or settings.wandb_api_key is not None
-        options.wandb_offline, options.cpu = wandb_offline, cpu
-        if precision is not None:
-            options.precision = precision
-            options.validate()
+        _refuse_run_flags(ctx_flags, "a run being resumed")
+        options, resume_dir = _resumed_options(settings, run, wandb=wandb, wandb_offline=wandb_offline, cpu=cpu,
+                                               precision=precision)  # fmt: skip
         run_dir = resume_dir
     else:
-        overrides: dict[str, Any] = {}
-        if demo:
-            from newsclf.data import check_processed
-
-            demo_dir = Path(settings.data_dir) / "demo"
-            try:
-                check_processed(demo_dir)
-            except InputError:
-                from newsclf.demo import prepare_demo
-
-                _output.info(f"Preparing the built-in demo corpus into {demo_dir}")
-                prepare_demo(demo_dir, seed=seed if seed is not None else settings.seed, force=demo_dir.exists())
-            overrides.update(DEMO_OVERRIDES, data_dir=demo_dir)
-        flags = {k: v for k, v in ctx_flags.items() if k not in ("data", "demo", "model") and v is not None}
-        overrides.update(flags)
-        if data is not None:
-            overrides["data_dir"] = data
-        if model is not None:
-            overrides["base_model"] = model
-        if wandb or wandb_offline:
-            overrides["wandb"] = wandb
-        options = TrainOptions.from_settings(settings, **overrides, wandb_offline=wandb_offline, cpu=cpu,
-                                             precision=precision)
-        options.validate()
-        if not demo:
-            from newsclf.data import check_processed
-
-            check_processed(options.data_dir)
+        options = _new_run_options(settings, ctx_flags, wandb=wandb, wandb_offline=wandb_offline, cpu=cpu,
+                                   precision=precision)  # fmt: skip
         run_dir = Path(options.models_dir) / (run_id or new_run_id(str(options)))
 
     if sweeping:
@@ -281,10 +244,76 @@ def train(
     if num_processes > 1 and not child:
         _launch(options, run_dir.name, resume_dir, num_processes)
         return
+    _train_here(options, run_dir, resume_dir)
+
+
+def _refuse_run_flags(ctx_flags: dict[str, Any], what: str) -> None:
+    """Flags that define a run cannot change one that exists."""
+    given = [f"--{k.replace('_', '-')}" for k in RUN_FLAGS if ctx_flags[k] is not None]
+    if given:
+        raise typer.BadParameter(f"{', '.join(given)} cannot change {what}: drop them")
+
+
+def _resumed_options(settings: Any, run: str | None, *, wandb: bool, wandb_offline: bool, cpu: bool,
+                     precision: str | None) -> tuple[Any, Path]:  # fmt: skip
+    """`--resume [RUN]`: the run's own options (from its run_config.json) and its directory."""
+    from newsclf.train import TrainOptions, resolve_resume
+
+    resume_dir = resolve_resume(Path(settings.models_dir), run)
+    options = TrainOptions.from_run_config(resume_dir)
+    options.wandb = options.wandb or wandb or settings.wandb_api_key is not None
+    options.wandb_offline, options.cpu = wandb_offline, cpu
+    if precision is not None:
+        options.precision = precision
+        options.validate()
+    return options, resume_dir
+
+
+def _demo_data(settings: Any, seed: int | None) -> Path:
+    """The built-in demo corpus, prepared under DATA_DIR/demo the first time."""
+    from newsclf.data import check_processed
+
+    demo_dir = Path(settings.data_dir) / "demo"
+    try:
+        check_processed(demo_dir)
+    except InputError:
+        from newsclf.demo import prepare_demo
+
+        _output.info(f"Preparing the built-in demo corpus into {demo_dir}")
+        prepare_demo(demo_dir, seed=seed if seed is not None else settings.seed, force=demo_dir.exists())
+    return demo_dir
+
+
+def _new_run_options(settings: Any, ctx_flags: dict[str, Any], *, wandb: bool, wandb_offline: bool, cpu: bool,
+                     precision: str | None) -> Any:  # fmt: skip
+    """A new run's options: flag > environment > .env > default, on a dataset that is there."""
+    from newsclf.data import check_processed
+    from newsclf.train import DEMO_OVERRIDES, TrainOptions
+
+    overrides: dict[str, Any] = {}
+    if ctx_flags["demo"]:
+        overrides.update(DEMO_OVERRIDES, data_dir=_demo_data(settings, ctx_flags["seed"]))
+    overrides.update({k: v for k, v in ctx_flags.items() if k not in ("data", "demo", "model") and v is not None})
+    if ctx_flags["data"] is not None:
+        overrides["data_dir"] = ctx_flags["data"]
+    if ctx_flags["model"] is not None:
+        overrides["base_model"] = ctx_flags["model"]
+    if wandb or wandb_offline:
+        overrides["wandb"] = wandb
+    options = TrainOptions.from_settings(settings, **overrides, wandb_offline=wandb_offline, cpu=cpu,
+                                         precision=precision)  # fmt: skip
+    options.validate()
+    if not ctx_flags["demo"]:
+        check_processed(options.data_dir)
+    return options
+
+
+def _train_here(options: Any, run_dir: Path, resume_dir: Path | None) -> None:
+    """Train in this process (one of several under torch.distributed.run, or the only one); rank 0 shows the result."""
+    from newsclf.precision import resolve_precision
+    from newsclf.train import run_training, use_cuda
 
     _quiet_libraries()
-    from newsclf.train import resolve_precision, use_cuda
-
     resolve_precision(options.precision, use_cuda(options))  # a precision this machine lacks fails before the run
     callbacks = [] if (_output.state.quiet or _output.state.json) else [_progress_callback()]
     _output.info(f"Run {run_dir.name}: training {options.base_model or 'the packaged all-MiniLM-L6-v2'} on {options.data_dir}")
