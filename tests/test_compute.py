@@ -13,7 +13,8 @@ import time
 import pytest
 
 from tests.compute_standin import (  # noqa: F401  (fixtures)
-    SCRIPT, VM, ZONE, FakeVM, VMSandbox, insert_bodies, last_line, meta_items, sandbox, standin,
+    SCRIPT, VM, ZONE, FakeVM, VMSandbox, insert_bodies, last_line, meta_items, sandbox, serial_reads, standin,
+    wait_until,
 )
 
 PROJECT = "test-project"
@@ -286,7 +287,7 @@ def test_ctrl_c_detaches_and_logs_follow_reattaches(cli, standin):
 
     def interrupt():
         vm.started.wait(10)
-        time.sleep(0.4)
+        wait_until(lambda: serial_reads(standin) >= 2, what="the CLI following the job")
         _thread.interrupt_main()
 
     threading.Thread(target=interrupt, daemon=True).start()
