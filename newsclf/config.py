@@ -99,6 +99,8 @@ def get_settings() -> Settings:
 
     try:
         settings = Settings()
+    except UnicodeDecodeError as e:
+        raise _env_file_not_utf8(e) from None
     except ValidationError as e:
         err = e.errors()[0]
         name = str(err["loc"][0]) if err["loc"] else "?"
@@ -115,6 +117,25 @@ def get_settings() -> Settings:
     return settings
 
 
+def _env_file_not_utf8(e: UnicodeDecodeError) -> Exception:
+    """A ConfigError naming .env and the line with the first byte that is not UTF-8."""
+    from newsclf.errors import ConfigError
+
+    where = ""
+    try:  # the reader decodes in chunks: find the offset in the whole file
+        data = Path(ENV_FILE).read_bytes()
+        data.decode("utf-8")
+    except UnicodeDecodeError as whole:
+        line = data.count(b"\n", 0, whole.start) + 1
+        e, where = whole, f" on line {line}"
+    except OSError:
+        pass
+    return ConfigError(
+        f"{ENV_FILE} is not UTF-8 (invalid byte 0x{e.object[e.start]:02x}{where}): re-save it as UTF-8, "
+        f"e.g. `iconv -f latin1 -t utf-8 {ENV_FILE} > {ENV_FILE}.new && mv {ENV_FILE}.new {ENV_FILE}`"
+    )
+
+
 def _env_names(name: str, field: Any) -> list[str]:
     alias = field.validation_alias
     if isinstance(alias, AliasChoices):
@@ -127,7 +148,11 @@ def _dotenv_values(path: str | os.PathLike[str] = ENV_FILE) -> dict[str, str]:
 
     if not Path(path).is_file():
         return {}
-    return {k.upper(): v for k, v in dotenv_values(path).items() if v is not None}
+    try:
+        values = dotenv_values(path, encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise _env_file_not_utf8(e) from None
+    return {k.upper(): v for k, v in values.items() if v is not None}
 
 
 def describe(settings: Settings | None = None) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -131,9 +132,19 @@ _TAIL = 300  # credits are searched for in the last characters only: they are tr
 _URLS_ONLY = re.compile(r"(?:(?:https?://|www\.|pic\.twitter\.com/)\S*\s*)+")
 
 
+# control characters that are not whitespace (NUL from binary junk, ESC, DEL...): str.split() keeps them
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1b\x7f]+")
+
+
 def normalize_ws(s: str) -> str:
-    """Collapse every run of whitespace (including non-breaking spaces) to one space; strip the ends."""
-    return " ".join(s.split())
+    """Collapse every run of whitespace (including non-breaking spaces) to one space; strip the ends.
+
+    Control characters that are not whitespace (NUL, ESC, DEL, ...) are removed.
+    """
+    out = " ".join(s.split())
+    if not out.isprintable():  # fast: only articles with something unprintable pay for the regex
+        out = " ".join(_CONTROL.sub("", out).split())
+    return out
 
 
 def strip_leaks(body: str) -> tuple[str, list[str]]:
@@ -650,6 +661,47 @@ def prepare_dataset(
     """
     out_dir = Path(out_dir)
     fractions = parse_split(split)
+    with contextlib.ExitStack() as lock:
+        if out_dir.parent.is_dir():  # else it is created, and locked, only once there is something to write
+            _enter_lock(lock, out_dir)
+        return _prepare(source, out_dir, lock, fractions, seed=seed, title=title, keep_leaks=keep_leaks, force=force)
+
+
+def _enter_lock(stack: contextlib.ExitStack, out_dir: Path) -> None:
+    """One writer per dataset folder: a second `data prepare` to the same --out fails naming the first."""
+    from newsclf import locks
+
+    what, fix = f"Dataset folder {out_dir}", "wait for it to finish (or stop it), or choose another --out DIR"
+    try:
+        stack.enter_context(locks.hold(out_dir, what=what, fix=fix))
+    except OSError as e:
+        raise _unwritable(out_dir.parent, e) from None
+
+
+def _unwritable(folder: Path, e: OSError) -> InputError:
+    return InputError(f"Cannot write to {folder}/ ({e.strerror or e}): choose another --out DIR or fix its permissions")
+
+
+def _remove_stale(out_dir: Path) -> None:
+    """Temporary folders of earlier writers of out_dir that were killed (we hold its lock: they are gone)."""
+    stale = re.compile(rf"\.{re.escape(out_dir.name)}\.(?:tmp-[a-z0-9_]{{8}}|old-[0-9a-f]{{8}})")
+    for p in out_dir.parent.iterdir():
+        if stale.fullmatch(p.name) and p.is_dir() and not p.is_symlink():
+            log.debug("Removing %s, left by a killed `data prepare`", p)
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _prepare(
+    source: Source,
+    out_dir: Path,
+    lock: contextlib.ExitStack,
+    fractions: tuple[float, float, float],
+    *,
+    seed: int,
+    title: bool,
+    keep_leaks: bool,
+    force: bool,
+) -> PrepareResult:
     _check_out_dir(out_dir, force)
     rows, inputs, options = _load_rows(source, title)
     n_real = sum(1 for _, _, lab in rows if lab == 1)
@@ -680,17 +732,25 @@ def prepare_dataset(
     }
     manifest_bytes = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode()
 
-    _check_out_dir(out_dir, force)  # again: it may have appeared while we worked
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        if not out_dir.parent.is_dir():
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            _enter_lock(lock, out_dir)
+        _check_out_dir(out_dir, force)  # again: something else may have made it while we worked
+        _remove_stale(out_dir)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    except OSError as e:
+        raise _unwritable(out_dir.parent, e) from None
     try:
         for s in SPLITS:
             _write_parquet(splits[s], split_path(tmp, s))
         (tmp / MANIFEST).write_bytes(manifest_bytes)
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         _publish(tmp, out_dir)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):  # a full disk, a folder made read-only meanwhile
+            raise _unwritable(out_dir.parent, e) from None
         raise
     log.debug("Prepared %d articles into %s", len(kept), out_dir)
     return PrepareResult(out_dir, manifest, hashlib.sha256(manifest_bytes).hexdigest())

@@ -17,3 +17,7 @@ class ConfigError(NewsclfError):
 
 class CloudError(NewsclfError):
     """A Google Cloud call failed in a way the user can fix (credentials, bucket, permission)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The process got SIGTERM: it unwinds like Ctrl-C (clean-up, resume hint), and the CLI exits 143."""

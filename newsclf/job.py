@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from newsclf.cloud import layout
 from newsclf.errors import InputError, NewsclfError
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # the states and status.json schema live in newsclf.runstate; these names stay for the sweep code
-RUNNING, SUCCEEDED, FAILED = RunState.RUNNING, RunState.SUCCEEDED, RunState.FAILED
+RUNNING, SUCCEEDED, FAILED, INTERRUPTED = RunState.RUNNING, RunState.SUCCEEDED, RunState.FAILED, RunState.INTERRUPTED
+SIGTERM_GRACE_S = 20.0  # a preempted VM gets ~30 s: the step in flight, a checkpoint and its upload fit in this
 
 
 @dataclass
@@ -92,6 +94,75 @@ def _checkpoint_sync(client: "Client", bucket: "Bucket", lay: layout.RunLayout, 
             )
 
     return CheckpointSync()
+
+
+@contextmanager
+def _checkpoint_on_sigterm(grace_s: float = SIGTERM_GRACE_S) -> Iterator[Any]:
+    """SIGTERM while training (a preempted VM, `docker stop`): save a checkpoint, upload it, then stop.
+
+    Yields a TrainerCallback to put after the checkpoint sync. Inside the training loop SIGTERM asks
+    for a checkpoint at the end of the step in flight (the sync uploads it) and stops on its on_save;
+    elsewhere, or if that takes over grace_s, it stops at once, as the CLI's handler does
+    (newsclf.errors.Terminated). Single-process training only: a DDP save needs every rank.
+    """
+    import signal
+
+    from transformers import TrainerCallback
+
+    from newsclf.errors import Terminated
+
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def stop_now(signum: int = signal.SIGTERM, frame: Any = None) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        if callable(previous):
+            previous(signal.SIGTERM, frame)  # the CLI's: it records SIGTERM for the exit code, and raises
+        raise Terminated()
+
+    class SaveOnSigterm(TrainerCallback):
+        training = False
+        requested = False
+        announced = False
+
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            self.training = True
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            if self.requested:
+                control.should_save = True
+                if not self.announced:  # logged here, not in the signal handler: stderr may be mid-write there
+                    self.announced = True
+                    log.warning("SIGTERM: saving and uploading a checkpoint at step %d, then stopping", state.global_step)
+
+        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+            if self.requested:  # CheckpointSync, before this callback, has uploaded it
+                stop_now()
+
+        def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            self.training = False
+
+    callback = SaveOnSigterm()
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if callback.requested:
+            return  # the checkpoint is on its way
+        if not callback.training:
+            stop_now(signum, frame)
+        callback.requested = True
+        signal.setitimer(signal.ITIMER_REAL, grace_s)  # a step or an upload that hangs: stop anyway
+
+    try:
+        previous_alarm = signal.signal(signal.SIGALRM, stop_now)
+        signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: SIGTERM keeps its handling
+        yield callback
+        return
+    try:
+        yield callback
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGALRM, previous_alarm)
 
 
 def _fetch_data(client: "Client", bucket: "Bucket", workdir: Path, seed: int) -> Path:
@@ -188,6 +259,18 @@ def _publish(client: "Client", bucket: "Bucket", lay: layout.RunLayout, run_dir:
     storage.push_run(client, bucket, run_dir)
 
 
+def _interrupted_status(e: BaseException, bucket_name: str, lay: layout.RunLayout) -> dict[str, Any]:
+    """What status.json says of an interrupted job: resumable, and how it was stopped."""
+    from newsclf.errors import Terminated
+
+    how = "SIGTERM (the VM stopping, or `docker stop`)" if isinstance(e, Terminated) else "interrupted"
+    return {
+        "state": RunState.INTERRUPTED,
+        "exit_code": 143 if isinstance(e, Terminated) else 130,
+        "error": f"{how}: it resumes from {layout.uri(bucket_name, lay.checkpoints)} when the job starts again",
+    }
+
+
 def run_job(
     client: "Client",
     bucket_name: str,
@@ -227,28 +310,31 @@ def run_job(
             log.info("Resuming from the checkpoints in %s", resumed_from)
         if launch is None:
             sync = _checkpoint_sync(client, bucket, lay, checkpoints)
-            metrics = run_training(
-                options,
-                run_dir=run_dir,
-                resume_from=run_dir if resumed_from else None,
-                callbacks=[sync, *callbacks],
-            ).metrics
-        else:
+            with _checkpoint_on_sigterm() as save_on_sigterm:
+                result = run_training(
+                    options,
+                    run_dir=run_dir,
+                    resume_from=run_dir if resumed_from else None,
+                    callbacks=[sync, save_on_sigterm, *callbacks],
+                )
+            metrics, run_dir = result.metrics, result.run_dir
+        else:  # SIGTERM reaches the processes through torch.distributed.run; their last synced checkpoint stays
             launch()
             metrics = _finished_metrics(run_dir)
         _publish(client, bucket, lay, run_dir)
-    except (KeyboardInterrupt, SystemExit):
-        # SIGTERM from a stopping or preempted VM: the run stays `running`, so the VM's next boot
-        # resumes it from its checkpoints (a final `failed` would make the startup script skip it)
-        log.info("Interrupted: run %s resumes from %s when started again", run_id, layout.uri(bucket_name, lay.checkpoints))
-        raise
-    except Exception as e:
-        message = (str(e) or type(e).__name__).splitlines()[0]
-        finish(status, RunState.FAILED, 1, message)
+    except BaseException as e:
+        interrupted = isinstance(e, (KeyboardInterrupt, SystemExit))
+        message = "interrupted" if interrupted else (str(e) or type(e).__name__).splitlines()[0]
+        if interrupted:  # not a failure: the next start of the job (the VM's next boot) resumes it
+            finish(status, **_interrupted_status(e, bucket_name, lay))
+        else:
+            finish(status, RunState.FAILED, 1, message)
         try:
             write_status(bucket, run_id, status)
         except Exception as write_error:  # the original failure matters more
             log.warning("Could not record the failure in status.json: %s", write_error)
+        if interrupted:
+            raise
         return JobResult(run_id, FAILED, 1, resumed_from=resumed_from, error=message)
     summary = {k: metrics.get(k) for k in ("best_validation", "test")}
     finish(status, RunState.SUCCEEDED, 0, metrics=summary)

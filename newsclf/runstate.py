@@ -1,9 +1,10 @@
 """A run's state and its status.json (runs/<id>/status.json): one schema, one timestamp format.
 
-The job writes it (`running`, then `succeeded` or `failed`), a cloud sweep's job too (plus its trials),
-and the VM startup script (newsclf/cloud/startup.sh, in shell) when the job could not; `cloud run`,
-`cloud logs` and sweeps read it. `pending` and `interrupted` are what a reader concludes (a trial not
-started yet; a VM that went down before the run finished), never a final status.json.
+The job writes it (`running`, then `succeeded`, `failed` or `interrupted`), a cloud sweep's job too
+(plus its trials), and the VM startup script (newsclf/cloud/startup.sh, in shell) when the job could
+not; `cloud run`, `cloud logs` and sweeps read it. Only `succeeded` and `failed` are final: an
+`interrupted` (or still `running`) run resumes when its job starts again. `pending` is never in a
+status.json: a sweep trial not started yet.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ if TYPE_CHECKING:
 
 class RunState(StrEnum):
     PENDING = "pending"  # a sweep trial not started yet
-    RUNNING = "running"  # also a run whose VM stopped mid-way: the next start resumes it
+    RUNNING = "running"  # also a run whose VM went down without a word: the next start resumes it
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-    INTERRUPTED = "interrupted"  # what a follower reports when the VM went down before the run finished
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM (the VM stopping): resumes when the job starts again
 
     @property
     def final(self) -> bool:
@@ -40,12 +41,12 @@ TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 SCHEMA: dict[str, tuple[type | None, ...]] = {
     "run_id": (str,),
     "state": (str,),
-    "exit_code": (int, None),  # null while running
+    "exit_code": (int, None),  # null while running; 130 (Ctrl-C) or 143 (SIGTERM) when interrupted
     "started_at": (str,),
     "finished_at": (str, None),  # null while running
     "attempt": (int,),  # 1 on the first start; a restarted VM that resumes the run counts up
     "host": (str, None),
-    "error": (str, None),  # the failure, one line; null unless failed
+    "error": (str, None),  # the failure or interruption, one line; null otherwise
 }
 # keys some documents add: the test metrics of a succeeded run; a cloud sweep's id and trial states
 OPTIONAL: dict[str, tuple[type | None, ...]] = {"metrics": (dict,), "sweep_id": (str,), "trials": (dict,)}
@@ -82,9 +83,9 @@ def running_status(run_id: str, previous: dict[str, Any]) -> dict[str, Any]:
 
 
 def finish(status: dict[str, Any], state: RunState, exit_code: int, error: str | None = None, **extra: Any) -> None:
-    """Make `status` final: `state` at exit code `exit_code`, finished now."""
-    if state not in FINAL:
-        raise ValueError(f"{state} is not a final state")
+    """End this attempt in `status`: `state` (final, or interrupted) at exit code `exit_code`, now."""
+    if state not in FINAL and state != RunState.INTERRUPTED:
+        raise ValueError(f"{state} does not end an attempt")
     status.update(state=state.value, exit_code=exit_code, finished_at=now(), error=error, **extra)
 
 
@@ -102,17 +103,17 @@ def problems(doc: Any) -> list[str]:
         ok = any(value is None if t is None else isinstance(value, t) and not isinstance(value, bool) for t in types)
         if not ok:
             out.append(f"{key} is {value!r}")
-    if doc.get("state") not in {s.value for s in RunState} - {RunState.PENDING, RunState.INTERRUPTED}:
-        out.append(f"state {doc.get('state')!r} is not running, succeeded or failed")
+    if doc.get("state") not in {s.value for s in RunState} - {RunState.PENDING}:
+        out.append(f"state {doc.get('state')!r} is not running, succeeded, failed or interrupted")
     for key in ("started_at", "finished_at"):
         value = doc.get(key)
         if isinstance(value, str) and not _is_timestamp(value):
             out.append(f"{key} {value!r} is not {TIMESTAMP_FORMAT}")
-    final = doc.get("state") in FINAL
-    if final and (doc.get("finished_at") is None or doc.get("exit_code") is None):
-        out.append("a final state needs finished_at and exit_code")
-    if doc.get("state") == RunState.FAILED and not doc.get("error"):
-        out.append("a failed run needs an error")
+    ended = doc.get("state") in (*FINAL, RunState.INTERRUPTED)
+    if ended and (doc.get("finished_at") is None or doc.get("exit_code") is None):
+        out.append(f"a{'n' if doc.get('state') == RunState.INTERRUPTED else ''} {doc.get('state')} run needs finished_at and exit_code")
+    if doc.get("state") in (RunState.FAILED, RunState.INTERRUPTED) and not doc.get("error"):
+        out.append(f"a{'n' if doc.get('state') == RunState.INTERRUPTED else ''} {doc.get('state')} run needs an error")
     extra = sorted(set(doc) - set(SCHEMA) - set(OPTIONAL))
     if extra:
         out.append(f"unknown keys: {', '.join(extra)}")

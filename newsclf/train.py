@@ -678,6 +678,11 @@ def run_training(
     run_id = run_dir.name
     data_dir = Path(options.data_dir)
     check_processed(data_dir)
+    from newsclf import locks
+
+    if main:  # one writer per run: another process training it (a plain --resume elsewhere) fails naming this one
+        fix = f"wait for it to finish, or stop it and continue with `newsclf train --resume {run_id}`"
+        locks.hold_until_exit(run_dir.resolve(), what=f"Run {run_id}", fix=fix)
 
     cuda = use_cuda(options)
     precision = resolve_precision(options.precision, cuda)
@@ -853,4 +858,5 @@ def run_training(
     if not options.keep_checkpoints:
         shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
     log.info("Saved the model to %s", run_dir)
+    locks.release(run_dir.resolve())
     return TrainResult(run_id, run_dir, metrics, run_config, str(resume_ckpt) if resume_ckpt else None, True)

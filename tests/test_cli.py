@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_version(cli):
@@ -64,6 +65,18 @@ def test_invalid_setting_is_one_error_line(cli, monkeypatch):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: Invalid setting NEWSCLF_EPOCHS:")
     assert "Traceback" not in r.stderr
+
+
+def test_env_file_not_utf8_is_named(cli, tmp_path):
+    Path(".env").write_bytes(b"NEWSCLF_BUCKET=my-newsclf-bucket\n# caf\xe9 au lait\nNEWSCLF_EPOCHS=2\n")  # latin-1
+    r = cli("--json", "config", "show")
+    assert r.exit_code == 1
+    message = (
+        ".env is not UTF-8 (invalid byte 0xe9 on line 2): re-save it as UTF-8, "
+        "e.g. `iconv -f latin1 -t utf-8 .env > .env.new && mv .env.new .env`"
+    )
+    assert r.stderr == f"Error: {message}\n"
+    assert r.json["errors"] == [message]
 
 
 def test_json_flag_anywhere(cli):

@@ -74,6 +74,8 @@ def test_a_bad_vm_name_is_refused_before_any_request(cli, standin, monkeypatch):
          "Bad --max-hours 0.005: Compute Engine stops a VM after 30 seconds to 120 days, so use 0.0084 to 2880"),
         (("--max-hours", "2881"), "Bad --max-hours 2881:"),
         (("--max-hours", "0"), "Bad --max-hours 0:"),
+        (("--max-hours", "inf"), "Bad --max-hours inf:"),
+        (("--max-hours", "nan"), "Bad --max-hours nan:"),
     ],
 )  # fmt: skip
 def test_what_compute_engine_or_the_image_would_refuse_starts_nothing(cli, standin, flags, error):

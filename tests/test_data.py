@@ -334,6 +334,25 @@ def test_drops_empty_url_only_duplicates_and_conflicts(cli, tmp_path):
     assert len(texts) == 12 and not [t for t in texts if "both sides" in t.lower()]
 
 
+def test_control_characters_are_stripped(cli, tmp_path):
+    """NUL (binary junk pasted into a CSV), ESC and DEL leave no trace in the text, nor in predict's input."""
+    from newsclf.data import article_text
+
+    rows = [[f"Wire\x00 story {i}", f"Officials\x00 said \x1b[1mitem\x7f {i}\x00\x00 was approved.", "real"]
+            for i in range(5)]  # fmt: skip
+    rows += [[f"Claim {i}", f"You will\x00not believe \x00 story {i}!", "fake"] for i in range(5)]
+    write_csv(tmp_path / "n.csv", ["title", "text", "label"], rows)
+    r = cli("--json", "data", "prepare", "--input", "n.csv", "--out", "o")
+    assert r.exit_code == 0, r.stderr
+    texts = sorted(row["text"] for rows in read_all(tmp_path / "o").values() for row in rows)
+    assert not [t for t in texts if re.search(r"[\x00-\x08\x0e-\x1f\x7f]", t)]
+    assert "Wire story 0\nOfficials said [1mitem 0 was approved." in texts  # the text around them stays
+    assert "Claim 0\nYou willnot believe story 0!" in texts
+    assert article_text("Wire\x00 story 0", "Officials\x00 said \x1b[1mitem\x7f 0\x00\x00 was approved.") == (
+        "Wire story 0\nOfficials said [1mitem 0 was approved."
+    )
+
+
 # -- bad input: one line, exit 1, nothing written ---------------------------------------------------
 
 

@@ -30,15 +30,18 @@ def test_a_python_written_status_follows_the_schema():
     finish(status, RunState.FAILED, 1, "loss is nan")
     assert problems(status) == []
     assert json.loads(json.dumps(status))["state"] == "failed"
-    with pytest.raises(ValueError, match="not a final state"):
+    with pytest.raises(ValueError, match="does not end an attempt"):
         finish(status, RunState.RUNNING, 0)
+    finish(status, RunState.INTERRUPTED, 143, "SIGTERM (the VM stopping, or `docker stop`): it resumes")
+    assert problems(status) == [] and not RunState(status["state"]).final
 
 
 @pytest.mark.parametrize(
     ("change", "problem"),
     [
         ({"started_at": "2026-11-30T18:00:00+00:00"}, "started_at '2026-11-30T18:00:00+00:00' is not %Y-%m-%dT%H:%M:%SZ"),
-        ({"state": "done"}, "state 'done' is not running, succeeded or failed"),
+        ({"state": "done"}, "state 'done' is not running, succeeded, failed or interrupted"),
+        ({"state": "pending"}, "state 'pending' is not running, succeeded, failed or interrupted"),
         ({"state": "failed", "error": None}, "a failed run needs an error"),
         ({"attempt": True}, "attempt is True"),
         ({"extra": 1}, "unknown keys: extra"),

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 import typer
 
 from newsclf import __version__
 from newsclf.cli import _output
-from newsclf.errors import NewsclfError
+from newsclf.errors import NewsclfError, Terminated
 
 # Global flags work anywhere before `--` (`newsclf data prepare --demo --json`): main() lifts them
 # out of argv before Typer parses it; the root options below document them in --help.
@@ -183,8 +184,42 @@ def _is_usage_error(e: BaseException) -> bool:
     return hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int)
 
 
+INTERRUPTED, TERMINATED = 130, 143  # Ctrl-C; SIGTERM (128 + 15, what shells and CI runners report)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM (`docker stop`, `timeout`, a cancelled CI job, a preempted VM) unwinds like Ctrl-C.
+
+    The command cleans up as after Ctrl-C (temporary files, status.json, the resume hint) and
+    main() exits 143 with its one JSON document. A second SIGTERM is ignored, so that the clean-up
+    finishes; SIGKILL still ends the process at once.
+    """
+    if _output.state.terminated:
+        return
+    _output.state.terminated = True
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI and return its exit code: 0 ok, 1 error, 2 usage, 130 interrupted."""
+    """Run the CLI and return its exit code: 0 ok, 1 error, 2 usage, 130 interrupted, 143 terminated."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (an embedding program): its own handling stays
+        previous = None
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted() -> int:
+    code = TERMINATED if _output.state.terminated else INTERRUPTED
+    _output.emit_error("Terminated (SIGTERM)" if code == TERMINATED else "Interrupted", code)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args, flags = _split_globals(list(sys.argv[1:] if argv is None else argv))
     _import_rich_utils_lightly()
     debug = flags.get("debug", False) or os.environ.get("NEWSCLF_DEBUG", "") not in ("", "0", "false")
@@ -194,8 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rv = app(args=args, prog_name="newsclf", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
-        if code == 130:  # Typer turns Ctrl-C into a plain exit 130
-            _output.emit_error("Interrupted", code)
+        if code == INTERRUPTED:  # Typer turns Ctrl-C (and SIGTERM's Terminated) into a plain exit 130
+            code = _interrupted()
     except NewsclfError as e:
         if debug:
             import traceback
@@ -203,9 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         code = e.exit_code
         _output.emit_error(str(e), code)
-    except KeyboardInterrupt:
-        code = 130
-        _output.emit_error("Interrupted", code)
+    except KeyboardInterrupt:  # Terminated too
+        code = _interrupted()
     except typer.Abort:
         code = 1
         _output.emit_error("Aborted", code)

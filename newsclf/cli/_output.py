@@ -21,6 +21,7 @@ class OutputState:
     debug: bool = False
     command: str = ""
     emitted: bool = False
+    terminated: bool = False  # SIGTERM arrived (newsclf.cli._on_sigterm): an interruption exits 143, not 130
     warnings: list[str] = field(default_factory=list)
 
 
@@ -55,6 +56,8 @@ def warn(message: str) -> None:
 
 
 def envelope(status: str, exit_code: int, data: Any = None, errors: list[str] | None = None) -> dict:
+    if exit_code == 130 and state.terminated:  # commands that report their own interruption say 130
+        exit_code = 143
     return {
         "newsclf_json_version": JSON_VERSION,
         "command": state.command,

@@ -370,6 +370,8 @@ def run(
             raise typer.BadParameter("--metric picks a sweep's objective: use it with --sweep or --sweep-file")
         _sweep.check_cloud_flags(sweeping=sweeping, parallel=parallel, resume=resume, detach=detach)
     _check_train_options(list(train_args or []))  # first: a typo needs no network to be found
+    if max_hours is not None:
+        compute.check_max_hours(max_hours)
     settings, project, clients, store = _compute(bucket)
     if image:
         settings = settings.model_copy(update={"image": image})

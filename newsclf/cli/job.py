@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -62,10 +61,6 @@ def _launcher(n: int, bucket: str, run_id: str, workdir: Path, train_args: list[
     return launch
 
 
-def _sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # `docker stop` / VM shutdown: record the interruption in status.json
-
-
 def job(
     ctx: typer.Context,
     bucket: Optional[str] = bucket_option(),
@@ -107,7 +102,6 @@ def job(
     else:  # every GPU of the VM unless told otherwise: one process would leave the others idle
         processes = requested or max(1, _gpu_count(options))
     _, name, client = connect(bucket)
-    signal.signal(signal.SIGTERM, _sigterm)
     if sweep_args is not None:
         _sweep.job_sweep(client, name, run_id, options, workdir, sweep_args)
         return

@@ -114,6 +114,8 @@ def _launch(options: Any, run_id: str, resume_dir: Path | None, n: int) -> None:
                 sys.stdout.flush()
         rc = proc.wait()
     except KeyboardInterrupt:
+        if _output.state.terminated:  # SIGTERM to this process only (`docker stop`): the ranks stop too
+            proc.terminate()
         proc.wait()
         raise
     if _output.state.json:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -398,11 +399,7 @@ def validate_vm_request(req: RunRequest) -> None:
         if arg.split("=", 1)[0] in RESERVED_TRAIN_ARGS:
             raise InputError(f"{arg.split('=', 1)[0]} is set by `newsclf cloud run`: drop it from the train options")
     check_vm_name(req.vm_name)
-    if not MIN_RUN_SECONDS <= _run_seconds(req.max_hours) <= MAX_RUN_SECONDS:
-        raise InputError(
-            f"Bad --max-hours {req.max_hours:g}: Compute Engine stops a VM after 30 seconds to 120 days, "
-            "so use 0.0084 to 2880"
-        )
+    check_max_hours(req.max_hours)
     if req.disk_gb < MIN_DISK_GB:
         raise InputError(f"--disk-gb must be at least {MIN_DISK_GB}")
     check_hardware(req.machine_type, req.gpu)
@@ -836,6 +833,15 @@ def _conflicts(vm: VM, req: RunRequest) -> list[str]:
     if "zone" in req.explicit and vm.zone != req.zone:
         out.append(f"zone {vm.zone}")
     return out
+
+
+def check_max_hours(max_hours: float) -> None:
+    """--max-hours within what Compute Engine's max_run_duration takes (inf and nan are not)."""
+    if not (math.isfinite(max_hours) and MIN_RUN_SECONDS <= _run_seconds(max_hours) <= MAX_RUN_SECONDS):
+        raise InputError(
+            f"Bad --max-hours {max_hours:g}: Compute Engine stops a VM after 30 seconds to 120 days, "
+            "so use 0.0084 to 2880"
+        )
 
 
 def _run_seconds(max_hours: float) -> int:

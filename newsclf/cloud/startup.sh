@@ -81,6 +81,27 @@ say() {  # a progress line: serial port (for `newsclf cloud run`), the run's log
   printf '%s\n' "$line"
 }
 
+shown_args() {  # the arguments for the log: values of options named *key*, *token*, *secret*, *password* masked
+  local arg name hide=0 out=()
+  for arg in "$@"; do
+    name="${arg%%=*}"
+    if ((hide)); then
+      out+=("****")
+      hide=0
+    elif [[ "${name,,}" =~ ^--?([a-z0-9]+[-_])*(api-?key|key|token|secret|passw(or)?d)([-_][a-z0-9]+)*$ ]]; then
+      if [[ "$arg" == *=* ]]; then
+        out+=("$name=****")
+      else
+        out+=("$arg")
+        hide=1
+      fi
+    else
+      out+=("$arg")
+    fi
+  done
+  printf '%s' "${out[*]}"
+}
+
 preempted() { [[ "$(meta instance/preempted 2>/dev/null || true)" == TRUE ]]; }
 
 write_failed() {  # write_failed EXIT_CODE ERROR: a final status.json, unless the job wrote one
@@ -235,7 +256,7 @@ case "$state" in
     UPLOAD=0
     exit 0
     ;;
-  running) say "run $RUN_ID was interrupted: resuming it from its checkpoints" ;;
+  running | interrupted) say "run $RUN_ID was interrupted: resuming it from its checkpoints" ;;
 esac
 
 GPU_FLAGS=()
@@ -305,9 +326,10 @@ fi
 unset wandb_key
 
 docker rm -f "$CONTAINER" >/dev/null 2>&1 || true
-say "running: newsclf job --bucket $BUCKET --run-id $RUN_ID ${TRAIN_ARGS[*]}"
+say "running: newsclf job --bucket $BUCKET --run-id $RUN_ID $(shown_args "${TRAIN_ARGS[@]}")"
 set +e
-docker run --rm --name "$CONTAINER" --network host --ipc host "${GPU_FLAGS[@]}" --env-file "$ENV_FILE" \
+# --stop-timeout: on SIGTERM the job finishes its step and uploads a checkpoint (20 s at most) before docker kills it
+docker run --rm --name "$CONTAINER" --network host --ipc host "${GPU_FLAGS[@]}" --stop-timeout=30 --env-file "$ENV_FILE" \
   "$IMAGE" --bucket "$BUCKET" --run-id "$RUN_ID" "${TRAIN_ARGS[@]}" 2>&1 |
   tee -a "$LOG" |
   sed -u -e 's/\r*$//' -e 's/^.*\r//' -e "s/^/newsclf-job[$RUN_ID]: /" >>"$SERIAL"
@@ -318,6 +340,7 @@ rm -f "$ENV_FILE"
 state="$(run_state)"
 case "$state" in
   succeeded | failed) say "job finished: $state (exit $rc)" ;;
+  interrupted) say "job interrupted (exit $rc): the run resumes from its last checkpoint when the job starts again" ;;
   *)
     say "the job exited ($rc) without a final status.json"
     write_failed "$((rc == 0 ? 1 : rc))" "the job exited ($rc) without writing a final status.json"
