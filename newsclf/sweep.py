@@ -709,7 +709,7 @@ def _trial_from_run(run: Any, status: dict[str, Any] | None) -> Trial | None:
     return t
 
 
-_PREFERENCE = {SUCCEEDED: 3, RUNNING: 2, INTERRUPTED: 1, PENDING: 1, FAILED: 0}
+_PREFERENCE: dict[str, int] = {SUCCEEDED: 3, RUNNING: 2, INTERRUPTED: 1, PENDING: 1, FAILED: 0}
 
 
 def remote_trials(client: Any, bucket: str, sweep_id: str) -> tuple[list[Trial], dict[str, Any] | None]:

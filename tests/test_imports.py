@@ -156,7 +156,7 @@ def test_find_cycle_names_the_modules_in_order():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_import_graph_sees_function_level_and_relative_imports(tmp_path):
+def test_import_graph_sees_function_level_and_relative_imports():
     module = PACKAGE / "cli" / "job.py"
     assert "newsclf.cli._transfer.connect" in imports_of(module)  # imported inside job()
     assert "newsclf.cli._transfer" in import_graph()["newsclf.cli.job"]
