@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import socket
 import time
-from datetime import datetime, timezone
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -55,17 +54,6 @@ OPTIONAL: dict[str, tuple[type | None, ...]] = {"metrics": (dict,), "sweep_id": 
 def now() -> str:
     """The current time as status.json writes it."""
     return time.strftime(TIMESTAMP_FORMAT, time.gmtime())
-
-
-def parse_time(value: str | None) -> datetime | None:
-    """A status.json timestamp as an aware datetime (also the `+00:00` form older documents have)."""
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def running_status(run_id: str, previous: dict[str, Any]) -> dict[str, Any]:

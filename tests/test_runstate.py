@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from newsclf.runstate import FINAL, RunState, finish, now, parse_time, problems, running_status
+from newsclf.runstate import FINAL, RunState, finish, now, problems, running_status
 from tests.compute_standin import sandbox, standin  # noqa: F401  (fixtures)
 
 POLL = ("--poll-interval", "0.05")
@@ -59,11 +59,6 @@ def test_what_the_startup_script_wrote_before_did_not_follow_it():
     assert problems(old) == ["run_id is missing", "attempt is missing", "host is missing"]
 
 
-def test_timestamps_parse_in_both_forms():
-    assert parse_time("2026-11-30T18:00:00Z") == parse_time("2026-11-30T18:00:00+00:00")
-    assert parse_time("yesterday") is None and parse_time(None) is None
-
-
 def test_the_startup_scripts_status_follows_the_schema(cli, standin, sandbox):
     # the container dies without a status: the startup script (shell) writes the final one
     r = cli("--json", "cloud", "run", "--image", "registry.example/newsclf:crash", *POLL)
@@ -72,7 +67,7 @@ def test_the_startup_scripts_status_follows_the_schema(cli, standin, sandbox):
     status = status_of(standin, run_id)
     assert problems(status) == []
     assert status["run_id"] == run_id and status["state"] == "failed" and status["attempt"] == 1
-    assert parse_time(status["started_at"]) <= parse_time(status["finished_at"])
+    assert status["started_at"] <= status["finished_at"]  # the format sorts as text
 
 
 def test_the_startup_script_counts_a_resumed_attempt(cli, standin, sandbox):
