@@ -232,8 +232,8 @@ def test_job_with_a_hub_model_downloads_it_in_an_offline_image(gcs, tiny_data, t
 
 @pytest.mark.slow
 def test_job_stopped_by_sigterm_stays_resumable(gcs, tiny_data, tiny_model, tmp_path):
-    """A stopping or preempted VM stops the container with SIGTERM: the run must stay `running` (the
-    startup script skips a run whose status is final, so `failed` would end it for good)."""
+    """A stopping or preempted VM stops the container with SIGTERM: the run is `interrupted`, not `failed`
+    (the startup script skips a run whose status is succeeded or failed, so that would end it for good)."""
     import signal
 
     _push_data(gcs, tiny_data)
@@ -252,8 +252,8 @@ def test_job_stopped_by_sigterm_stays_resumable(gcs, tiny_data, tiny_model, tmp_
         assert time.time() < deadline, "".join(seen)
     seen += proc.stderr.readlines()
     proc.wait(timeout=60)
-    assert proc.returncode == 130, "".join(seen)
+    assert proc.returncode == 143, "".join(seen)
     status = _status(gcs)
-    assert status["state"] == "running" and status["error"] is None, status
+    assert status["state"] == "interrupted" and status["exit_code"] == 143, status
     assert f"runs/{RUN}/metrics.json" not in _names(gcs, f"runs/{RUN}/")
     assert any(n.startswith(f"runs/{RUN}/checkpoints/checkpoint-") for n in _names(gcs, f"runs/{RUN}/"))

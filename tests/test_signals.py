@@ -153,7 +153,7 @@ def test_sigterm_to_the_launcher_stops_every_training_process(tiny_data, tiny_mo
     run = "20261130-120000-DDPTERM"
     proc = _newsclf("--json", "train", "--data", str(tiny_data), "--model", str(tiny_model), "--epochs", "1000",
                     "--batch-size", "8", "--lr", "3e-3", "--max-length", "64", "--warmup-ratio", "0",
-                    "--patience", "2000", "--num-processes", "2", "--run-id", run, cwd=tmp_path)  # fmt: skip
+                    "--patience", "1000", "--num-processes", "2", "--run-id", run, cwd=tmp_path)  # fmt: skip
     run_dir = tmp_path / "models" / run
     _wait_for(run_dir, "checkpoints/checkpoint-*/trainer_state.json", proc)
     proc.send_signal(signal.SIGTERM)  # the launcher only, not its process group
