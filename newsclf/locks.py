@@ -181,6 +181,11 @@ def hold_until_exit(folder: Path, *, what: str, fix: str) -> Path:
     return path
 
 
+def held() -> list[Path]:
+    """The folders this process holds until exit (hold_until_exit), not yet released."""
+    return [path.parent / path.name[1:].removesuffix(".lock") for path in _held]
+
+
 def release(folder: Path) -> None:
     """Release a lock taken with hold_until_exit() before the process exits (the run is finished)."""
     path = lock_path(folder)

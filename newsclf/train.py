@@ -642,6 +642,26 @@ def run_training(
     resume_from: Path | None = None,
     callbacks: Sequence["TrainerCallback"] = (),
 ) -> TrainResult:
+    """Fine-tune `options.base_model` (see _run_training); the run's lock is released however it ends,
+    so the same process may resume it (a crash releases it too: the kernel drops the flock)."""
+    from newsclf import locks
+
+    held = set(locks.held())
+    try:
+        return _run_training(options, run_dir=run_dir, resume_from=resume_from, callbacks=callbacks)
+    except BaseException:
+        for folder in set(locks.held()) - held:
+            locks.release(folder)
+        raise
+
+
+def _run_training(
+    options: TrainOptions,
+    *,
+    run_dir: Path | None = None,
+    resume_from: Path | None = None,
+    callbacks: Sequence["TrainerCallback"] = (),
+) -> TrainResult:
     """Fine-tune `options.base_model` on `options.data_dir` and save a complete run directory.
 
     run_dir: where the run lives (default: options.models_dir/<new run id>).
