@@ -386,9 +386,9 @@ def run(
         if state in FINAL:
             raise InputError(f"Run {resume} already {state}: nothing to resume (start a new one without --resume)")
         if not train:
-            vm = compute.find_vm(clients, project, settings.vm_name)
-            if vm is not None and vm.run_id == resume:
-                train = [a for a in vm.metadata.get(compute.META_TRAIN_ARGS, "").split("\n") if a]
+            from newsclf.cloud.fleet import train_args_of
+
+            train = train_args_of(clients, project, settings.vm_name, resume)
     explicit = frozenset(
         name
         for name, value in (

@@ -109,3 +109,14 @@ def is_busy(clients: "Clients", store: "RunStore | None", vm: "VM") -> bool:
         return compute.run_state(_store_for(clients, store, vm), vm.run_id) not in FINAL
     except Exception:  # no bucket access
         return True
+
+
+def train_args_of(clients: "Clients", project: str, vm_name: str, run_id: str) -> list[str]:
+    """The train options run `run_id` was started with, from its VM's metadata (`cloud run --resume`
+    without options); empty when the VM is gone or has moved on to another run."""
+    from newsclf.cloud import compute
+
+    vm = compute.find_vm(clients, project, vm_name)
+    if vm is None or vm.run_id != run_id:
+        return []
+    return [a for a in vm.metadata.get(compute.META_TRAIN_ARGS, "").split("\n") if a]
