@@ -20,7 +20,7 @@ from pathlib import Path
 
 # what `newsclf job` imports beyond `import newsclf.cli`: training, data, the bucket, data parallel
 TRAINING_MODULES = (
-    "newsclf.job", "newsclf.train", "newsclf.data", "newsclf.cloud.storage", "torch.distributed.run",
+    "newsclf.job", "newsclf.train", "newsclf.data", "newsclf.cloud.storage.runs", "torch.distributed.run",
     "transformers.trainer", "transformers.models.bert.modeling_bert", "datasets", "accelerate", "sklearn.metrics",
     "safetensors.torch", "pyarrow.parquet", "google.cloud.storage", "wandb",
 )  # fmt: skip

@@ -76,18 +76,20 @@ def _checkpoint_sync(client: "Client", bucket: "Bucket", lay: layout.RunLayout, 
     """A TrainerCallback mirroring the local checkpoints/ folder to runs/<id>/checkpoints/ at every save."""
     from transformers import TrainerCallback
 
-    from newsclf.cloud import storage
+    from newsclf.cloud.storage.client import list_objects
+    from newsclf.cloud.storage.retry import retry_policy
+    from newsclf.cloud.storage.upload import upload_dir
 
     class CheckpointSync(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
             if not state.is_world_process_zero:
                 return
-            result = storage.upload_dir(client, bucket, local, lay.checkpoints)
+            result = upload_dir(client, bucket, local, lay.checkpoints)
             # the Trainer rotates old checkpoints away locally; drop them remotely too
             kept = {lay.checkpoints + p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
-            stale = [n for n in storage.list_objects(client, bucket, lay.checkpoints) if n not in kept]
+            stale = [n for n in list_objects(client, bucket, lay.checkpoints) if n not in kept]
             for name in stale:
-                bucket.blob(name).delete(retry=storage.retry_policy())
+                bucket.blob(name).delete(retry=retry_policy())
             log.info(
                 "Checkpoint at step %d synced to %s (%d files uploaded, %d removed)",
                 state.global_step, layout.uri(bucket.name, lay.checkpoints), result.files_transferred, len(stale),
@@ -167,18 +169,19 @@ def _checkpoint_on_sigterm(grace_s: float = SIGTERM_GRACE_S) -> Iterator[Any]:
 
 def _fetch_data(client: "Client", bucket: "Bucket", workdir: Path, seed: int) -> Path:
     """data/processed from the bucket, or data/raw (Fake.csv + True.csv) prepared here."""
-    from newsclf.cloud import storage
+    from newsclf.cloud.storage.client import list_objects
+    from newsclf.cloud.storage.download import download_prefix
     from newsclf.data import Source, check_processed, prepare_dataset
 
     processed = workdir / "data" / "processed"
-    listing = storage.list_objects(client, bucket, layout.data_prefix("processed"))
+    listing = list_objects(client, bucket, layout.data_prefix("processed"))
     if listing:
-        storage.download_prefix(client, bucket, layout.data_prefix("processed"), processed, listing=listing)
+        download_prefix(client, bucket, layout.data_prefix("processed"), processed, listing=listing)
         check_processed(processed)
         log.info("Pulled %s", layout.uri(bucket.name, layout.data_prefix("processed")))
         return processed
     raw = workdir / "data" / "raw"
-    storage.download_prefix(client, bucket, layout.data_prefix("raw"), raw)
+    download_prefix(client, bucket, layout.data_prefix("raw"), raw)
     fake, true = raw / "Fake.csv", raw / "True.csv"
     if not (fake.is_file() and true.is_file()):
         raise InputError(
@@ -191,12 +194,13 @@ def _fetch_data(client: "Client", bucket: "Bucket", workdir: Path, seed: int) ->
 
 
 def _fetch_checkpoints(client: "Client", bucket: "Bucket", lay: layout.RunLayout, local: Path) -> bool:
-    from newsclf.cloud import storage
+    from newsclf.cloud.storage.client import list_objects
+    from newsclf.cloud.storage.download import download_prefix
 
-    listing = storage.list_objects(client, bucket, lay.checkpoints)
+    listing = list_objects(client, bucket, lay.checkpoints)
     if not listing:
         return False
-    storage.download_prefix(client, bucket, lay.checkpoints, local, listing=listing)
+    download_prefix(client, bucket, lay.checkpoints, local, listing=listing)
     return any(p.is_dir() for p in local.glob("checkpoint-*"))
 
 
@@ -246,17 +250,20 @@ def worker_error(workdir: Path, world_size: int) -> str | None:
 
 def _publish(client: "Client", bucket: "Bucket", lay: layout.RunLayout, run_dir: Path) -> None:
     """Upload the finished run (model/, run.json, logs/; metrics.json last)."""
-    from newsclf.cloud import storage
+    from newsclf.cloud.storage.client import list_objects
+    from newsclf.cloud.storage.objects import read_json
+    from newsclf.cloud.storage.retry import retry_policy
+    from newsclf.cloud.storage.runs import push_run
 
     # a VM stopped in the middle of an earlier upload left a partial model/: it is replaced, since
     # the run only counts as complete once metrics.json is there
-    if storage.read_json(bucket, lay.metrics) is None:
-        for name in storage.list_objects(client, bucket, lay.model):
-            bucket.blob(name).delete(retry=storage.retry_policy())
+    if read_json(bucket, lay.metrics) is None:
+        for name in list_objects(client, bucket, lay.model):
+            bucket.blob(name).delete(retry=retry_policy())
         config = bucket.get_blob(lay.config)
         if config is not None:
-            config.delete(retry=storage.retry_policy())
-    storage.push_run(client, bucket, run_dir)
+            config.delete(retry=retry_policy())
+    push_run(client, bucket, run_dir)
 
 
 def _interrupted_status(e: BaseException, bucket_name: str, lay: layout.RunLayout) -> dict[str, Any]:
@@ -287,12 +294,12 @@ def run_job(
         once they all exited and raises when they failed.
     Never raises for a training failure: it is recorded in status.json and returned (exit_code 1).
     """
-    from newsclf.cloud import storage
+    from newsclf.cloud.storage.objects import read_json
     from newsclf.train import run_training
 
     lay = layout.RunLayout(run_id)
     bucket = client.bucket(bucket_name)
-    previous = storage.read_json(bucket, lay.status) or {}
+    previous = read_json(bucket, lay.status) or {}
     if previous.get("state") == SUCCEEDED:
         log.info("Run %s already succeeded at %s: nothing to do", run_id, previous.get("finished_at"))
         return JobResult(run_id, SUCCEEDED, 0, skipped=True, metrics=previous.get("metrics") or {})

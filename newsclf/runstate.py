@@ -118,9 +118,10 @@ def _is_timestamp(value: str) -> bool:
 
 def write_status(bucket: "Bucket", run_id: str, status: dict[str, Any]) -> None:
     """Write runs/<run_id>/status.json: the one place a Python writer puts it in the bucket."""
-    from newsclf.cloud import layout, storage
+    from newsclf.cloud import layout
+    from newsclf.cloud.storage.objects import write_json
 
     wrong = problems(status)
     if wrong:  # a bug in newsclf, not the user's input: readers would misjudge the run
         raise ValueError(f"status.json of run {run_id} does not match its schema: {'; '.join(wrong)}")
-    storage.write_json(bucket, layout.RunLayout(run_id).status, status)
+    write_json(bucket, layout.RunLayout(run_id).status, status)

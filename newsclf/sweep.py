@@ -718,7 +718,8 @@ def remote_trials(client: Any, bucket: str, sweep_id: str) -> tuple[list[Trial],
     from concurrent.futures import ThreadPoolExecutor
 
     from newsclf.cloud import layout
-    from newsclf.cloud.storage import list_runs, read_json
+    from newsclf.cloud.storage.objects import read_json
+    from newsclf.cloud.storage.runs import list_runs
 
     b = client.bucket(bucket)
     runs = [
@@ -790,7 +791,8 @@ def plan_remote(client: Any, bucket: str, sweep: Sweep) -> list[Trial]:
 def write_plans(client: Any, bucket: str, sweep: Sweep, trials: Iterable[Trial]) -> None:
     """runs/<run-id>/run.json for each trial that has none yet, so the bucket knows the whole sweep."""
     from newsclf.cloud import layout
-    from newsclf.cloud.storage import ConflictError, write_json
+    from newsclf.cloud.storage.errors import ConflictError
+    from newsclf.cloud.storage.objects import write_json
 
     b = client.bucket(bucket)
     for t in trials:
@@ -846,7 +848,7 @@ def run_sweep_job(
     """
 
     from newsclf.cloud import layout
-    from newsclf.cloud.storage import read_json
+    from newsclf.cloud.storage.objects import read_json
     from newsclf.job import FAILED as JOB_FAILED
     from newsclf.job import SUCCEEDED as JOB_SUCCEEDED
     from newsclf.job import run_job, running_status
@@ -941,7 +943,7 @@ def run_cloud_parallel(
     stop: threading.Event | None = None,
 ) -> list[str]:
     """Run `todo` on up to len(vm_names) VMs at once: each trial is created/started, followed and
-    stopped exactly like a single `cloud run` (compute.start_run / follow / stop_vm). A VM already
+    stopped exactly like a single `cloud run` (start_run / follow / stop_vm). A VM already
     running one of these trials (an earlier, detached attempt) is followed, not restarted.
 
     Returns the VM names used. Setting `stop` makes the workers stop taking new trials and stop
@@ -950,7 +952,10 @@ def run_cloud_parallel(
     import queue
     from concurrent.futures import ThreadPoolExecutor
 
-    from newsclf.cloud import compute
+    from newsclf.cloud.compute.follow import JobLine, Outcome, Tick, follow as compute_follow
+    from newsclf.cloud.compute.lifecycle import start_run, stop_vm
+    from newsclf.cloud.compute.store import RunStore
+    from newsclf.cloud.compute.vm import ACTIVE_STATES, DOWN_STATES, get_vm, list_vms
 
     stop = stop or threading.Event()
     emit = on_event or (lambda e: None)
@@ -961,8 +966,8 @@ def run_cloud_parallel(
     # trials already running on one of our VMs are followed by that VM's worker first
     first = make_clients()
     running = {}
-    for vm in compute.list_vms(first, project):
-        if vm.name in vm_names and vm.status in compute.ACTIVE_STATES and vm.run_id:
+    for vm in list_vms(first, project):
+        if vm.name in vm_names and vm.status in ACTIVE_STATES and vm.run_id:
             running[vm.run_id] = vm
     attached: dict[str, Trial] = {}
     for t in todo:
@@ -976,18 +981,18 @@ def run_cloud_parallel(
     def follow(clients: Any, store: Any, trial: Trial, vm: Any) -> None:
         trial.vm = vm.name
         outcome = None
-        for ev in compute.follow(clients, project, vm, trial.run_id, store, poll_s=poll_s):
-            if isinstance(ev, compute.JobLine):
+        for ev in compute_follow(clients, project, vm, trial.run_id, store, poll_s=poll_s):
+            if isinstance(ev, JobLine):
                 m = _EVAL_RE.search(ev.text)
                 if m and metric_idx:
                     value = float(m.group(metric_idx))
                     better = max if METRICS[sweep.metric] == "max" else min
                     trial.live_best = value if trial.live_best is None else better(trial.live_best, value)
                 emit(CloudEvent(trial, "line", vm.name, ev.text))
-            elif isinstance(ev, compute.Tick):
+            elif isinstance(ev, Tick):
                 trial.progress = f"VM {ev.vm_status}" + (f" · {ev.phase}" if ev.phase else "")
                 emit(CloudEvent(trial, "tick", vm.name))
-            elif isinstance(ev, compute.Outcome):
+            elif isinstance(ev, Outcome):
                 outcome = ev
             if stop.is_set():
                 return  # detached: the VM carries on and powers off by itself
@@ -996,15 +1001,15 @@ def run_cloud_parallel(
         state = outcome.state if outcome.state in (SUCCEEDED, FAILED) else INTERRUPTED
         trial.finish(state, error=outcome.error, metrics=outcome.metrics)
         emit(CloudEvent(trial, "finished", vm.name))
-        if outcome.vm_status not in (None, *compute.DOWN_STATES) and not keep_vm:
-            current = compute.get_vm(clients, project, vm.zone, vm.name)
-            if current is not None and current.status not in compute.DOWN_STATES and current.run_id == trial.run_id:
-                compute.stop_vm(clients, project, current, poll_s=poll_s)
+        if outcome.vm_status not in (None, *DOWN_STATES) and not keep_vm:
+            current = get_vm(clients, project, vm.zone, vm.name)
+            if current is not None and current.status not in DOWN_STATES and current.run_id == trial.run_id:
+                stop_vm(clients, project, current, poll_s=poll_s)
                 emit(CloudEvent(trial, "vm_stopped", vm.name))
 
     def worker(name: str) -> None:
         clients = make_clients()
-        store = compute.RunStore(clients.storage_client(), bucket)
+        store = RunStore(clients.storage_client(), bucket)
         trial = attached.pop(name, None)
         while not stop.is_set():
             if trial is None:
@@ -1019,7 +1024,7 @@ def run_cloud_parallel(
                 trial.error, trial.progress = None, "starting VM"
                 emit(CloudEvent(trial, "starting", name))
                 try:
-                    started = compute.start_run(clients, project, make_request(trial, name), store=store, poll_s=poll_s)
+                    started = start_run(clients, project, make_request(trial, name), store=store, poll_s=poll_s)
                 except Exception as e:  # noqa: BLE001 - this trial failed to start; the others go on
                     trial.finish(FAILED, error=first_line(e))
                     emit(CloudEvent(trial, "error", name, first_line(e)))

@@ -647,11 +647,15 @@ def run_training(
     from newsclf import locks
 
     held = set(locks.held())
+    parent = Path(run_dir).parent if run_dir is not None else Path(options.models_dir)
+    new_parent = not parent.exists()
     try:
         return _run_training(options, run_dir=run_dir, resume_from=resume_from, callbacks=callbacks)
     except BaseException:
         for folder in set(locks.held()) - held:
             locks.release(folder)
+        if new_parent and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()  # made only for the lock: nothing half-made is left to resume
         raise
 
 

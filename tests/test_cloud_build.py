@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 
-from newsclf.cloud import build as cloud_build
+from newsclf.cloud.cloudbuild import logtail, submit
 from tests import cloudbuild_standin as standin_mod
 from tests.cloudbuild_standin import CloudBuildStandIn
 
@@ -62,7 +62,7 @@ def standin(fake_gcs):
 def project(tmp_path, gcs, standin, monkeypatch):
     """A small project in the current directory, the stand-in as the Cloud Build endpoint."""
     monkeypatch.setenv("NEWSCLF_CLOUDBUILD_API_ENDPOINT", standin.url)
-    monkeypatch.setattr(cloud_build, "POLL_S", 0.1)  # the stand-in builds in ~2 s, not minutes
+    monkeypatch.setattr(submit, "POLL_S", 0.1)  # the stand-in builds in ~2 s, not minutes
     make_tree(tmp_path)
     return tmp_path
 
@@ -250,7 +250,7 @@ def test_failed_build_json_still_shows_the_tail(cli, project, standin):
     doc = r.json
     assert doc["status"] == "error" and doc["errors"][0].startswith("Cloud Build ")
     [build_id] = standin.builds
-    tail = standin.written_logs[build_id][-cloud_build.LOG_TAIL_LINES:]
+    tail = standin.written_logs[build_id][-submit.LOG_TAIL_LINES:]
     err = r.stderr.splitlines()
     assert err[: len(tail)] == tail
 
@@ -361,7 +361,7 @@ def test_no_dockerfile(cli, project):
 
 def test_log_tail_reads_only_what_is_new(gcs):
     bucket = gcs.bucket(gcs.test_bucket)
-    tail = cloud_build.LogTail(bucket, "builds/logs/log-x.txt")
+    tail = logtail.LogTail(bucket, "builds/logs/log-x.txt")
     assert tail.read() == []  # 404: the build has not written its log yet
     bucket.blob("builds/logs/log-x.txt").upload_from_string(b"one\ntw")
     assert tail.read() == ["one"]  # a partial line waits for its end
@@ -370,8 +370,3 @@ def test_log_tail_reads_only_what_is_new(gcs):
     assert tail.read() == ["two"]
     assert tail.read(final=True) == ["thr"]  # the build is over: flush the unterminated last line
     assert tail.offset == len(b"one\ntwo\r\nthr")
-
-
-# --- start-up ------------------------------------------------------------------------------------
-
-

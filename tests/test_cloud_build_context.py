@@ -10,8 +10,11 @@ import tarfile
 
 import pytest
 
-from newsclf.cloud import build as cloud_build
-from newsclf.cloud.build import DockerIgnore, GitIgnore, pack_source, source_files
+from newsclf.cloud.cloudbuild import context as build_context
+from newsclf.cloud.cloudbuild import source as build_source
+from newsclf.cloud.cloudbuild.ignore import DockerIgnore, GitIgnore
+from newsclf.cloud.cloudbuild.source import pack_source, source_files
+from newsclf.errors import InputError
 from tests.test_cloud_build import IMAGE, PACKED, TREE, make_tree, project, standin  # noqa: F401  (fixtures)
 
 
@@ -43,7 +46,7 @@ def test_archive_is_deterministic_and_honours_the_ignore_files(tmp_path):
         members = tar.getmembers()
         assert [m.name for m in members] == PACKED
         assert {(m.mtime, m.uid, m.gid, m.uname, m.gname) for m in members} == {
-            (cloud_build.SOURCE_MTIME, 0, 0, "", "")
+            (build_source.SOURCE_MTIME, 0, 0, "", "")
         }
         modes = {m.name: m.mode for m in members}
         assert modes["docker/run.sh"] == 0o755 and modes["pyproject.toml"] == 0o644
@@ -137,16 +140,16 @@ def installed_package(site):
 
 def test_installed_context_stages_the_package_with_the_build_files_it_carries(tmp_path):
     pkg = installed_package(tmp_path / "site")
-    context = cloud_build.installed_context(tmp_path / "ctx", package=pkg)
+    context = build_context.installed_context(tmp_path / "ctx", package=pkg)
     assert context.label == f"the installed newsclf 2.3.4 ({pkg})"
     packed = pack_source(context.root, tmp_path)
     assert packed.files == [
         ".dockerignore", "Dockerfile", "README.md", "docker/run.sh", "newsclf/__init__.py",
         "newsclf/cli/__init__.py", "newsclf/cloud/startup.sh", "pyproject.toml", "uv.lock",
     ]  # fmt: skip
-    assert cloud_build.project_version(context.root) == "2.3.4"
+    assert build_context.project_version(context.root) == "2.3.4"
     # the same installed files staged again give the same archive
-    again = cloud_build.installed_context(tmp_path / "ctx2", package=pkg)
+    again = build_context.installed_context(tmp_path / "ctx2", package=pkg)
     out = tmp_path / "out"
     out.mkdir()
     assert pack_source(again.root, out).sha256 == packed.sha256
@@ -155,16 +158,16 @@ def test_installed_context_stages_the_package_with_the_build_files_it_carries(tm
 def test_an_install_without_build_files_names_the_fix(tmp_path):
     pkg = installed_package(tmp_path / "site")
     (pkg / "_build" / "uv.lock").unlink()
-    with pytest.raises(cloud_build.InputError) as e:
-        cloud_build.installed_context(tmp_path / "ctx", package=pkg)
+    with pytest.raises(InputError) as e:
+        build_context.installed_context(tmp_path / "ctx", package=pkg)
     assert str(e.value) == (
         f"The installed newsclf 2.3.4 lacks uv.lock in {pkg / '_build'}: reinstall it from a newsclf checkout "
         "(`pipx install --force .`) or its wheel, or pass --source a newsclf project directory"
     )
     for name in ("Dockerfile",):
         (pkg / "_build" / name).unlink()
-    with pytest.raises(cloud_build.InputError, match=r"^The installed newsclf 2.3.4 carries no build files"):
-        cloud_build.installed_context(tmp_path / "ctx", package=pkg)
+    with pytest.raises(InputError, match=r"^The installed newsclf 2.3.4 carries no build files"):
+        build_context.installed_context(tmp_path / "ctx", package=pkg)
 
 
 def test_build_without_source_packs_the_installed_newsclf_from_anywhere(cli, project, gcs, standin, monkeypatch):
@@ -195,7 +198,7 @@ def test_the_image_build_context_holds_what_the_wheel_force_includes():
     forced = tomllib.loads((CHECKOUT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"][
         "force-include"
     ]
-    assert {v.removeprefix("newsclf/_build/") for v in forced.values()} == set(cloud_build.BUILD_FILES)
+    assert {v.removeprefix("newsclf/_build/") for v in forced.values()} == set(build_context.BUILD_FILES)
     context = source_files(CHECKOUT)
     for src in forced:
         assert src in context or any(f.startswith(src + "/") for f in context), src

@@ -145,7 +145,8 @@ def test_bucket_is_created_in_the_region_with_uniform_access(cloud, registry, bu
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    from newsclf.cloud.setup import SetupClients, run_setup
+    from newsclf.cloud.setup.context import SetupClients
+    from newsclf.cloud.setup.run import run_setup
     from newsclf.config import get_settings
 
     monkeypatch.setenv("NEWSCLF_REGION", "europe-west4")
@@ -404,7 +405,7 @@ def _permissions(*granted: str) -> Fault:
 
 
 def test_bucket_access_granted(cli, cloud, fake_gcs, monkeypatch):
-    from newsclf.cloud.setup import BUCKET_PERMISSIONS
+    from newsclf.cloud.setup.checks import BUCKET_PERMISSIONS
 
     with FaultyProxy(fake_gcs.url, [_permissions(*BUCKET_PERMISSIONS)]) as proxy:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)

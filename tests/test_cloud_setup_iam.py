@@ -199,9 +199,9 @@ def test_conditional_bindings_are_kept_and_do_not_count(cli, iam):
 
 
 def test_grants_wait_for_a_new_account_to_propagate(cli, iam, monkeypatch):
-    from newsclf.cloud import setup
+    from newsclf.cloud.setup import grants
 
-    monkeypatch.setattr(setup, "PROPAGATION_STEP_S", 0.01)
+    monkeypatch.setattr(grants, "PROPAGATION_STEP_S", 0.01)
     iam.propagation_sets = 2  # the new account is unknown to its first two grants
     r = cli("cloud", "setup", "--json")
     assert r.exit_code == 0, r.stderr
@@ -212,10 +212,10 @@ def test_grants_wait_for_a_new_account_to_propagate(cli, iam, monkeypatch):
 
 
 def test_the_act_as_check_waits_for_a_new_account(cli, iam, monkeypatch):
-    from newsclf.cloud import setup
+    from newsclf.cloud.setup import grants
     from tests.google_errors import google_error
 
-    monkeypatch.setattr(setup, "PROPAGATION_STEP_S", 0.01)
+    monkeypatch.setattr(grants, "PROPAGATION_STEP_S", 0.01)
     iam.fail("POST", ":testIamPermissions$", (404, google_error(404, "NOT_FOUND", f"Unknown service account {SA}")), times=2)
     r = cli("cloud", "setup", "--json")
     assert r.exit_code == 0, r.stderr

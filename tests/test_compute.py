@@ -24,33 +24,33 @@ POLL = ("--poll-interval", "0.05")
 
 
 def test_candidate_zones_and_gpu_parsing():
-    from newsclf.cloud import compute
+    from newsclf.cloud.compute.hardware import builtin_gpu, builtin_gpus, candidate_zones, parse_gpu
     from newsclf.errors import InputError
 
     offered = {"europe-west1-b", "europe-west1-c", "europe-west1-d", "europe-west4-a", "us-central1-a", "us-central1-f"}
-    assert compute.candidate_zones("europe-west1-c", "", offered) == ["europe-west1-c", "europe-west1-b", "europe-west1-d"]
-    assert compute.candidate_zones("us-central1-a", "", offered) == ["us-central1-a", "us-central1-f"]
-    assert compute.candidate_zones("us-central1-b", "", offered) == ["us-central1-a", "us-central1-f"]
-    assert compute.candidate_zones("europe-west1-b", "europe-west4-a, europe-west1-b", offered) == [
+    assert candidate_zones("europe-west1-c", "", offered) == ["europe-west1-c", "europe-west1-b", "europe-west1-d"]
+    assert candidate_zones("us-central1-a", "", offered) == ["us-central1-a", "us-central1-f"]
+    assert candidate_zones("us-central1-b", "", offered) == ["us-central1-a", "us-central1-f"]
+    assert candidate_zones("europe-west1-b", "europe-west4-a, europe-west1-b", offered) == [
         "europe-west1-b", "europe-west4-a"
     ]
-    assert compute.parse_gpu("nvidia-tesla-t4:2") == ("nvidia-tesla-t4", 2)
-    assert compute.parse_gpu("nvidia-l4") == ("nvidia-l4", 1)
+    assert parse_gpu("nvidia-tesla-t4:2") == ("nvidia-tesla-t4", 2)
+    assert parse_gpu("nvidia-l4") == ("nvidia-l4", 1)
     with pytest.raises(InputError, match=r"^Bad --gpu 'T4:x': use TYPE:COUNT, e.g. --gpu nvidia-tesla-t4:1$"):
-        compute.parse_gpu("T4:x")
-    assert compute.builtin_gpus("g2-standard-8") == 1
-    assert compute.builtin_gpu("g2-standard-48") == ("nvidia-l4", 4)
-    assert compute.builtin_gpus("a2-highgpu-2g") == 2
-    assert compute.builtin_gpu("a3-ultragpu-8g") == ("nvidia-h200-141gb", 8)
-    assert compute.builtin_gpu("a4-highgpu-8g") == ("nvidia-b200", 8)
-    assert compute.builtin_gpus("n1-standard-8") == 0
+        parse_gpu("T4:x")
+    assert builtin_gpus("g2-standard-8") == 1
+    assert builtin_gpu("g2-standard-48") == ("nvidia-l4", 4)
+    assert builtin_gpus("a2-highgpu-2g") == 2
+    assert builtin_gpu("a3-ultragpu-8g") == ("nvidia-h200-141gb", 8)
+    assert builtin_gpu("a4-highgpu-8g") == ("nvidia-b200", 8)
+    assert builtin_gpus("n1-standard-8") == 0
 
 
 def test_capacity_reason_reads_http_errors_and_operations():
     from google.api_core import exceptions as gexc
     from google.cloud import compute_v1
 
-    from newsclf.cloud.compute import capacity_reason
+    from newsclf.cloud.compute.errors import capacity_reason
 
     quota = gexc.Forbidden("Quota 'GPUS' exceeded", errors=[{"reason": "quotaExceeded", "message": "x"}])
     denied = gexc.Forbidden("Required 'compute.instances.create' permission", errors=[{"reason": "forbidden"}])
@@ -63,7 +63,7 @@ def test_capacity_reason_reads_http_errors_and_operations():
 
 
 def test_prices_are_estimates():
-    from newsclf.cloud.prices import hourly_estimate
+    from newsclf.cloud.compute.prices import hourly_estimate
 
     assert hourly_estimate("n1-standard-8") == 0.38
     assert hourly_estimate("n1-standard-8", "nvidia-tesla-t4", 1) == pytest.approx(0.73)
@@ -72,7 +72,7 @@ def test_prices_are_estimates():
 
 
 def test_startup_script_is_packaged_and_shellcheck_clean():
-    from newsclf.cloud.compute import startup_script
+    from newsclf.cloud.compute.request import startup_script
 
     assert startup_script() == SCRIPT
     shellcheck = shutil.which("shellcheck")

@@ -15,7 +15,7 @@ CHOICES = (
 
 
 def test_label_value_keeps_run_ids_as_users_write_them_valid():
-    from newsclf.cloud.compute import label_value
+    from newsclf.cloud.compute.request import label_value
 
     assert label_value("My.Run_2") == "my-run_2"
     assert label_value("20261130-174500-ab12") == "20261130-174500-ab12"

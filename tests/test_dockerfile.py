@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from newsclf.cloud.build import DockerIgnore, source_files
+from newsclf.cloud.cloudbuild.ignore import DockerIgnore
+from newsclf.cloud.cloudbuild.source import source_files
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"

@@ -23,9 +23,9 @@ def _train_flags(tiny_model: Path, epochs: int = 2) -> list[str]:
 
 
 def _push_data(gcs, tiny_data: Path) -> None:
-    from newsclf.cloud import storage
+    from newsclf.cloud.storage.upload import upload_dir
 
-    storage.upload_dir(gcs, gcs.test_bucket, tiny_data, "data/processed/")
+    upload_dir(gcs, gcs.test_bucket, tiny_data, "data/processed/")
 
 
 def _names(gcs, prefix: str) -> set[str]:

@@ -296,7 +296,7 @@ def test_models_push_refuses_an_incomplete_run(cli, tiny_run, monkeypatch):
 
 
 def test_models_pull_refuses_a_run_changed_in_the_bucket(cli, gcs, tiny_run):
-    from newsclf.cloud.storage import push_run
+    from newsclf.cloud.storage.runs import push_run
 
     push_run(gcs, gcs.test_bucket, copy_run(tiny_run, Path("pushed")))
     gcs.bucket(gcs.test_bucket).blob(f"runs/{tiny_run.name}/model/tokenizer.json").upload_from_string(b"{}")

@@ -278,16 +278,17 @@ def test_startup_script_does_not_rerun_a_finished_run(cli, standin, sandbox):
     sandbox.wait_all()
     runs_before = [c for c in sandbox.docker_calls() if c["argv"][0] == "run"]
     # the VM boots again with the same run (a reboot, or someone starting it): nothing is re-run
-    from newsclf.cloud import compute
+    from newsclf.cloud.compute.clients import make_clients
+    from newsclf.cloud.compute.vm import get_vm, wait_status
     from newsclf.config import get_settings
 
-    clients = compute.make_clients(get_settings())
+    clients = make_clients(get_settings())
     op = clients.instances.start_unary(project=PROJECT, zone=ZONE, instance=VM)
     clients.operations.wait(project=PROJECT, zone=ZONE, operation=op.name)
     assert len(sandbox.procs) == 2
     sandbox.procs[-1].wait(timeout=30)
-    vm = compute.wait_status(
-        clients, PROJECT, compute.get_vm(clients, PROJECT, ZONE, VM), {"TERMINATED"}, poll_s=0.05, timeout_s=10
+    vm = wait_status(
+        clients, PROJECT, get_vm(clients, PROJECT, ZONE, VM), {"TERMINATED"}, poll_s=0.05, timeout_s=10
     )
     assert vm.status == "TERMINATED"
     assert [c for c in sandbox.docker_calls() if c["argv"][0] == "run"] == runs_before

@@ -227,7 +227,10 @@ def test_object_corrupted_in_bucket_is_detected_and_local_file_kept(cli, fs_gcs,
 
 
 def test_upload_never_overwrites_a_concurrent_change(gcs, tmp_path):
-    from newsclf.cloud.storage import ConflictError, TransferProgress, storage_client, upload_dir
+    from newsclf.cloud.storage.client import storage_client
+    from newsclf.cloud.storage.errors import ConflictError
+    from newsclf.cloud.storage.transfer import TransferProgress
+    from newsclf.cloud.storage.upload import upload_dir
 
     local = tmp_path / "d"
     local.mkdir()
@@ -249,7 +252,9 @@ def test_upload_never_overwrites_a_concurrent_change(gcs, tmp_path):
 
 
 def test_json_objects(gcs):
-    from newsclf.cloud.storage import ConflictError, read_json, storage_client, write_json
+    from newsclf.cloud.storage.client import storage_client
+    from newsclf.cloud.storage.errors import ConflictError
+    from newsclf.cloud.storage.objects import read_json, write_json
 
     bucket = storage_client().bucket(gcs.test_bucket)
     assert read_json(bucket, "runs/x/status.json") is None
@@ -268,7 +273,11 @@ def test_json_objects(gcs):
 
 
 def test_a_missing_object_is_not_a_missing_bucket(gcs):
-    from newsclf.cloud.storage import CloudError, ObjectNotFound, download_file, read_json, storage_client
+    from newsclf.cloud.storage.client import storage_client
+    from newsclf.cloud.storage.download import download_file
+    from newsclf.cloud.storage.errors import ObjectNotFound
+    from newsclf.cloud.storage.objects import read_json
+    from newsclf.errors import CloudError
 
     client = storage_client()
     assert read_json(client.bucket(gcs.test_bucket), "runs/X/status.json") is None
@@ -292,7 +301,7 @@ def _status_reads(p: FaultyProxy, run_id: str) -> int:
 
 def test_cloud_run_waits_out_a_first_boot_without_status(cli, standin, proxy):
     """A VM pulls its image for minutes before status.json exists: each poll's 404 is "not yet"."""
-    from newsclf.cloud.compute import FOLLOW_MAX_FAILURES
+    from newsclf.cloud.compute.follow import FOLLOW_MAX_FAILURES
 
     p = proxy()
     bucket = standin.gcs.bucket(standin.gcs.test_bucket)
@@ -333,7 +342,7 @@ def test_cloud_status_and_logs_of_a_run_without_status_yet(cli, standin):
 
 
 def test_cloud_run_that_loses_track_says_the_vm_runs_on(cli, standin, proxy):
-    from newsclf.cloud.compute import FOLLOW_MAX_FAILURES
+    from newsclf.cloud.compute.follow import FOLLOW_MAX_FAILURES
 
     standin.on_start = lambda server, inst: None
     proxy(Fault("status", methods=("GET",), path="status.json", status=403))  # every poll of the run fails
@@ -410,7 +419,8 @@ def test_models_push_list_pull_latest(cli, gcs, tmp_path):
     )
 
     # a run still training in the cloud: listed as incomplete, never picked as latest
-    from newsclf.cloud.storage import storage_client, write_json
+    from newsclf.cloud.storage.client import storage_client
+    from newsclf.cloud.storage.objects import write_json
 
     write_json(storage_client().bucket(gcs.test_bucket), "runs/20260109-000000-dddddd/run.json",
                {"run_id": "20260109-000000-dddddd", "created_at": "2026-01-09T00:00:00+00:00", "base_model": "x"})

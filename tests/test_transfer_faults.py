@@ -4,8 +4,8 @@ Each fault is either retried until the transfer completes byte-identical, or fai
 line, leaving nothing partial: no local file under its real name that is not whole (an unfinished
 download is a hidden `.NAME.<generation>.newsclf-part` that the next pull resumes), no object in the
 bucket that differs from its source, and no completeness marker (manifest.json, metrics.json) over
-an incomplete set. Retry deadlines and request timeouts are shortened here (storage.RETRY_DEADLINE_S,
-storage.REQUEST_TIMEOUT_S) so that the tests stay fast.
+an incomplete set. Retry deadlines and request timeouts are shortened here (newsclf/cloud/storage/retry.py's
+RETRY_DEADLINE_S and REQUEST_TIMEOUT_S) so that the tests stay fast.
 
 | fault                                     | where                                | outcome                                          | test                                                  |
 |-------------------------------------------|--------------------------------------|--------------------------------------------------|-------------------------------------------------------|
@@ -49,7 +49,11 @@ from pathlib import Path
 
 import pytest
 
-from newsclf.cloud import storage
+from newsclf.cloud.storage import retry
+from newsclf.cloud.storage.download import download_prefix
+from newsclf.cloud.storage.transfer import LARGE_FILE
+from newsclf.cloud.storage.upload import upload_dir
+from newsclf.errors import CloudError
 from tests.faulty_proxy import Fault, FaultyProxy, gcs_error
 from tests.gcs_emulator import free_port
 from tests.test_storage import (  # noqa: F401  (fixtures: big_source, proxy)
@@ -66,14 +70,14 @@ from tests.test_storage import (  # noqa: F401  (fixtures: big_source, proxy)
     tree,
 )
 
-LARGE = storage.LARGE_FILE + 1024 * 1024  # a resumable upload: one POST, then two PUT chunks
+LARGE = LARGE_FILE + 1024 * 1024  # a resumable upload: one POST, then two PUT chunks
 
 
 @pytest.fixture
 def quick(monkeypatch):
     """Short deadlines, so that waiting out a stall or an outage takes a second, not minutes."""
-    monkeypatch.setattr(storage, "REQUEST_TIMEOUT_S", 1.0)
-    monkeypatch.setattr(storage, "RETRY_DEADLINE_S", 20.0)
+    monkeypatch.setattr(retry, "REQUEST_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(retry, "RETRY_DEADLINE_S", 20.0)
 
 
 def local_tree(tmp_path: Path) -> Path:
@@ -201,9 +205,7 @@ def test_lost_response_of_create_only_upload_is_not_a_conflict(cli, gcs, proxy, 
 
 
 def test_persistent_outage_gives_up_after_the_deadline(cli, gcs, proxy, monkeypatch):
-    from newsclf.cloud import storage
-
-    monkeypatch.setattr(storage, "RETRY_DEADLINE_S", 2.0)
+    monkeypatch.setattr(retry, "RETRY_DEADLINE_S", 2.0)
     p = proxy(Fault("status", methods=None, status=503))
     started = time.monotonic()
     r = cli("models", "list")
@@ -380,9 +382,9 @@ def test_401_mid_transfer_refreshes_the_token_and_carries_on(gcs, proxy, tmp_pat
     )
     monkeypatch.delenv("STORAGE_EMULATOR_HOST")  # the client must use its credentials, not anonymous access
     client = oauth_client(p)
-    storage.upload_dir(client, gcs.test_bucket, raw, "data/raw/", workers=1)  # one at a time: tokens in order
+    upload_dir(client, gcs.test_bucket, raw, "data/raw/", workers=1)  # one at a time: tokens in order
     assert p.tokens_issued == 1
-    storage.download_prefix(client, gcs.test_bucket, "data/raw/", tmp_path / "copy", workers=1)
+    download_prefix(client, gcs.test_bucket, "data/raw/", tmp_path / "copy", workers=1)
     assert p.tokens_issued == 2
     assert bucket_tree(gcs) == tree(raw) == tree(tmp_path / "copy") and parts(tmp_path / "copy") == []
     rejected = [s for s in p.requests() if s.fault]
@@ -401,8 +403,8 @@ def test_401_with_a_failing_token_refresh_fails_cleanly(cli, gcs, proxy, tmp_pat
         token=True,
     )  # fmt: skip
     monkeypatch.delenv("STORAGE_EMULATOR_HOST")
-    with pytest.raises(storage.CloudError) as e:
-        storage.download_prefix(oauth_client(p), gcs.test_bucket, "data/raw/", tmp_path / "copy", workers=1)
+    with pytest.raises(CloudError) as e:
+        download_prefix(oauth_client(p), gcs.test_bucket, "data/raw/", tmp_path / "copy", workers=1)
     assert str(e.value) == REJECTED  # once, even when a queued file got going before the transfer stopped
     assert [s.target for s in p.requests("POST")] == ["/token"]  # one refresh tried, nothing retried after it
     copy = tmp_path / "copy"
@@ -413,8 +415,8 @@ def test_401_with_a_failing_token_refresh_fails_cleanly(cli, gcs, proxy, tmp_pat
     # a 401 that fresh tokens do not cure (the account was disabled): refreshed twice, then the answer
     p = proxy(Fault("status", methods=("GET",), path="alt=media", **UNAUTHORIZED), token=True)
     monkeypatch.delenv("STORAGE_EMULATOR_HOST")
-    with pytest.raises(storage.CloudError) as e:
-        storage.download_prefix(oauth_client(p), gcs.test_bucket, "data/raw/", tmp_path / "copy2", workers=1)
+    with pytest.raises(CloudError) as e:
+        download_prefix(oauth_client(p), gcs.test_bucket, "data/raw/", tmp_path / "copy2", workers=1)
     assert str(e.value) == REJECTED
     assert p.tokens_issued == 2  # google-auth refreshes twice, then gives up; no other file starts after that
     got = tree(tmp_path / "copy2")
@@ -426,7 +428,7 @@ def test_401_with_a_failing_token_refresh_fails_cleanly(cli, gcs, proxy, tmp_pat
 
 
 def test_connection_refused_gives_up_naming_the_endpoint(cli, gcs, monkeypatch, tmp_path):
-    monkeypatch.setattr(storage, "RETRY_DEADLINE_S", 1.0)
+    monkeypatch.setattr(retry, "RETRY_DEADLINE_S", 1.0)
     port = free_port()
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
     local_tree(tmp_path)

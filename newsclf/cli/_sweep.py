@@ -514,7 +514,8 @@ def cloud_run(
     import dataclasses
 
     from newsclf import sweep as sw
-    from newsclf.cloud import compute
+    from newsclf.cloud.compute.clients import make_clients
+    from newsclf.cloud.compute.lifecycle import start_run
     from newsclf.runs import new_run_id
 
     grid, metric = resolve_grid(spec, sweep_file, metric)
@@ -549,11 +550,11 @@ def cloud_run(
             train_args=[*base_args, *sweep_args, "--sweep-runs", sw.runs_arg(todo)],
         )  # fmt: skip
         from newsclf.cloud import layout
-        from newsclf.cloud.storage import write_json
+        from newsclf.cloud.storage.objects import write_json
 
         record = sw.job_record(job_run, sid, {t.trial: t.run_id for t in todo}, grid)
         write_json(client.bucket(bucket), layout.RunLayout(job_run).config, record)  # `models list`: a sweep job
-        started = compute.start_run(clients, project, job_req, store=store, poll_s=poll_s)
+        started = start_run(clients, project, job_req, store=store, poll_s=poll_s)
         vm = started.vm
         hourly = vm.hourly_usd
         _output.info(
@@ -599,7 +600,7 @@ def cloud_run(
         try:
             with view:
                 used = sw.run_cloud_parallel(
-                    lambda: compute.make_clients(settings), project, bucket, sweep, todo, make_request,
+                    lambda: make_clients(settings), project, bucket, sweep, todo, make_request,
                     vm_names=vm_names, poll_s=poll_s, keep_vm=req.keep_vm, on_event=on_event, stop=stop,
                 )  # fmt: skip
         except KeyboardInterrupt:
@@ -633,7 +634,7 @@ def _follow_sequential(clients: Any, project: str, vm: Any, job_run: str, store:
                        todo: list["Trial"], view: SweepView, poll_s: float) -> Any:  # fmt: skip
     """Follow the sweep job: its lines, and the trials' states from the bucket; None on Ctrl-C."""
     from newsclf import sweep as sw
-    from newsclf.cloud import compute
+    from newsclf.cloud.compute.follow import JobLine, Outcome, Tick, follow
 
     last = 0.0
 
@@ -653,14 +654,14 @@ def _follow_sequential(clients: Any, project: str, vm: Any, job_run: str, store:
 
     try:
         with view:
-            for event in compute.follow(clients, project, vm, job_run, store, poll_s=poll_s):
-                if isinstance(event, compute.JobLine):
+            for event in follow(clients, project, vm, job_run, store, poll_s=poll_s):
+                if isinstance(event, JobLine):
                     view.say(event.text)
-                elif isinstance(event, compute.Tick):
+                elif isinstance(event, Tick):
                     if time.monotonic() - last >= max(poll_s, 5.0) or last == 0.0:
                         last = time.monotonic()
                         refresh()
-                elif isinstance(event, compute.Outcome):
+                elif isinstance(event, Outcome):
                     refresh()
                     return event
     except KeyboardInterrupt:

@@ -19,7 +19,7 @@ def bucket_option() -> Any:
 
 def connect(bucket: str | None) -> tuple[Any, str, Any]:
     """(settings, bucket name, storage client) with --bucket applied over the settings."""
-    from newsclf.cloud.storage import require_bucket, storage_client
+    from newsclf.cloud.storage.client import require_bucket, storage_client
     from newsclf.config import get_settings
 
     settings = get_settings()
@@ -50,7 +50,7 @@ def transfer_progress() -> Iterator[Callable[[str], Any]]:
     """
     from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    from newsclf.cloud.storage import LARGE_FILE, TransferProgress
+    from newsclf.cloud.storage.transfer import LARGE_FILE, TransferProgress
 
     class RichProgress(TransferProgress):
         def __init__(self, progress: Any, label: str) -> None:

@@ -49,7 +49,7 @@ def build(
 
       newsclf cloud build --no-wait --json
     """
-    from newsclf.cloud.build import BuildFailedError, submit_build
+    from newsclf.cloud.cloudbuild.submit import BuildFailedError, submit_build
     from newsclf.config import get_settings
 
     settings = get_settings()
@@ -106,16 +106,19 @@ DETACH_HINT = "Re-attach: newsclf cloud logs {run} --follow · stop it: newsclf 
 
 
 def _compute(bucket: str | None = None, *, need_bucket: bool = True):  # -> (settings, project, clients, store)
-    from newsclf.cloud import compute
+    from newsclf.cloud.compute.clients import make_clients
+    from newsclf.cloud.compute.store import RunStore
+    from newsclf.cloud.storage.client import require_bucket
+    from newsclf.cloud.google.project import resolve_project
     from newsclf.config import get_settings
 
     settings = get_settings()
     if bucket:
         settings = settings.model_copy(update={"bucket": bucket})
-    project = compute.project_id(settings)
-    name = compute.require_bucket(settings) if need_bucket or settings.bucket else None
-    clients = compute.make_clients(settings)
-    store = compute.RunStore(clients.storage_client(), name) if name else None
+    project = resolve_project(settings, endpoint=settings.compute_api_endpoint)
+    name = require_bucket(settings) if need_bucket or settings.bucket else None
+    clients = make_clients(settings)
+    store = RunStore(clients.storage_client(), name) if name else None
     return settings, project, clients, store
 
 
@@ -142,7 +145,7 @@ def _follow_run(clients, project: str, vm, run_id: str, store, *, poll_s: float,
     """Stream the run's job lines (stdout or stderr) with a status line on a terminal; None on Ctrl-C."""
     import contextlib
 
-    from newsclf.cloud import compute
+    from newsclf.cloud.compute.follow import JobLine, Outcome, Tick, follow
 
     line_console = _output.stdout() if to_stdout else _output.stderr()
     show_lines = (to_stdout and not _output.state.json) or (not to_stdout and not _output.state.quiet)
@@ -152,18 +155,18 @@ def _follow_run(clients, project: str, vm, run_id: str, store, *, poll_s: float,
         live = status_console.status(f"Waiting for VM {vm.name}…", spinner="dots")
     try:
         with live if live is not None else contextlib.nullcontext():
-            for event in compute.follow(clients, project, vm, run_id, store, poll_s=poll_s):
-                if isinstance(event, compute.JobLine):
+            for event in follow(clients, project, vm, run_id, store, poll_s=poll_s):
+                if isinstance(event, JobLine):
                     lines.append(event.text)
                     if show_lines:
                         line_console.print(event.text, markup=False, emoji=False, highlight=False, soft_wrap=True)
                         line_console.file.flush()
-                elif isinstance(event, compute.Tick) and live is not None:
+                elif isinstance(event, Tick) and live is not None:
                     phase = f" · {event.phase}" if event.phase else ""
                     live.update(
                         f"VM {event.vm_status} · {_duration(event.elapsed_s)} · est. {_money(event.cost_usd)}{phase}"
                     )
-                elif isinstance(event, compute.Outcome):
+                elif isinstance(event, Outcome):
                     return event
     except KeyboardInterrupt:
         sys.stderr.write("\n")
@@ -176,11 +179,12 @@ VM_TAIL = 8  # the VM's own progress lines shown when it stopped without a final
 
 def _vm_tail(settings, project: str, clients, vm, run_id: str) -> tuple[list[str], str | None]:
     """The last `newsclf-vm` lines of a stopped VM's serial port for the run, and the likely cause they name."""
-    from newsclf.cloud import compute, iam
+    from newsclf.cloud import iam
+    from newsclf.cloud.compute.follow import SerialReader
     from newsclf.errors import NewsclfError
 
     try:
-        _, vm_lines = compute.SerialReader(clients, project, vm.zone, vm.name, run_id).read()
+        _, vm_lines = SerialReader(clients, project, vm.zone, vm.name, run_id).read()
     except Exception:  # a VM may not serve its serial port any more: show the usual message
         return [], None
     try:
@@ -193,10 +197,10 @@ def _vm_tail(settings, project: str, clients, vm, run_id: str) -> tuple[list[str
 def _explain_stop(outcome, settings, project: str, clients, vm) -> list[str] | None:
     """A run whose VM stopped without a final status: the VM's last lines, and the likely cause in place of
     "interrupted (spot preemption, ...)" when they name one."""
-    from newsclf.cloud import compute
+    from newsclf.cloud.compute.vm import DOWN_STATES
     from newsclf.runstate import RunState
 
-    if outcome.state != RunState.INTERRUPTED or outcome.vm_status not in compute.DOWN_STATES:
+    if outcome.state != RunState.INTERRUPTED or outcome.vm_status not in DOWN_STATES:
         return None
     vm_lines, cause = _vm_tail(settings, project, clients, vm, outcome.run_id)
     if cause:
@@ -259,7 +263,7 @@ def _check_train_options(args: list[str]) -> None:
     """Parse the options after `--` with the parser the VM's `newsclf job` uses: a typo, a bad value or
     a flag a job cannot take fails here (exit 2), before a VM is paid for."""
     from newsclf.cli._train_args import demo_requested, train_options
-    from newsclf.cloud.compute import RESERVED_TRAIN_ARGS
+    from newsclf.cloud.compute.request import RESERVED_TRAIN_ARGS
     from newsclf.errors import InputError
 
     if any(a.split("=", 1)[0] in RESERVED_TRAIN_ARGS for a in args):
@@ -287,7 +291,7 @@ def _check_train_options(args: list[str]) -> None:
 def _check_training_image(settings, image: str, version: str | None) -> None:
     """Find the image the VM will pull in Artifact Registry (built for newsclf `version`, unless
     --image/NEWSCLF_IMAGE names a tag): a missing image fails here, not on a paid VM."""
-    from newsclf.cloud.build import check_image
+    from newsclf.cloud.cloudbuild.image import check_image
 
     if not check_image(settings, image, version=version):
         _output.info(f"Image {image} is not in Artifact Registry: not checked before the VM pulls it")
@@ -356,7 +360,10 @@ def run(
 
       newsclf cloud run --sweep "lr=1e-5,2e-5 batch_size=16,32" --parallel 2 -- --epochs 2
     """
-    from newsclf.cloud import compute
+    from newsclf.cloud.compute.hardware import parse_gpu
+    from newsclf.cloud.compute.lifecycle import start_run
+    from newsclf.cloud.compute.request import RunRequest, check_max_hours
+    from newsclf.cloud.compute.store import run_state
     from newsclf.cloud.iam import vm_service_account
     from newsclf.errors import InputError
     from newsclf.runs import new_run_id
@@ -371,7 +378,7 @@ def run(
         _sweep.check_cloud_flags(sweeping=sweeping, parallel=parallel, resume=resume, detach=detach)
     _check_train_options(list(train_args or []))  # first: a typo needs no network to be found
     if max_hours is not None:
-        compute.check_max_hours(max_hours)
+        check_max_hours(max_hours)
     settings, project, clients, store = _compute(bucket)
     if image:
         settings = settings.model_copy(update={"image": image})
@@ -382,7 +389,7 @@ def run(
         )
     train = list(train_args or [])
     if resume:
-        state = compute.run_state(store, resume)
+        state = run_state(store, resume)
         if state in FINAL:
             raise InputError(f"Run {resume} already {state}: nothing to resume (start a new one without --resume)")
         if not train:
@@ -401,17 +408,17 @@ def run(
         if settings.wandb_api_key is None:
             raise InputError("--wandb-key-in-metadata needs a W&B key: set WANDB_API_KEY")
         wandb_key = settings.wandb_api_key.get_secret_value()
-    from newsclf.cloud.build import run_image
+    from newsclf.cloud.cloudbuild.image import run_image
 
     image_ref, image_version = run_image(settings, project)
-    req = compute.RunRequest(
+    req = RunRequest(
         run_id=resume or new_run_id(),
         bucket=store.bucket,
         image=image_ref,
         vm_name=settings.vm_name,
         zone=zone or settings.zone,
         machine_type=machine_type or settings.machine_type,
-        gpu=compute.parse_gpu(gpu),
+        gpu=parse_gpu(gpu),
         spot=bool(spot),
         disk_gb=disk_gb if disk_gb is not None else settings.disk_gb,
         max_hours=max_hours if max_hours is not None else settings.max_hours,
@@ -432,7 +439,7 @@ def run(
         _sweep.cloud_run(settings, project, clients, store, req, spec=sweep, sweep_file=sweep_file, metric=metric,
                          parallel=parallel, detach=detach, poll_s=poll_interval)  # fmt: skip
         return
-    started = compute.start_run(clients, project, req, store=store, poll_s=poll_interval)
+    started = start_run(clients, project, req, store=store, poll_s=poll_interval)
     vm = started.vm
     hourly = vm.hourly_usd
     _output.info(
@@ -534,21 +541,23 @@ def logs(
 
       newsclf cloud logs 20261127-071500-1a2b3c
     """
-    from newsclf.cloud import compute
+    from newsclf.cloud.compute.follow import run_log, serial_snapshot
+    from newsclf.cloud.compute.store import FINAL_RUN_STATES, run_state
+    from newsclf.cloud.compute.vm import ACTIVE_STATES, find_vm
     from newsclf.errors import InputError
 
     settings, project, clients, store = _compute(bucket)
-    vm = compute.find_vm(clients, project, settings.vm_name)
+    vm = find_vm(clients, project, settings.vm_name)
     run_id = run or (vm.run_id if vm else None)
     if not run_id:
         raise InputError(
             f"No run given and no VM {settings.vm_name}: pass a run id (list them with `newsclf models list`)"
         )
-    state = compute.run_state(store, run_id)
+    state = run_state(store, run_id)
     extra: dict = {}  # a stopped VM's last lines and their likely cause
     live = (
-        vm is not None and vm.run_id == run_id and vm.status in compute.ACTIVE_STATES
-        and state not in compute.FINAL_RUN_STATES
+        vm is not None and vm.run_id == run_id and vm.status in ACTIVE_STATES
+        and state not in FINAL_RUN_STATES
     )
     if live and follow:
         lines: list[str] = []
@@ -559,15 +568,15 @@ def logs(
         _finish_run(outcome, lines=lines, vm_lines=_explain_stop(outcome, settings, project, clients, vm))
         return
     if live:
-        lines = compute.serial_snapshot(clients, project, vm, run_id)
+        lines = serial_snapshot(clients, project, vm, run_id)
         source = "serial"
         _output.info(f"Run {run_id} is still running on VM {vm.name}: add --follow to keep watching")
     else:
-        lines = compute.run_log(store, run_id)
+        lines = run_log(store, run_id)
         source = "bucket"
         stopped = (
-            vm is not None and vm.run_id == run_id and vm.status not in compute.ACTIVE_STATES
-            and state not in compute.FINAL_RUN_STATES
+            vm is not None and vm.run_id == run_id and vm.status not in ACTIVE_STATES
+            and state not in FINAL_RUN_STATES
         )
         if stopped and vm is not None:  # without a final status: what the VM said last may be all there is
             vm_lines, cause = _vm_tail(settings, project, clients, vm, run_id)
@@ -615,19 +624,20 @@ def stop(
 
       newsclf cloud stop --sweep sweep-1a2b3c4d --delete
     """
-    from newsclf.cloud import compute
+    from newsclf.cloud.compute.lifecycle import stop_vm
+    from newsclf.cloud.compute.vm import DOWN_STATES, find_vm
     from newsclf.cloud.fleet import is_busy
 
     settings, project, clients, store = _compute(need_bucket=False)
     if sweep is not None:
         _stop_sweep(settings, project, clients, store, sweep, delete=delete, yes=yes, poll_s=poll_interval)
         return
-    vm = compute.find_vm(clients, project, settings.vm_name)
+    vm = find_vm(clients, project, settings.vm_name)
     if vm is None:
         data = {"vm": settings.vm_name, "zone": None, "before": None, "after": None, "deleted": False}
         _output.emit(data, lambda c: c.print(f"No VM {settings.vm_name} in project {project}: nothing to stop", highlight=False))
         return
-    if vm.status in compute.DOWN_STATES and not delete:
+    if vm.status in DOWN_STATES and not delete:
         data = {"vm": vm.name, "zone": vm.zone, "before": vm.status, "after": vm.status, "deleted": False}
         _output.emit(data, lambda c: c.print(f"VM {vm.name} ({vm.zone}) is already stopped", highlight=False))
         return
@@ -637,7 +647,7 @@ def stop(
         if busy:
             what += f", interrupting run {vm.run_id}"
         _confirm(what)
-    result = compute.stop_vm(clients, project, vm, delete=delete, poll_s=poll_interval)
+    result = stop_vm(clients, project, vm, delete=delete, poll_s=poll_interval)
     data = {"vm": result.name, "zone": result.zone, "before": result.before, "after": result.after, "deleted": result.deleted}
 
     def render(console) -> None:
@@ -655,25 +665,28 @@ def _stop_sweep(settings, project: str, clients, store, sweep_id: str, *, delete
     """`cloud stop --sweep ID`: stop (or delete) every VM labelled with the sweep, all at once."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from newsclf.cloud import compute
+    from newsclf.cloud.compute.clients import make_clients
+    from newsclf.cloud.compute.lifecycle import StopResult, stop_vm
+    from newsclf.cloud.compute.store import FINAL_RUN_STATES, RunStore, run_state
+    from newsclf.cloud.compute.vm import ACTIVE_STATES, DOWN_STATES, list_vms
 
-    vms = [vm for vm in compute.list_vms(clients, project) if vm.sweep_id == sweep_id]
+    vms = [vm for vm in list_vms(clients, project) if vm.sweep_id == sweep_id]
     if not vms:
         data = {"sweep_id": sweep_id, "vms": []}
         _output.emit(data, lambda c: c.print(f"No VMs of sweep {sweep_id} in project {project}: nothing to stop", highlight=False))
         return
     busy = []
     for vm in vms:
-        if vm.status in compute.ACTIVE_STATES and vm.run_id:
+        if vm.status in ACTIVE_STATES and vm.run_id:
             run_store = store if store is not None and (vm.bucket in (None, store.bucket)) else None
             if run_store is None and vm.bucket:
-                run_store = compute.RunStore(clients.storage_client(), vm.bucket)
+                run_store = RunStore(clients.storage_client(), vm.bucket)
             try:
-                if compute.run_state(run_store, vm.run_id) not in compute.FINAL_RUN_STATES:
+                if run_state(run_store, vm.run_id) not in FINAL_RUN_STATES:
                     busy.append(vm)
             except Exception:  # no bucket access: assume the worst and ask
                 busy.append(vm)
-    todo = [vm for vm in vms if delete or vm.status not in compute.DOWN_STATES]
+    todo = [vm for vm in vms if delete or vm.status not in DOWN_STATES]
     if (busy or delete) and todo and not yes:
         what = f"{'Delete' if delete else 'Stop'} {len(todo)} VMs of sweep {sweep_id}"
         if busy:
@@ -682,8 +695,8 @@ def _stop_sweep(settings, project: str, clients, store, sweep_id: str, *, delete
 
     def one(vm):
         if vm not in todo:
-            return compute.StopResult(vm.name, vm.zone, vm.status, vm.status)
-        return compute.stop_vm(compute.make_clients(settings), project, vm, delete=delete, poll_s=poll_s)
+            return StopResult(vm.name, vm.zone, vm.status, vm.status)
+        return stop_vm(make_clients(settings), project, vm, delete=delete, poll_s=poll_s)
 
     with ThreadPoolExecutor(max_workers=min(8, len(vms))) as pool:
         results = list(pool.map(one, vms))
@@ -738,7 +751,7 @@ def setup(
 
       newsclf cloud setup --no-create --json
     """
-    from newsclf.cloud.setup import run_setup
+    from newsclf.cloud.setup.run import run_setup
     from newsclf.config import get_settings
 
     settings = get_settings()

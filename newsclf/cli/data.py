@@ -142,7 +142,7 @@ def push(
     """
     from newsclf.cli._transfer import connect, summary_line, transfer_progress
     from newsclf.cloud import layout
-    from newsclf.cloud.storage import upload_dir
+    from newsclf.cloud.storage.upload import upload_dir
     from newsclf.config import get_settings
     from newsclf.data import MANIFEST, check_processed
     from newsclf.errors import InputError
@@ -199,7 +199,8 @@ def pull(
     """
     from newsclf.cli._transfer import connect, summary_line, transfer_progress
     from newsclf.cloud import layout
-    from newsclf.cloud.storage import download_prefix, list_objects
+    from newsclf.cloud.storage.client import list_objects
+    from newsclf.cloud.storage.download import download_prefix
     from newsclf.data import MANIFEST
     from newsclf.errors import CloudError
 

@@ -32,7 +32,7 @@ def list_(
 
     Example:  newsclf models list --sweep sweep-1a2b3c4d
     """
-    from newsclf.cloud.storage import list_runs
+    from newsclf.cloud.storage.runs import list_runs
 
     if metric is not None and sweep is None:
         raise typer.BadParameter("--metric ranks a sweep's trials: use it with --sweep SWEEP_ID")
@@ -94,7 +94,7 @@ def pull(
 
     Example:  newsclf models pull latest
     """
-    from newsclf.cloud.storage import pull_run
+    from newsclf.cloud.storage.runs import pull_run
 
     settings, name, client = connect(bucket)
     models_dir = dest if dest is not None else settings.models_dir
@@ -131,7 +131,7 @@ def push(
 
     Example:  newsclf models push latest
     """
-    from newsclf.cloud.storage import check_pushable, push_run
+    from newsclf.cloud.storage.runs import check_pushable, push_run
     from newsclf.config import get_settings
     from newsclf.runs import resolve_run
 

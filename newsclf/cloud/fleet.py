@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from newsclf.cloud.prices import HOURS_PER_MONTH, disk_hourly
+from newsclf.cloud.compute.prices import HOURS_PER_MONTH, disk_hourly
+from newsclf.cloud.compute.vm import ACTIVE_STATES
 from newsclf.runstate import FINAL
 
 if TYPE_CHECKING:
-    from newsclf.cloud.compute import VM, Clients, RunStore
+    from newsclf.cloud.compute.clients import Clients
+    from newsclf.cloud.compute.store import RunStore
+    from newsclf.cloud.compute.vm import VM
 
 COSTS_NOTE = "estimates from a built-in price table, not a bill"
 
@@ -23,8 +26,6 @@ class Fleet:
 
     def stopped_disks(self) -> tuple[float, int] | None:
         """(est. USD a month, GB) the stopped VMs' boot disks bill until deleted, or None when none do."""
-        from newsclf.cloud.compute import ACTIVE_STATES
-
         stopped = [r for r in self.vms if r["state"] not in ACTIVE_STATES and r["est_disk_usd_per_month"]]
         if not stopped:
             return None
@@ -37,8 +38,6 @@ class Fleet:
 def vm_costs(vm: "VM") -> dict[str, Any]:
     """A VM's cost fields: running, its machine, GPUs and disk bill; stopped, only its boot disk does,
     but that until the VM is deleted, so a stopped VM is never shown as free."""
-    from newsclf.cloud.compute import ACTIVE_STATES
-
     uptime = vm.uptime_s()
     running = vm.hourly_usd
     disk = disk_hourly(vm.disk_gb)  # `cloud run` creates pd-balanced boot disks
@@ -53,7 +52,7 @@ def vm_costs(vm: "VM") -> dict[str, Any]:
 
 def _store_for(clients: "Clients", store: "RunStore | None", vm: "VM") -> "RunStore | None":
     """Where the VM's run keeps its status: the VM's own bucket (its metadata), else `store`'s."""
-    from newsclf.cloud.compute import RunStore
+    from newsclf.cloud.compute.store import RunStore
 
     if store is not None and vm.bucket in (None, store.bucket):
         return store
@@ -62,15 +61,16 @@ def _store_for(clients: "Clients", store: "RunStore | None", vm: "VM") -> "RunSt
 
 def fleet_status(clients: "Clients", project: str, store: "RunStore | None", zone: str | None = None) -> Fleet:
     """newsclf's VMs in `project` (or one zone), each with its run's state from the bucket."""
-    from newsclf.cloud import compute
+    from newsclf.cloud.compute.store import run_state
+    from newsclf.cloud.compute.vm import list_vms
     from newsclf.errors import CloudError
 
     rows, warnings = [], []
-    for vm in compute.list_vms(clients, project, zone):
-        run_state = None
+    for vm in list_vms(clients, project, zone):
+        state = None
         if vm.run_id and (vm.bucket or store is not None):
             try:
-                run_state = compute.run_state(_store_for(clients, store, vm), vm.run_id)
+                state = run_state(_store_for(clients, store, vm), vm.run_id)
             except CloudError as e:
                 warnings.append(f"Cannot read the state of run {vm.run_id}: {e}")
         rows.append(
@@ -84,7 +84,7 @@ def fleet_status(clients: "Clients", project: str, store: "RunStore | None", zon
                 "spot": vm.spot,
                 **vm_costs(vm),
                 "run_id": vm.run_id,
-                "run_state": run_state,
+                "run_state": state,
                 "sweep_id": vm.sweep_id,
             }
         )
@@ -94,19 +94,19 @@ def fleet_status(clients: "Clients", project: str, store: "RunStore | None", zon
         if r["sweep_id"]:
             group = sweeps.setdefault(r["sweep_id"], {"vms": [], "active": 0})
             group["vms"].append(r["name"])
-            group["active"] += r["state"] in compute.ACTIVE_STATES
+            group["active"] += r["state"] in ACTIVE_STATES
     return Fleet(project, rows, sweeps, warnings)
 
 
 def is_busy(clients: "Clients", store: "RunStore | None", vm: "VM") -> bool:
     """Whether stopping `vm` would interrupt a run: it is up with a run whose status.json is not final.
     A status that cannot be read counts as busy (assume the worst, and ask)."""
-    from newsclf.cloud import compute
+    from newsclf.cloud.compute.store import run_state
 
-    if vm.status not in compute.ACTIVE_STATES or not vm.run_id:
+    if vm.status not in ACTIVE_STATES or not vm.run_id:
         return False
     try:
-        return compute.run_state(_store_for(clients, store, vm), vm.run_id) not in FINAL
+        return run_state(_store_for(clients, store, vm), vm.run_id) not in FINAL
     except Exception:  # no bucket access
         return True
 
@@ -114,9 +114,10 @@ def is_busy(clients: "Clients", store: "RunStore | None", vm: "VM") -> bool:
 def train_args_of(clients: "Clients", project: str, vm_name: str, run_id: str) -> list[str]:
     """The train options run `run_id` was started with, from its VM's metadata (`cloud run --resume`
     without options); empty when the VM is gone or has moved on to another run."""
-    from newsclf.cloud import compute
+    from newsclf.cloud.compute.labels import META_TRAIN_ARGS
+    from newsclf.cloud.compute.vm import find_vm
 
-    vm = compute.find_vm(clients, project, vm_name)
+    vm = find_vm(clients, project, vm_name)
     if vm is None or vm.run_id != run_id:
         return []
-    return [a for a in vm.metadata.get(compute.META_TRAIN_ARGS, "").split("\n") if a]
+    return [a for a in vm.metadata.get(META_TRAIN_ARGS, "").split("\n") if a]

@@ -67,7 +67,11 @@ class IamClient:
     def __init__(self, settings: Settings, credentials: Any = None, *, timeout: float = 60.0) -> None:
         from google.auth.transport.requests import AuthorizedSession
 
-        from newsclf.cloud.build import is_local_endpoint
+        from newsclf.cloud.google.credentials import (
+            CLOUD_PLATFORM_SCOPE,
+            default_credentials,
+        )
+        from newsclf.cloud.google.endpoints import is_local_endpoint
 
         endpoint = settings.iam_api_endpoint
         if is_local_endpoint(endpoint):
@@ -75,9 +79,7 @@ class IamClient:
 
             credentials = AnonymousCredentials()
         elif credentials is None:
-            import google.auth
-
-            credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+            credentials, _ = default_credentials([CLOUD_PLATFORM_SCOPE])
         self.base = (endpoint or IAM_API).rstrip("/")
         self.session = AuthorizedSession(credentials)
         self.timeout = timeout
