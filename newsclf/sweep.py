@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from newsclf.errors import InputError
+from newsclf.runstate import RunState, now
 
 if TYPE_CHECKING:
     from newsclf.train import TrainOptions
@@ -73,14 +74,16 @@ RUNTIME_ONLY = ("models_dir", "wandb", "wandb_offline", "wandb_project", "wandb_
 METRICS: dict[str, str] = {"macro_f1": "max", "accuracy": "max", "precision": "max", "recall": "max", "loss": "min"}
 DEFAULT_METRIC = "macro_f1"
 
-PENDING, RUNNING, SUCCEEDED, FAILED, INTERRUPTED = "pending", "running", "succeeded", "failed", "interrupted"
+# one set of run states for runs, jobs and trials (newsclf.runstate)
+PENDING, RUNNING, SUCCEEDED, FAILED, INTERRUPTED = (RunState.PENDING, RunState.RUNNING, RunState.SUCCEEDED,
+                                                    RunState.FAILED, RunState.INTERRUPTED)
 STATUSES = (PENDING, RUNNING, SUCCEEDED, FAILED, INTERRUPTED)
 
 _ID_RE = re.compile(r"^[a-z][a-z0-9_-]{0,40}$")  # also a Compute Engine label value
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return now()  # status.json's format (newsclf.runstate), also for trials
 
 
 def _created_now() -> str:
@@ -706,7 +709,7 @@ def _trial_from_run(run: Any, status: dict[str, Any] | None) -> Trial | None:
     return t
 
 
-_PREFERENCE = {SUCCEEDED: 3, RUNNING: 2, INTERRUPTED: 1, PENDING: 1, FAILED: 0}
+_PREFERENCE: dict[str, int] = {SUCCEEDED: 3, RUNNING: 2, INTERRUPTED: 1, PENDING: 1, FAILED: 0}
 
 
 def remote_trials(client: Any, bucket: str, sweep_id: str) -> tuple[list[Trial], dict[str, Any] | None]:
@@ -845,10 +848,11 @@ def run_sweep_job(
     """
 
     from newsclf.cloud import layout
-    from newsclf.cloud.storage.objects import read_json, write_json
+    from newsclf.cloud.storage.objects import read_json
     from newsclf.job import FAILED as JOB_FAILED
     from newsclf.job import SUCCEEDED as JOB_SUCCEEDED
     from newsclf.job import run_job, running_status
+    from newsclf.runstate import write_status
 
     by_index = {t.trial: t for t in sweep.trials}
     todo = [by_index[i] for i in sorted(runs)]
@@ -865,7 +869,7 @@ def run_sweep_job(
             RUN_SWEEP_ID: sweep.sweep_id,
             "trials": {t.run_id: PENDING for t in todo},
         }
-        write_json(b, lay.status, status)
+        write_status(b, job_run_id, status)
     for t in todo:
         assert t.run_id is not None
         t.status, t.started_at, t.t0 = RUNNING, _now(), time.monotonic()
@@ -885,7 +889,7 @@ def run_sweep_job(
             on_change(sweep, t)
         if not single:
             status["trials"][t.run_id] = t.status
-            write_json(b, lay.status, status)
+            write_status(b, job_run_id, status)
             shutil.rmtree(Path(workdir) / "models" / t.run_id, ignore_errors=True)  # it is in the bucket now
     failed = [t for t in todo if t.status == FAILED]
     code = 1 if todo and len(failed) == len(todo) else 0
@@ -896,7 +900,7 @@ def run_sweep_job(
             finished_at=_now(),
             error=f"all {len(todo)} trials failed; first: {failed[0].error}" if code else None,
         )
-        write_json(b, lay.status, status)
+        write_status(b, job_run_id, status)
     return code
 
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.compute_standin import sandbox, standin  # noqa: F401  (fixtures)
+from tests.compute_standin import sandbox, serial_reads, standin, wait_until  # noqa: F401  (fixtures)
 from tests.tiny_model import tiny_data, tiny_model  # noqa: F401  (fixtures)
 
 VM = "newsclf-train"
@@ -151,10 +151,10 @@ def test_ctrl_c_detaches_and_the_same_command_reattaches(cli, standin):
     args = ("--json", "cloud", "run", "--sweep", "lr=0.1,0.2,0.3", "--parallel", "2", *POLL)
 
     def ctrl_c_once_both_vms_run() -> None:
-        deadline = time.time() + 30
-        while len(fake.started) < 2 and time.time() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.3)  # the jobs are running and being followed
+        wait_until(lambda: len(fake.started) == 2, what="both VMs started")
+        names = [vm for vm, _ in fake.started]
+        # the jobs are running and being followed: each VM's serial port read twice
+        wait_until(lambda: all(serial_reads(standin, vm) >= 2 for vm in names), what="both jobs being followed")
         _thread.interrupt_main()
 
     threading.Thread(target=ctrl_c_once_both_vms_run, daemon=True).start()
@@ -170,11 +170,11 @@ def test_ctrl_c_detaches_and_the_same_command_reattaches(cli, standin):
     # again: the two running trials are followed where they run (not started twice), then the third
     lists = len(standin.calls("GET", "/aggregated/instances"))
 
+    reads = {vm: serial_reads(standin, vm) for vm, _ in fake.started}
+
     def release_once_reattached() -> None:
-        deadline = time.time() + 30
-        while len(standin.calls("GET", "/aggregated/instances")) == lists and time.time() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.3)
+        wait_until(lambda: len(standin.calls("GET", "/aggregated/instances")) > lists, what="the sweep listed again")
+        wait_until(lambda: all(serial_reads(standin, vm) > n for vm, n in reads.items()), what="both jobs followed again")
         hold.set()
 
     threading.Thread(target=release_once_reattached, daemon=True).start()
