@@ -228,13 +228,7 @@ def third_party_imports() -> dict[str, set[str]]:
 
 # Imported directly, but installed only because a declared dependency requires them (listed with it):
 # to be declared in pyproject.toml (needs the integrator: dependencies are theirs to change), then dropped here.
-ARRIVES_WITH = {
-    "google-api-core": "google-cloud-storage",
-    "google-auth": "google-cloud-storage",
-    "protobuf": "google-cloud-build",
-    "huggingface-hub": "transformers",
-    "pydantic": "pydantic-settings",
-}
+ARRIVES_WITH: dict[str, str] = {}  # distribution imported directly -> the declared one that brings it
 
 
 def _requires(dist: str) -> set[str]:
