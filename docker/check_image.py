@@ -52,7 +52,7 @@ def missing_libraries(site: Path | None = None) -> list[str]:
 
 def train_briefly(problems: list[str]) -> None:
     """One short epoch of the packaged model on the built-in demo corpus (CPU, seconds), as a job trains."""
-    from newsclf.data import prepare_demo
+    from newsclf.demo import prepare_demo
     from newsclf.train import TrainOptions, run_training
 
     with tempfile.TemporaryDirectory() as tmp:

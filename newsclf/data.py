@@ -755,9 +755,3 @@ def _prepare(
     log.debug("Prepared %d articles into %s", len(kept), out_dir)
     return PrepareResult(out_dir, manifest, hashlib.sha256(manifest_bytes).hexdigest())
 
-
-def prepare_demo(out_dir: Path, *, seed: int = 42, force: bool = False) -> PrepareResult:
-    """Prepare the built-in demo corpus (newsclf.demo: generated, offline, seconds) into out_dir."""
-    from newsclf.demo import demo_source
-
-    return prepare_dataset(demo_source(), out_dir, seed=seed, force=force)

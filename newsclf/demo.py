@@ -16,7 +16,9 @@ import random
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from newsclf.data import Source
+    from pathlib import Path
+
+    from newsclf.data import PrepareResult, Source
 
 DEMO_VERSION = "1"  # bump when the templates change: the corpus (and its sha256) changes with it
 DEMO_SEED = 20240611  # the corpus is fixed; --seed only changes how it is split
@@ -266,3 +268,10 @@ def demo_source() -> "Source":
         articles=articles,
         description={"name": "newsclf-demo", "version": DEMO_VERSION, "sha256": digest, "rows": len(articles)},
     )
+
+
+def prepare_demo(out_dir: "Path", *, seed: int = 42, force: bool = False) -> "PrepareResult":
+    """Prepare the built-in demo corpus (generated, offline, seconds) into out_dir."""
+    from newsclf.data import prepare_dataset
+
+    return prepare_dataset(demo_source(), out_dir, seed=seed, force=force)

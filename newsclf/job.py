@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from newsclf.cloud import layout
 from newsclf.errors import InputError, NewsclfError
+from newsclf.runstate import RunState, finish, running_status, write_status
 
 if TYPE_CHECKING:
     from google.cloud.storage import Bucket, Client
@@ -29,13 +28,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RUNNING, SUCCEEDED, FAILED, INTERRUPTED = "running", "succeeded", "failed", "interrupted"
-FINAL_STATES = (SUCCEEDED, FAILED)  # an interrupted run is not final: the next start resumes it
+# the states and status.json schema live in newsclf.runstate; these names stay for the sweep code
+RUNNING, SUCCEEDED, FAILED, INTERRUPTED = RunState.RUNNING, RunState.SUCCEEDED, RunState.FAILED, RunState.INTERRUPTED
 SIGTERM_GRACE_S = 20.0  # a preempted VM gets ~30 s: the step in flight, a checkpoint and its upload fit in this
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 @dataclass
@@ -47,20 +42,6 @@ class JobResult:
     resumed_from: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-
-
-def running_status(run_id: str, previous: dict[str, Any]) -> dict[str, Any]:
-    """The status.json of an attempt that starts now (`previous`: the status it replaces, or {})."""
-    return {
-        "run_id": run_id,
-        "state": RUNNING,
-        "exit_code": None,
-        "started_at": _now(),
-        "finished_at": None,
-        "attempt": int(previous.get("attempt") or 0) + 1,
-        "host": socket.gethostname(),
-        "error": None,
-    }
 
 
 # the training image sets these (its default model ships inside it); a named Hub model needs them off
@@ -318,7 +299,7 @@ def _interrupted_status(e: BaseException, bucket_name: str, lay: layout.RunLayou
 
     how = "SIGTERM (the VM stopping, or `docker stop`)" if isinstance(e, Terminated) else "interrupted"
     return {
-        "state": INTERRUPTED,
+        "state": RunState.INTERRUPTED,
         "exit_code": 143 if isinstance(e, Terminated) else 130,
         "error": f"{how}: it resumes from {layout.uri(bucket_name, lay.checkpoints)} when the job starts again",
     }
@@ -340,7 +321,7 @@ def run_job(
         once they all exited and raises when they failed.
     Never raises for a training failure: it is recorded in status.json and returned (exit_code 1).
     """
-    from newsclf.cloud.storage.objects import read_json, write_json
+    from newsclf.cloud.storage.objects import read_json
     from newsclf.train import run_training
 
     lay = layout.RunLayout(run_id)
@@ -351,7 +332,7 @@ def run_job(
         return JobResult(run_id, SUCCEEDED, 0, skipped=True, metrics=previous.get("metrics") or {})
 
     status = running_status(run_id, previous)
-    write_json(bucket, lay.status, status)
+    write_status(bucket, run_id, status)
     resumed_from = None
     try:
         workdir = Path(workdir)
@@ -378,19 +359,20 @@ def run_job(
     except BaseException as e:
         interrupted = isinstance(e, (KeyboardInterrupt, SystemExit))
         message = "interrupted" if interrupted else (str(e) or type(e).__name__).splitlines()[0]
-        status.update(state=FAILED, exit_code=130 if interrupted else 1, finished_at=_now(), error=message)
         if interrupted:  # not a failure: the next start of the job (the VM's next boot) resumes it
-            status.update(_interrupted_status(e, bucket_name, lay))
+            finish(status, **_interrupted_status(e, bucket_name, lay))
+        else:
+            finish(status, RunState.FAILED, 1, message)
         try:
-            write_json(bucket, lay.status, status)
+            write_status(bucket, run_id, status)
         except Exception as write_error:  # the original failure matters more
             log.warning("Could not record the failure in status.json: %s", write_error)
         if interrupted:
             raise
         return JobResult(run_id, FAILED, 1, resumed_from=resumed_from, error=message)
     summary = {k: metrics.get(k) for k in ("best_validation", "test")}
-    status.update(state=SUCCEEDED, exit_code=0, finished_at=_now(), metrics=summary)
-    write_json(bucket, lay.status, status)
+    finish(status, RunState.SUCCEEDED, 0, metrics=summary)
+    write_status(bucket, run_id, status)
     return JobResult(run_id, SUCCEEDED, 0, resumed_from=resumed_from, metrics=metrics)
 
 

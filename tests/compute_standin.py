@@ -987,6 +987,21 @@ class FakeVM:
             standin.shutdown(inst.zone, inst.name)
 
 
+def wait_until(condition, timeout: float = 30.0, what: str = "the condition") -> None:
+    """Poll `condition` until it holds: for tests that act on an event (a request seen, a line written),
+    never after a fixed sleep that a loaded machine outlasts."""
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def serial_reads(standin, vm: str | None = None) -> int:
+    """How often the CLI has read a VM's serial port: it is following that VM's run once this grows."""
+    return len(standin.calls("GET", f"/instances/{vm or '[^/]+'}/serialPort"))
+
+
 def insert_bodies(standin):
     return [r.body for r in standin.calls("POST", r"/zones/[^/]+/instances$")]
 

@@ -7,27 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-HEAVY = ("torch", "transformers", "datasets", "google.cloud", "wandb", "pydantic_settings")
-
-
-@pytest.mark.parametrize(
-    "args", [["--help"], ["data", "--help"], ["config", "--help"], ["--version"]]
-)
-def test_help_imports_nothing_heavy(args):
-    code = (
-        "import sys\n"
-        "from newsclf.cli import main\n"
-        f"rc = main({args!r})\n"
-        f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r} or m.startswith('google.cloud'))\n"
-        "print('HEAVY=' + ','.join(heavy))\n"
-        "sys.exit(rc)\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "HEAVY="
-
 
 def test_version(cli):
     from newsclf import __version__

@@ -11,6 +11,8 @@ from tests.batch_standin import ThreadTask, batch  # noqa: F401  (fixtures)
 from tests.compute_standin import standin  # noqa: F401  (fixtures)
 
 POLL = ("--poll-interval", "0.05")
+
+
 def _image() -> str:
     from newsclf import __version__
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from newsclf.runstate import problems
 from tests.tiny_model import tiny_data, tiny_model  # noqa: F401  (fixtures)
 
 RUN = "20261127-120000-abc123"
@@ -49,7 +50,7 @@ def test_job_trains_publishes_and_model_predicts(cli, gcs, tiny_data, tiny_model
     assert any(n.startswith(f"runs/{RUN}/checkpoints/checkpoint-") for n in names)
     status = _status(gcs)
     assert status["state"] == "succeeded" and status["exit_code"] == 0 and status["error"] is None
-    assert status["started_at"] <= status["finished_at"]
+    assert status["started_at"] <= status["finished_at"] and problems(status) == []
     metrics = json.loads(gcs.bucket(gcs.test_bucket).blob(f"runs/{RUN}/metrics.json").download_as_bytes())
     assert len(metrics["validation"]) == 2 and "macro_f1" in metrics["test"]
 
@@ -76,6 +77,7 @@ def test_job_without_data_records_failure(cli, gcs, tiny_model, tmp_path):
     status = _status(gcs)
     assert status["state"] == "failed" and status["exit_code"] == 1
     assert status["error"].startswith(f"No dataset in gs://{gcs.test_bucket}/data/")
+    assert problems(status) == []  # the one status.json schema (newsclf/runstate.py)
     assert f"runs/{RUN}/metrics.json" not in _names(gcs, f"runs/{RUN}/")
 
 

@@ -36,22 +36,6 @@ def the_run(models: Path = Path("models")) -> Path:
     return runs[0]
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
-def test_help_imports_nothing_heavy(command):
-    code = (
-        "import sys\n"
-        "from newsclf.cli import main\n"
-        f"rc = main([{command!r}, '--help'])\n"
-        "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'datasets', 'wandb', 'numpy')]\n"
-        "print('HEAVY=' + ','.join(sorted(heavy)))\n"
-        "sys.exit(rc)\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert "Example" in proc.stdout
-    assert proc.stdout.strip().splitlines()[-1] == "HEAVY="
-
-
 def test_train_writes_a_complete_run(cli, tiny_data, tiny_model, monkeypatch):
     monkeypatch.setenv("NEWSCLF_EPOCHS", "5")  # the flag below wins
     monkeypatch.setenv("NEWSCLF_PATIENCE", "3")  # no flag: the environment wins over the default

@@ -198,8 +198,9 @@ def _explain_stop(outcome, settings, project: str, clients, vm) -> list[str] | N
     """A run whose VM stopped without a final status: the VM's last lines, and the likely cause in place of
     "interrupted (spot preemption, ...)" when they name one."""
     from newsclf.cloud.compute.vm import DOWN_STATES
+    from newsclf.runstate import RunState
 
-    if outcome.state != "interrupted" or outcome.vm_status not in DOWN_STATES:
+    if outcome.state != RunState.INTERRUPTED or outcome.vm_status not in DOWN_STATES:
         return None
     vm_lines, cause = _vm_tail(settings, project, clients, vm, outcome.run_id)
     if cause:
@@ -209,6 +210,8 @@ def _explain_stop(outcome, settings, project: str, clients, vm) -> list[str] | N
 
 def _finish_run(outcome, *, lines: list[str] | None = None, vm_lines: list[str] | None = None) -> None:
     """Show how the run ended and exit with the job's code."""
+    from newsclf.runstate import RunState
+
     data = outcome.to_dict()
     if lines is not None:
         data["lines"] = lines
@@ -229,12 +232,12 @@ def _finish_run(outcome, *, lines: list[str] | None = None, vm_lines: list[str] 
             console.print(f"Last lines of VM {outcome.vm_name}:", highlight=False)
             for line in vm_lines:
                 console.print(f"  {line}", markup=False, emoji=False, highlight=False, soft_wrap=True)
-        if outcome.state != "succeeded":
+        if outcome.state != RunState.SUCCEEDED:
             console.print(f"Log     newsclf cloud logs {outcome.run_id}", highlight=False)
 
     message = f"run {outcome.run_id} {outcome.state}: {outcome.error}"
     _output.emit(data, render, exit_code=outcome.exit_code, errors=[message] if outcome.exit_code else None)
-    if outcome.state == "succeeded" and outcome.vm_status not in (None, "TERMINATED", "STOPPED", "SUSPENDED"):
+    if outcome.state == RunState.SUCCEEDED and outcome.vm_status not in (None, "TERMINATED", "STOPPED", "SUSPENDED"):
         _output.info(f"VM {outcome.vm_name} is still {outcome.vm_status}: stop it with `newsclf cloud stop`")
     if outcome.exit_code:
         _output.emit_error(message, outcome.exit_code)  # the `Error:` line on stderr
@@ -259,8 +262,7 @@ def _detached(run_id: str, vm, *, interrupted: bool) -> None:
 def _check_train_options(args: list[str]) -> None:
     """Parse the options after `--` with the parser the VM's `newsclf job` uses: a typo, a bad value or
     a flag a job cannot take fails here (exit 2), before a VM is paid for."""
-    from newsclf.cli import app as root
-    from newsclf.cli.job import _train_options
+    from newsclf.cli._train_args import demo_requested, train_options
     from newsclf.cloud.compute.request import RESERVED_TRAIN_ARGS
     from newsclf.errors import InputError
 
@@ -271,11 +273,10 @@ def _check_train_options(args: list[str]) -> None:
     def refuse(message: str) -> Exception:
         return usage_error(f"Train options after `--`: {message}")  # exit 2, as for the command's own flags
 
-    train_cmd = typer.main.get_command(root).commands["train"]  # type: ignore[attr-defined]
     try:
-        demo = train_cmd.make_context("newsclf job", list(args)).params.get("demo")
+        demo = demo_requested(args)
         if not demo:
-            _train_options(args).validate()
+            train_options(args).validate()
     except usage_error as e:  # no such option, a bad or missing value, a flag a job cannot take
         raise refuse(e.format_message()) from None  # type: ignore[attr-defined]
     except InputError as e:  # out of range, as the job would find it on the VM
@@ -361,18 +362,17 @@ def run(
       newsclf cloud run --sweep "lr=1e-5,2e-5 batch_size=16,32" --parallel 2 -- --epochs 2
     """
     from newsclf.cloud.compute.hardware import parse_gpu
-    from newsclf.cloud.compute.labels import META_TRAIN_ARGS
     from newsclf.cloud.compute.lifecycle import start_run
     from newsclf.cloud.compute.request import RunRequest, check_max_hours
-    from newsclf.cloud.compute.store import FINAL_RUN_STATES, run_state
-    from newsclf.cloud.compute.vm import find_vm
+    from newsclf.cloud.compute.store import run_state
     from newsclf.cloud.iam import vm_service_account
     from newsclf.errors import InputError
     from newsclf.runs import new_run_id
+    from newsclf.runstate import FINAL
 
     sweeping = sweep is not None or sweep_file is not None
     if sweeping or parallel is not None or metric is not None:
-        from newsclf.cli import _sweep
+        from newsclf.cli import _cloud_sweep as _sweep
 
         if metric is not None and not sweeping:
             raise typer.BadParameter("--metric picks a sweep's objective: use it with --sweep or --sweep-file")
@@ -405,12 +405,12 @@ def run(
     train = list(train_args or [])
     if resume:
         state = run_state(store, resume)
-        if state in FINAL_RUN_STATES:
+        if state in FINAL:
             raise InputError(f"Run {resume} already {state}: nothing to resume (start a new one without --resume)")
         if not train:
-            vm = find_vm(clients, project, settings.vm_name)
-            if vm is not None and vm.run_id == resume:
-                train = [a for a in vm.metadata.get(META_TRAIN_ARGS, "").split("\n") if a]
+            from newsclf.cloud.fleet import train_args_of
+
+            train = train_args_of(clients, project, settings.vm_name, resume)
     explicit = frozenset(
         name
         for name, value in (
@@ -468,33 +468,12 @@ def run(
     _finish_run(outcome, vm_lines=_explain_stop(outcome, settings, project, clients, vm))
 
 
-def _vm_costs(vm) -> dict:
-    """A VM's cost fields for `cloud status`: running, its machine, GPUs and disk bill; stopped, only
-    its boot disk does, but that until the VM is deleted, so a stopped VM is never shown as free."""
-    from newsclf.cloud.compute.vm import ACTIVE_STATES
-    from newsclf.cloud.compute.prices import HOURS_PER_MONTH, disk_hourly
-
-    uptime = vm.uptime_s()
-    running = vm.hourly_usd
-    disk = disk_hourly(vm.disk_gb)  # `cloud run` creates pd-balanced boot disks
-    return {
-        "uptime_s": round(uptime),
-        "est_usd_per_hour": running if vm.status in ACTIVE_STATES else disk,
-        "est_usd_so_far": round(running * uptime / 3600, 4) if running is not None else None,
-        "disk_gb": vm.disk_gb,
-        "est_disk_usd_per_month": round(disk * HOURS_PER_MONTH, 2) if disk is not None else None,
-    }
-
-
-def _disk_note(console, rows: list[dict]) -> None:
+def _disk_note(console, fleet) -> None:
     """Under the table: what the stopped VMs' disks cost, and how to stop paying for them."""
-    from newsclf.cloud.compute.vm import ACTIVE_STATES
-
-    stopped = [r for r in rows if r["state"] not in ACTIVE_STATES and r["est_disk_usd_per_month"]]
-    if not stopped:
+    stopped = fleet.stopped_disks()
+    if stopped is None:
         return
-    monthly = sum(r["est_disk_usd_per_month"] for r in stopped)
-    disks = sum(r["disk_gb"] for r in stopped)
+    monthly, disks = stopped
     console.print(
         f"Stopped VMs still bill for their disks: est. {_money(monthly)}/month for {disks} GB; "
         "`newsclf cloud stop --delete` deletes a VM with its disk.",
@@ -517,50 +496,18 @@ def status(
 
       newsclf cloud status --json
     """
-    from newsclf.cloud.compute.store import RunStore, run_state as compute_run_state
-    from newsclf.cloud.compute.vm import ACTIVE_STATES, list_vms
-    from newsclf.errors import CloudError
+    from newsclf.cloud.fleet import fleet_status
 
     settings, project, clients, store = _compute(need_bucket=False)
-    vms = list_vms(clients, project, zone)
-    rows = []
-    for vm in vms:
-        run_state = None
-        if vm.run_id and (vm.bucket or store is not None):
-            try:
-                vm_store = store if store is not None and store.bucket == vm.bucket else RunStore(
-                    clients.storage_client(), vm.bucket or store.bucket
-                )
-                run_state = compute_run_state(vm_store, vm.run_id)
-            except CloudError as e:
-                _output.warn(f"Cannot read the state of run {vm.run_id}: {e}")
-        rows.append(
-            {
-                "name": vm.name,
-                "zone": vm.zone,
-                "state": vm.status,
-                "machine_type": vm.machine_type,
-                "gpus": vm.gpus,
-                "gpu_type": vm.gpu_type,
-                "spot": vm.spot,
-                **_vm_costs(vm),
-                "run_id": vm.run_id,
-                "run_state": run_state,
-                "sweep_id": vm.sweep_id,
-            }
-        )
-    rows.sort(key=lambda r: (r["sweep_id"] or "", r["name"], r["zone"]))  # a sweep's VMs together
-    sweeps: dict[str, dict] = {}
-    for r in rows:
-        if r["sweep_id"]:
-            group = sweeps.setdefault(r["sweep_id"], {"vms": [], "active": 0})
-            group["vms"].append(r["name"])
-            group["active"] += r["state"] in ACTIVE_STATES
-    from newsclf.cli import _sweep
+    fleet = fleet_status(clients, project, store, zone)
+    for warning in fleet.warnings:
+        _output.warn(warning)
+    rows, sweeps = fleet.vms, fleet.sweeps
+    data = fleet.as_dict()
+    from newsclf.cli import _cloud_sweep as _sweep
 
     sweep_jobs = _sweep.status_jobs(settings, project)
-    data = {"project": project, "vms": rows, "sweeps": sweeps, "sweep_jobs": sweep_jobs,
-            "costs": "estimates from a built-in price table, not a bill"}  # fmt: skip
+    data["sweep_jobs"] = sweep_jobs
 
     def render(console) -> None:
         if sweep_jobs:
@@ -589,7 +536,7 @@ def status(
                 *([r["sweep_id"] or "-"] if sweeps else []),
             )
         console.print(table)
-        _disk_note(console, rows)
+        _disk_note(console, fleet)
         console.print("Costs are estimates from a built-in price table, not a bill.", style="dim", highlight=False)
 
     _output.emit(data, render)
@@ -698,12 +645,11 @@ def stop(
       newsclf cloud stop --sweep sweep-1a2b3c4d --yes
     """
     from newsclf.cloud.compute.lifecycle import stop_vm
-    from newsclf.cloud.compute.store import FINAL_RUN_STATES, RunStore, run_state
-    from newsclf.cloud.compute.vm import ACTIVE_STATES, DOWN_STATES, find_vm
-    from newsclf.errors import InputError
+    from newsclf.cloud.compute.vm import DOWN_STATES, find_vm
+    from newsclf.cloud.fleet import is_busy
 
     if sweep is not None:  # the sweep's Batch job: Batch deletes its VMs
-        from newsclf.cli import _sweep
+        from newsclf.cli import _cloud_sweep as _sweep
 
         if delete:
             raise typer.BadParameter("a sweep's VMs belong to its Batch job and go with it: drop --delete")
@@ -719,14 +665,7 @@ def stop(
         data = {"vm": vm.name, "zone": vm.zone, "before": vm.status, "after": vm.status, "deleted": False}
         _output.emit(data, lambda c: c.print(f"VM {vm.name} ({vm.zone}) is already stopped", highlight=False))
         return
-    busy = False
-    if vm.status in ACTIVE_STATES and vm.run_id:
-        if store is None and vm.bucket:
-            store = RunStore(clients.storage_client(), vm.bucket)
-        try:
-            busy = run_state(store, vm.run_id) not in FINAL_RUN_STATES
-        except Exception:  # no bucket access: assume the worst and ask
-            busy = True
+    busy = is_busy(clients, store, vm)
     if (busy or delete) and not yes:
         what = f"{'Delete' if delete else 'Stop'} VM {vm.name} ({vm.zone})"
         if busy:

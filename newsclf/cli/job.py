@@ -12,46 +12,10 @@ from typing import Any, Optional
 import typer
 
 from newsclf.cli import _output
+from newsclf.cli._train_args import requested_processes as _requested_processes
+from newsclf.cli._train_args import train_options as _train_options
 from newsclf.cli._transfer import bucket_option
 from newsclf.errors import NewsclfError
-
-# train flags that make no sense inside the job (data and run dir come from the bucket)
-NOT_IN_JOB = ("data", "demo", "resume", "run", "run_id")
-SWEEP_FLAGS = ("sweep", "sweep_file", "metric", "sweep_id")  # a job runs one trial: the plan picks it
-
-
-def _train_options(args: list[str]) -> Any:
-    """TrainOptions from `newsclf train` flags, parsed by the train command itself (one definition)."""
-    from newsclf.cli import app
-    from newsclf.config import get_settings
-    from newsclf.train import TrainOptions
-
-    train_cmd = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
-    ctx = train_cmd.make_context("newsclf job", list(args))
-    params = ctx.params
-    defaults = {p.name: p.default for p in train_cmd.params}
-    swept = [f"--{k.replace('_', '-')}" for k in SWEEP_FLAGS if params.get(k) is not None]
-    if swept:
-        raise typer.BadParameter(f"{', '.join(swept)} after `--`: give the sweep to `newsclf cloud run` itself, before `--`")
-    bad = [f"--{k.replace('_', '-')}" for k in NOT_IN_JOB if params.get(k) != defaults.get(k)]
-    if bad:
-        raise typer.BadParameter(f"{', '.join(bad)} cannot be used in a job: the job takes data and run from the bucket")
-    names = {f.name for f in dataclasses.fields(TrainOptions)}
-    overrides = {k: v for k, v in params.items() if k in names and v not in (None, False)}
-    if params.get("model"):
-        overrides["base_model"] = params["model"]
-    return TrainOptions.from_settings(get_settings(), **overrides)
-
-
-def _requested_processes(args: list[str]) -> int | None:
-    """--num-processes N among the train options, or None when not given."""
-    from newsclf.cli import app
-
-    train_cmd = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
-    ctx = train_cmd.make_context("newsclf job", list(args))
-    source = ctx.get_parameter_source("num_processes")
-    return int(ctx.params["num_processes"]) if source is not None and source.name == "COMMANDLINE" else None
-
 
 def _gpu_count(options: Any) -> int:
     from newsclf.train import use_cuda
@@ -123,7 +87,7 @@ def job(
     if sweep_plan is not None:  # a task of a cloud sweep's Batch job: the plan names run and options
         if run_id is not None or ctx.args:
             raise typer.BadParameter("the sweep plan names the run and its options: drop --run-id and the train options")
-        from newsclf.cli import _sweep
+        from newsclf.cli import _cloud_sweep as _sweep
 
         _, name, client = connect(bucket)
         _sweep.job_trial(client, name, sweep_plan, workdir)
@@ -146,10 +110,10 @@ def job(
     else:  # every GPU of the VM unless told otherwise: one process would leave the others idle
         processes = requested or max(1, _gpu_count(options))
     _, name, client = connect(bucket)
-    from newsclf.cli.train import _progress_callback, _quiet_libraries
+    from newsclf.cli._progress import progress_callback, quiet_libraries
 
-    _quiet_libraries()
-    callbacks = () if (_output.state.quiet or _output.state.json) else (_progress_callback(),)
+    quiet_libraries()
+    callbacks = () if (_output.state.quiet or _output.state.json) else (progress_callback(),)
     if worker:
         try:
             train_worker(client, name, run_id, options, workdir, callbacks=callbacks)

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
 from newsclf.cli import _output
+# cli/_sweep.py imports _progress_callback and _quiet_libraries from here (until the Batch sweep rework)
+from newsclf.cli._progress import fmt as _fmt
+from newsclf.cli._progress import progress_callback as _progress_callback
+from newsclf.cli._progress import quiet_libraries as _quiet_libraries
 from newsclf.errors import InputError, NewsclfError
 
 SPLITS = ("train", "validation", "test")
@@ -27,123 +29,8 @@ INFERENCE_PRECISION_HELP = ("Number format of the weights (default: NEWSCLF_PREC
                             "on older ones, bf16 on CPUs with AMX, else fp32; fp32 scores do not depend on batching).")
 
 
-def _quiet_libraries() -> None:
-    """transformers/datasets chatter (load reports, tqdm bars) off unless --debug."""
-    if _output.state.debug:
-        return
-    import datasets
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-
-
 def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-# -- progress --------------------------------------------------------------------------------------
-
-
-def _progress_callback() -> Any:
-    """A TrainerCallback: a rich bar on a terminal, plain log lines otherwise (rank 0 only)."""
-    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-    from transformers import TrainerCallback
-
-    class Progress(TrainerCallback):
-        def __init__(self) -> None:
-            self.stack = ExitStack()
-            self.bar: Any = None
-            self.task: Any = None
-            self.loss: float | None = None
-            self.t0 = 0.0
-            self.step0 = 0
-            self.last_line = 0.0
-
-        def close(self) -> None:
-            self.stack.close()
-            self.bar = None
-
-        def _sps(self, args: Any, state: Any) -> float:
-            elapsed = time.perf_counter() - self.t0
-            batch = args.train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
-            return (state.global_step - self.step0) * batch / elapsed if elapsed > 0 else 0.0
-
-        def _epoch(self, args: Any, state: Any) -> str:
-            current = max(1, math.ceil((state.epoch or 0) - 1e-9))
-            return f"epoch {current}/{math.ceil(args.num_train_epochs)}"
-
-        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
-            if not state.is_world_process_zero:
-                return
-            self.t0, self.step0 = time.perf_counter(), state.global_step
-            if _output.show_progress():
-                self.bar = self.stack.enter_context(
-                    _output.progress(
-                        TextColumn("{task.description}"),
-                        BarColumn(),
-                        TextColumn("step {task.completed}/{task.total}"),
-                        TextColumn("loss {task.fields[loss]}"),
-                        TextColumn("{task.fields[sps]} samples/s"),
-                        TimeElapsedColumn(),
-                        TextColumn("ETA"),
-                        TimeRemainingColumn(),
-                    )
-                )
-                self.task = self.bar.add_task(
-                    self._epoch(args, state), total=state.max_steps, completed=state.global_step, loss="-", sps="-"
-                )
-            else:
-                start = f" from step {state.global_step}" if state.global_step else ""
-                _output.info(f"Training {state.max_steps} steps ({args.num_train_epochs:g} epochs){start}")
-
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-            if self.bar is not None:
-                self.bar.update(
-                    self.task,
-                    completed=state.global_step,
-                    description=self._epoch(args, state),
-                    loss=_fmt(self.loss),
-                    sps=f"{self._sps(args, state):.1f}",
-                )
-
-        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
-            if not state.is_world_process_zero or not logs or "loss" not in logs:
-                return
-            self.loss = float(logs["loss"])
-            if self.bar is None:
-                sps = self._sps(args, state)
-                left = state.max_steps - state.global_step
-                steps_per_s = sps / max(1, args.train_batch_size * max(1, args.world_size))
-                eta = f"{left / steps_per_s:.0f}s" if steps_per_s > 0 else "?"
-                _output.info(
-                    f"{self._epoch(args, state)}  step {state.global_step}/{state.max_steps}  "
-                    f"loss {self.loss:.4f}  {sps:.1f} samples/s  ETA {eta}"
-                )
-
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001
-            if not state.is_world_process_zero or not metrics:
-                return
-            prefix = "test" if any(k.startswith("test_") for k in metrics) else "eval"
-            name = "test" if prefix == "test" else f"epoch {state.epoch:g} validation"
-            line = (
-                f"{name}: accuracy {_fmt(metrics.get(f'{prefix}_accuracy'))}  "
-                f"macro-F1 {_fmt(metrics.get(f'{prefix}_macro_f1'))}  loss {_fmt(metrics.get(f'{prefix}_loss'))}"
-            )
-            if self.bar is not None:
-                self.bar.console.print(line, highlight=False)
-            else:
-                _output.info(line)
-
-        def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
-            self.close()
-
-    return Progress()
 
 
 # -- rendering -------------------------------------------------------------------------------------
@@ -326,9 +213,7 @@ def train(
         from newsclf.cli import _sweep
 
         if _sweep.is_local_sweep(Path(settings.models_dir), run):  # `--resume SWEEP_ID`
-            given = [f"--{k.replace('_', '-')}" for k in RUN_FLAGS if ctx_flags[k] is not None]
-            if given:
-                raise typer.BadParameter(f"{', '.join(given)} cannot change a sweep being resumed: drop them")
+            _refuse_run_flags(ctx_flags, "a sweep being resumed")
             _sweep.resume_sweep(Path(settings.models_dir), run, metric=metric, cpu=cpu, wandb_offline=wandb_offline,
                                 wandb=wandb or settings.wandb_api_key is not None)  # fmt: skip
             return
@@ -339,50 +224,15 @@ def train(
         _output.state.quiet = True
         _output.state.emitted = True  # only rank 0 prints a result
 
-    from newsclf.train import DEMO_OVERRIDES, TrainOptions, resolve_resume, run_training
-
     resume_dir: Path | None = None
     if resume and not sweeping:
-        given = [f"--{k.replace('_', '-')}" for k in RUN_FLAGS if ctx_flags[k] is not None]
-        if given:
-            raise typer.BadParameter(f"{', '.join(given)} cannot change a run being resumed: drop them")
-        resume_dir = resolve_resume(Path(settings.models_dir), run)
-        options = TrainOptions.from_run_config(resume_dir)
-        options.wandb = options.wandb or wandb or settings.wandb_api_key is not None
-        options.wandb_offline, options.cpu = wandb_offline, cpu
-        if precision is not None:
-            options.precision = precision
-            options.validate()
+        _refuse_run_flags(ctx_flags, "a run being resumed")
+        options, resume_dir = _resumed_options(settings, run, wandb=wandb, wandb_offline=wandb_offline, cpu=cpu,
+                                               precision=precision)  # fmt: skip
         run_dir = resume_dir
     else:
-        overrides: dict[str, Any] = {}
-        if demo:
-            from newsclf.data import check_processed
-
-            demo_dir = Path(settings.data_dir) / "demo"
-            try:
-                check_processed(demo_dir)
-            except InputError:
-                from newsclf.data import prepare_demo
-
-                _output.info(f"Preparing the built-in demo corpus into {demo_dir}")
-                prepare_demo(demo_dir, seed=seed if seed is not None else settings.seed, force=demo_dir.exists())
-            overrides.update(DEMO_OVERRIDES, data_dir=demo_dir)
-        flags = {k: v for k, v in ctx_flags.items() if k not in ("data", "demo", "model") and v is not None}
-        overrides.update(flags)
-        if data is not None:
-            overrides["data_dir"] = data
-        if model is not None:
-            overrides["base_model"] = model
-        if wandb or wandb_offline:
-            overrides["wandb"] = wandb
-        options = TrainOptions.from_settings(settings, **overrides, wandb_offline=wandb_offline, cpu=cpu,
-                                             precision=precision)
-        options.validate()
-        if not demo:
-            from newsclf.data import check_processed
-
-            check_processed(options.data_dir)
+        options = _new_run_options(settings, ctx_flags, wandb=wandb, wandb_offline=wandb_offline, cpu=cpu,
+                                   precision=precision)  # fmt: skip
         run_dir = Path(options.models_dir) / (run_id or new_run_id(str(options)))
 
     if sweeping:
@@ -395,10 +245,76 @@ def train(
     if num_processes > 1 and not child:
         _launch(options, run_dir.name, resume_dir, num_processes)
         return
+    _train_here(options, run_dir, resume_dir)
+
+
+def _refuse_run_flags(ctx_flags: dict[str, Any], what: str) -> None:
+    """Flags that define a run cannot change one that exists."""
+    given = [f"--{k.replace('_', '-')}" for k in RUN_FLAGS if ctx_flags[k] is not None]
+    if given:
+        raise typer.BadParameter(f"{', '.join(given)} cannot change {what}: drop them")
+
+
+def _resumed_options(settings: Any, run: str | None, *, wandb: bool, wandb_offline: bool, cpu: bool,
+                     precision: str | None) -> tuple[Any, Path]:  # fmt: skip
+    """`--resume [RUN]`: the run's own options (from its run_config.json) and its directory."""
+    from newsclf.train import TrainOptions, resolve_resume
+
+    resume_dir = resolve_resume(Path(settings.models_dir), run)
+    options = TrainOptions.from_run_config(resume_dir)
+    options.wandb = options.wandb or wandb or settings.wandb_api_key is not None
+    options.wandb_offline, options.cpu = wandb_offline, cpu
+    if precision is not None:
+        options.precision = precision
+        options.validate()
+    return options, resume_dir
+
+
+def _demo_data(settings: Any, seed: int | None) -> Path:
+    """The built-in demo corpus, prepared under DATA_DIR/demo the first time."""
+    from newsclf.data import check_processed
+
+    demo_dir = Path(settings.data_dir) / "demo"
+    try:
+        check_processed(demo_dir)
+    except InputError:
+        from newsclf.demo import prepare_demo
+
+        _output.info(f"Preparing the built-in demo corpus into {demo_dir}")
+        prepare_demo(demo_dir, seed=seed if seed is not None else settings.seed, force=demo_dir.exists())
+    return demo_dir
+
+
+def _new_run_options(settings: Any, ctx_flags: dict[str, Any], *, wandb: bool, wandb_offline: bool, cpu: bool,
+                     precision: str | None) -> Any:  # fmt: skip
+    """A new run's options: flag > environment > .env > default, on a dataset that is there."""
+    from newsclf.data import check_processed
+    from newsclf.train import DEMO_OVERRIDES, TrainOptions
+
+    overrides: dict[str, Any] = {}
+    if ctx_flags["demo"]:
+        overrides.update(DEMO_OVERRIDES, data_dir=_demo_data(settings, ctx_flags["seed"]))
+    overrides.update({k: v for k, v in ctx_flags.items() if k not in ("data", "demo", "model") and v is not None})
+    if ctx_flags["data"] is not None:
+        overrides["data_dir"] = ctx_flags["data"]
+    if ctx_flags["model"] is not None:
+        overrides["base_model"] = ctx_flags["model"]
+    if wandb or wandb_offline:
+        overrides["wandb"] = wandb
+    options = TrainOptions.from_settings(settings, **overrides, wandb_offline=wandb_offline, cpu=cpu,
+                                         precision=precision)  # fmt: skip
+    options.validate()
+    if not ctx_flags["demo"]:
+        check_processed(options.data_dir)
+    return options
+
+
+def _train_here(options: Any, run_dir: Path, resume_dir: Path | None) -> None:
+    """Train in this process (one of several under torch.distributed.run, or the only one); rank 0 shows the result."""
+    from newsclf.precision import resolve_precision
+    from newsclf.train import run_training, use_cuda
 
     _quiet_libraries()
-    from newsclf.train import resolve_precision, use_cuda
-
     resolve_precision(options.precision, use_cuda(options))  # a precision this machine lacks fails before the run
     callbacks = [] if (_output.state.quiet or _output.state.json) else [_progress_callback()]
     _output.info(f"Run {run_dir.name}: training {options.base_model or 'the packaged all-MiniLM-L6-v2'} on {options.data_dir}")

@@ -25,7 +25,7 @@ MIN_DRIVER=580  # the image's torch is a CUDA 13 build (uv.lock); CUDA 13 needs 
 
 RUN_ID="?"
 KEEP_VM=false  # until the metadata says otherwise
-STARTED_AT="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+STARTED_AT="$(date -u +%Y-%m-%dT%H:%M:%SZ)"  # newsclf/runstate.py TIMESTAMP_FORMAT
 LOG_NAME="vm-$(date -u +%Y%m%dT%H%M%SZ).log"
 LOG="$WORK/$LOG_NAME"
 SETTLED=0   # 1 once the run's outcome is in the bucket (or there is nothing to do)
@@ -108,15 +108,21 @@ write_failed() {  # write_failed EXIT_CODE ERROR: a final status.json, unless th
   local prev
   prev="$(run_status)"
   case "$(printf '%s' "$prev" | json_field state)" in succeeded | failed) return 0 ;; esac
-  printf '%s' "$prev" | python3 -c 'import datetime, json, sys
+  # newsclf/runstate.py's schema and timestamp format (tests/test_runstate.py checks this document)
+  printf '%s' "$prev" | python3 -c 'import json, socket, sys, time
 try:
     prev = json.load(sys.stdin)
 except ValueError:
     prev = {}
-now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-print(json.dumps({"state": "failed", "exit_code": int(sys.argv[1]),
-                  "started_at": prev.get("started_at") or sys.argv[3], "finished_at": now,
-                  "error": sys.argv[2]}))' "$1" "$2" "$STARTED_AT" >"$WORK/status.json"
+prev = prev if isinstance(prev, dict) else {}
+code, error, run_id, boot = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+this_boot = str(prev.get("started_at") or "") >= boot  # the job started this attempt: it is the same one
+attempt = int(prev.get("attempt") or 0) + (0 if this_boot else 1)
+print(json.dumps({"run_id": run_id, "state": "failed", "exit_code": code,
+                  "started_at": prev.get("started_at") if this_boot else boot,
+                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "attempt": max(attempt, 1), "host": socket.gethostname(), "error": error}))' \
+    "$1" "$2" "$RUN_ID" "$STARTED_AT" >"$WORK/status.json"
   gcs_put "$WORK/status.json" "runs/$RUN_ID/status.json" application/json
 }
 

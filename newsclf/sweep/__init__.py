@@ -27,6 +27,7 @@ from newsclf.sweep.cloud import (  # noqa: F401
     plan_remote,
     read_plan_tasks,
     read_task,
+    upload_task_log,
     remote_sweep,
     remote_trials,
     start_cloud_sweep,

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from newsclf.errors import InputError
@@ -76,7 +77,7 @@ def _trial_from_run(run: Any, status: dict[str, Any] | None) -> Trial | None:
     return t
 
 
-_PREFERENCE = {SUCCEEDED: 3, RUNNING: 2, INTERRUPTED: 1, PENDING: 1, FAILED: 0}
+_PREFERENCE: dict[str, int] = {SUCCEEDED: 3, RUNNING: 2, INTERRUPTED: 1, PENDING: 1, FAILED: 0}
 
 
 def remote_trials(client: Any, bucket: str, sweep_id: str) -> tuple[list[Trial], dict[str, Any] | None]:
@@ -235,6 +236,15 @@ def read_task(client: Any, bucket: str, plan: str, index: int) -> PlannedTask:
               for k, v in entry["params"].items()}  # fmt: skip
     trial = Trial(int(entry.get("trial") or index + 1), params, run_id=run_id)
     return PlannedTask(str(doc.get("sweep_id")), trial, [str(a) for a in doc.get("train_args") or []], index, len(tasks))
+
+
+def upload_task_log(client: Any, bucket: str, run_id: str, path: Path) -> str:
+    """A task's own log to runs/<run-id>/logs/<file name> (what `cloud logs RUN` prints); returns the object."""
+    from newsclf.cloud import layout
+
+    name = layout.RunLayout(run_id).logs + path.name
+    client.bucket(bucket).blob(name).upload_from_filename(str(path), content_type="text/plain")
+    return name
 
 
 # -- cloud sweeps on Batch: submit, follow from the bucket ---------------------------------------------

@@ -8,16 +8,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from newsclf.runstate import RunState, now
 from newsclf.sweep.grid import DEFAULT_METRIC, METRICS, Grid
 
 SUMMARY_VERSION = 1
 
-PENDING, RUNNING, SUCCEEDED, FAILED, INTERRUPTED = "pending", "running", "succeeded", "failed", "interrupted"
+# one set of run states for runs, jobs and trials (newsclf.runstate)
+PENDING, RUNNING, SUCCEEDED, FAILED, INTERRUPTED = (RunState.PENDING, RunState.RUNNING, RunState.SUCCEEDED,
+                                                    RunState.FAILED, RunState.INTERRUPTED)
 STATUSES = (PENDING, RUNNING, SUCCEEDED, FAILED, INTERRUPTED)
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return now()  # status.json's format (newsclf.runstate), also for trials
 
 
 def _created_now() -> str:

@@ -15,6 +15,7 @@ from newsclf.cloud.compute.store import FINAL_RUN_STATES, RunStore
 from newsclf.cloud.compute.vm import DOWN_STATES, VM, get_vm
 from newsclf.cloud.google.errors import short
 from newsclf.errors import CloudError
+from newsclf.runstate import RunState
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class SerialReader:
 
 
 def _exit_code(status: dict | None) -> int:
-    if not status or status.get("state") == "succeeded":
+    if not status or status.get("state") == RunState.SUCCEEDED:
         return 0 if status else 1
     code = status.get("exit_code")
     return code if isinstance(code, int) and 0 < code < 256 else 1
@@ -175,7 +176,7 @@ def follow(
     final = bool(status and status.get("state") in FINAL_RUN_STATES)
     outcome = Outcome(
         run_id=run_id,
-        state=str(status["state"]) if final and status else "interrupted",
+        state=str(status["state"]) if final and status else RunState.INTERRUPTED.value,
         exit_code=_exit_code(status) if final else 1,
         vm_name=vm.name,
         zone=vm.zone,
@@ -183,10 +184,10 @@ def follow(
         status=status,
         logs_uri=store.logs_uri(run_id),
     )
-    if outcome.state == "succeeded":
+    if outcome.state == RunState.SUCCEEDED:
         outcome.metrics = store.metrics(run_id)
         outcome.model_uri = store.model_uri(run_id)
-    elif outcome.state == "failed":
+    elif outcome.state == RunState.FAILED:
         outcome.error = (status or {}).get("error") or f"the job exited with code {outcome.exit_code}"
     else:
         outcome.error = (

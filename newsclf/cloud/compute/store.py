@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from newsclf.cloud import layout
+from newsclf.runstate import FINAL
 
-FINAL_RUN_STATES = frozenset({"succeeded", "failed"})
+FINAL_RUN_STATES = FINAL  # status.json states (newsclf.runstate) after which a run is not started again
 
 
 class RunStore:
