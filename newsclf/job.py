@@ -103,8 +103,6 @@ def _status_progress(bucket: "Bucket", lay: layout.RunLayout, status: dict[str, 
     table shows while the run trains, read from the bucket."""
     from transformers import TrainerCallback
 
-    from newsclf.cloud.storage.objects import write_json
-
     class StatusProgress(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001
             if not state.is_world_process_zero or not metrics:
@@ -118,7 +116,7 @@ def _status_progress(bucket: "Bucket", lay: layout.RunLayout, status: dict[str, 
                 values.get("loss", float("nan")),
             )  # fmt: skip
             try:
-                write_json(bucket, lay.status, status)
+                write_status(bucket, lay.run_id, status)
             except Exception as e:  # progress is a nicety: training goes on
                 log.warning("Could not update status.json: %s", e)
 
