@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     wandb_secret: str | None = None  # Secret Manager secret holding the W&B key, for VMs
     vm_service_account: str | None = None  # the VMs' service account; default newsclf-vm@PROJECT.iam.gserviceaccount.com
     compute_api_endpoint: str | None = None  # e.g. http://127.0.0.1:8080 for a local stand-in
+    batch_api_endpoint: str | None = None  # Cloud Batch (cloud sweeps), e.g. a local stand-in
     cloudbuild_api_endpoint: str | None = None
     artifactregistry_api_endpoint: str | None = None
     iam_api_endpoint: str | None = None  # IAM (service accounts), for `cloud setup`

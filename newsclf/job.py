@@ -98,6 +98,31 @@ def _checkpoint_sync(client: "Client", bucket: "Bucket", lay: layout.RunLayout, 
     return CheckpointSync()
 
 
+def _status_progress(bucket: "Bucket", lay: layout.RunLayout, status: dict[str, Any]) -> Any:
+    """A TrainerCallback putting each evaluation into status.json (`progress`): what a sweep's live
+    table shows while the run trains, read from the bucket."""
+    from transformers import TrainerCallback
+
+    class StatusProgress(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001
+            if not state.is_world_process_zero or not metrics:
+                return
+            values = {k.removeprefix("eval_"): v for k, v in metrics.items() if isinstance(v, (int, float))}
+            status["progress"] = {"epoch": state.epoch, "step": state.global_step, "max_steps": state.max_steps,
+                                  "validation": values}  # fmt: skip
+            log.info(
+                "epoch %g validation: accuracy %.4f  macro-F1 %.4f  loss %.4f", state.epoch or 0,
+                values.get("accuracy", float("nan")), values.get("macro_f1", float("nan")),
+                values.get("loss", float("nan")),
+            )  # fmt: skip
+            try:
+                write_status(bucket, lay.run_id, status)
+            except Exception as e:  # progress is a nicety: training goes on
+                log.warning("Could not update status.json: %s", e)
+
+    return StatusProgress()
+
+
 @contextmanager
 def _checkpoint_on_sigterm(grace_s: float = SIGTERM_GRACE_S) -> Iterator[Any]:
     """SIGTERM while training (a preempted VM, `docker stop`): save a checkpoint, upload it, then stop.
@@ -322,7 +347,7 @@ def run_job(
                     options,
                     run_dir=run_dir,
                     resume_from=run_dir if resumed_from else None,
-                    callbacks=[sync, save_on_sigterm, *callbacks],
+                    callbacks=[sync, save_on_sigterm, _status_progress(bucket, lay, status), *callbacks],
                 )
             metrics, run_dir = result.metrics, result.run_dir
         else:  # SIGTERM reaches the processes through torch.distributed.run; their last synced checkpoint stays

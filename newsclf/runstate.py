@@ -47,8 +47,10 @@ SCHEMA: dict[str, tuple[type | None, ...]] = {
     "host": (str, None),
     "error": (str, None),  # the failure or interruption, one line; null otherwise
 }
-# keys some documents add: the test metrics of a succeeded run; a cloud sweep's id and trial states
-OPTIONAL: dict[str, tuple[type | None, ...]] = {"metrics": (dict,), "sweep_id": (str,), "trials": (dict,)}
+# keys some documents add: the test metrics of a succeeded run; a cloud sweep's id and trial states; the
+# latest evaluation while training (a cloud sweep's live table reads it)
+OPTIONAL: dict[str, tuple[type | None, ...]] = {"metrics": (dict,), "sweep_id": (str,), "trials": (dict,),
+                                                "progress": (dict,)}  # fmt: skip
 
 
 def now() -> str:

@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from tests import cloudbuild_standin
+from tests.batch_standin import BatchStandIn
 from tests.artifactregistry_standin import ArtifactRegistryStandIn, permission_denied, service_disabled
 from tests.cloudbuild_standin import CloudBuildStandIn
 from tests.compute_standin import ComputeStandIn
@@ -33,14 +34,16 @@ def services(fake_gcs, tmp_path, monkeypatch):
     builds = CloudBuildStandIn(fake_gcs.url)
     compute = ComputeStandIn(tmp_path / "compute", op_polls=0)
     iam = IamStandIn()
+    batch = BatchStandIn(tmp_path / "batch")
+    monkeypatch.setenv("NEWSCLF_BATCH_API_ENDPOINT", batch.url)
     monkeypatch.setenv("NEWSCLF_ARTIFACTREGISTRY_API_ENDPOINT", registry.url)
     monkeypatch.setenv("NEWSCLF_CLOUDBUILD_API_ENDPOINT", builds.url)
     monkeypatch.setenv("NEWSCLF_COMPUTE_API_ENDPOINT", compute.url)
     for api in ("IAM", "RESOURCEMANAGER", "SECRETMANAGER"):
         monkeypatch.setenv(f"NEWSCLF_{api}_API_ENDPOINT", iam.url)
-    yield registry, builds, compute, iam
+    yield registry, builds, compute, iam, batch
     with ThreadPoolExecutor(4) as pool:  # each shutdown waits out its server's poll interval: at once
-        list(pool.map(lambda stop: stop(), (registry.close, builds.stop, compute.close, iam.close)))
+        list(pool.map(lambda stop: stop(), (registry.close, builds.stop, compute.close, iam.close, batch.close)))
 
 
 @pytest.fixture
@@ -78,7 +81,7 @@ def skipped_note(url: str) -> str:
 # --- from nothing to ready ----------------------------------------------------------------------
 
 
-def test_creates_the_bucket_and_the_repository(cli, cloud, registry, builds, compute, fake_gcs):
+def test_creates_the_bucket_and_the_repository(cli, cloud, registry, builds, compute, services, fake_gcs):
     name = cloud.new_bucket
     r = cli("cloud", "setup", "--json")
     assert r.exit_code == 0, r.stderr
@@ -86,8 +89,8 @@ def test_creates_the_bucket_and_the_repository(cli, cloud, registry, builds, com
     data = r.json["data"]
     assert (data["project"], data["bucket"], data["ok"]) == (PROJECT, name, True)
     assert [s["step"] for s in data["steps"]] == [
-        "project", "bucket", "bucket-access", "repository", "cloudbuild-api", "compute-api",
-        "vm-account", "vm-bucket", "vm-repository", "vm-secret", "vm-logging", "vm-act-as",
+        "project", "bucket", "bucket-access", "repository", "cloudbuild-api", "compute-api", "batch-api",
+        "vm-account", "vm-bucket", "vm-repository", "vm-secret", "vm-logging", "vm-batch", "vm-act-as",
     ]
     assert rows(r) == {
         "project": ("ok", PROJECT),
@@ -96,11 +99,13 @@ def test_creates_the_bucket_and_the_repository(cli, cloud, registry, builds, com
         "repository": ("created", f"{REGION}-docker.pkg.dev/{PROJECT}/newsclf created (Docker, {REGION})"),
         "cloudbuild-api": ("ok", "enabled"),
         "compute-api": ("ok", "enabled; zone europe-west1-b is UP"),
+        "batch-api": ("ok", f"enabled; sweeps run as Batch jobs in {REGION}"),
         "vm-account": ("created", f"{VM_SA} created (the training VMs run as it)"),
         "vm-bucket": ("skipped", f"not checked: the storage endpoint {fake_gcs.url} does not support bucket IAM policies"),
         "vm-repository": ("created", f"granted roles/artifactregistry.reader on repository newsclf ({REGION})"),
         "vm-secret": ("skipped", "NEWSCLF_WANDB_SECRET is not set: no W&B key for the VMs to read"),
         "vm-logging": ("created", f"granted roles/logging.logWriter on project {PROJECT}"),
+        "vm-batch": ("created", f"granted roles/batch.agentReporter on project {PROJECT}"),
         "vm-act-as": ("ok", f"you may create VMs that run as {VM_SA} (iam.serviceAccounts.actAs)"),
     }
     assert cloud.lookup_bucket(name) is not None
@@ -115,6 +120,7 @@ def test_creates_the_bucket_and_the_repository(cli, cloud, registry, builds, com
     # the API checks: one cheap read each
     assert [(q["method"], q["path"]) for q in builds.requests] == [("GET", f"/v1/projects/{PROJECT}/builds")]
     assert [c.path for c in compute.calls()] == [f"/compute/v1/projects/{PROJECT}/zones/europe-west1-b"]
+    assert [(c.method, c.path) for c in services[4].requests] == [("GET", f"/v1/projects/{PROJECT}/locations/{REGION}/jobs")]
 
 
 def test_a_second_run_creates_nothing(cli, cloud, registry):
@@ -191,7 +197,7 @@ def test_no_create_only_checks(cli, cloud, registry, services):
         f"{VM_SA} does not exist: rerun without --no-create, or `gcloud iam service-accounts create newsclf-vm "
         f'--project={PROJECT} --display-name="newsclf training VMs"`',
     )
-    assert {rows(r)[k] for k in ("vm-bucket", "vm-repository", "vm-secret", "vm-logging", "vm-act-as")} == {
+    assert {rows(r)[k] for k in ("vm-bucket", "vm-repository", "vm-secret", "vm-logging", "vm-batch", "vm-act-as")} == {
         ("skipped", "needs the VM service account (see above)")
     }
     summary = f"3 setup steps need fixing (Bucket, Artifact Registry, VM service account): {RERUN_ALL}"
@@ -210,7 +216,8 @@ def test_existing_bucket_and_repository_are_found(cli, cloud, registry, services
     registry.policies.seed(REPO_NAME, [{"role": "roles/artifactregistry.reader", "members": [f"serviceAccount:{VM_SA}"]}])
     project_policy = f"projects/{PROJECT}"
     iam.policies.seed(project_policy, [*iam.policies.bindings(project_policy),
-                                       {"role": "roles/logging.logWriter", "members": [f"serviceAccount:{VM_SA}"]}])
+                                       {"role": "roles/logging.logWriter", "members": [f"serviceAccount:{VM_SA}"]},
+                                       {"role": "roles/batch.agentReporter", "members": [f"serviceAccount:{VM_SA}"]}])
     r = cli("cloud", "setup", "--no-create", "--json")
     assert r.exit_code == 0, r.stderr
     assert rows(r)["bucket"][0] == "ok"
@@ -254,6 +261,21 @@ def test_disabled_apis_name_the_page_that_enables_them(cli, cloud, registry, bui
     assert r.stderr.splitlines()[-1] == f"Error: {summary}"
 
 
+def test_a_disabled_batch_api_is_named_with_its_page(cli, cloud, services):
+    from tests.google_errors import service_disabled as disabled
+
+    services[4].fail("GET", "/jobs$", disabled("batch.googleapis.com", "Batch API"))
+    r = cli("cloud", "setup", "--json")
+    assert r.exit_code == 1
+    assert rows(r)["batch-api"] == (
+        "missing",
+        "The Cloud Batch API is disabled in project test-project: enable it at "
+        "https://console.cloud.google.com/apis/library/batch.googleapis.com?project=test-project and rerun "
+        "`newsclf cloud setup`",
+    )
+    assert r.json["errors"] == [f"Cloud Batch API: {rows(r)['batch-api'][1]}"]
+
+
 def test_one_failure_is_the_error_line(cli, cloud, builds):
     builds.error = cloudbuild_standin.service_disabled(PROJECT)
     r = cli("cloud", "setup")
@@ -264,7 +286,7 @@ def test_one_failure_is_the_error_line(cli, cloud, builds):
         "`newsclf cloud setup`"
     )
     lines = r.stdout.splitlines()
-    assert len(lines) == 12  # every row, and no "Ready" line
+    assert len(lines) == 14  # every row, and no "Ready" line
     assert lines[4].startswith("missing  Cloud Build API     The Cloud Build API is disabled in project test-project")
 
 

@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 
+from tests.batch_standin import BatchStandIn
 from tests.artifactregistry_standin import ArtifactRegistryStandIn
 from tests.cloudbuild_standin import CloudBuildStandIn
 from tests.compute_standin import ComputeStandIn
@@ -24,7 +25,8 @@ SA = f"newsclf-vm@{PROJECT}.iam.gserviceaccount.com"
 MEMBER = f"serviceAccount:{SA}"
 REPO = f"projects/{PROJECT}/locations/{REGION}/repositories/newsclf"
 SECRET = f"projects/{PROJECT}/secrets/wandb-key"
-VM_STEPS = ("vm-account", "vm-bucket", "vm-repository", "vm-secret", "vm-logging", "vm-act-as")
+VM_STEPS = ("vm-account", "vm-bucket", "vm-repository", "vm-secret", "vm-logging", "vm-batch", "vm-act-as")
+BATCH_AGENT = {"role": "roles/batch.agentReporter", "members": [MEMBER]}
 OWNER = {"role": "roles/owner", "members": ["user:owner@example.com"]}
 DEFAULT_EDITOR = {"role": "roles/editor", "members": ["serviceAccount:123456789012-compute@developer.gserviceaccount.com"]}
 
@@ -40,6 +42,8 @@ def stand_ins(fake_gcs, tmp_path, monkeypatch):
     compute = ComputeStandIn(tmp_path / "compute", op_polls=0)
     iam = IamStandIn(storage_upstream=fake_gcs.url)
     iam.add_secret(PROJECT, "wandb-key")
+    batch = BatchStandIn(tmp_path / "batch")
+    monkeypatch.setenv("NEWSCLF_BATCH_API_ENDPOINT", batch.url)
     monkeypatch.setenv("NEWSCLF_GCP_PROJECT", PROJECT)
     monkeypatch.setenv("NEWSCLF_BUCKET", f"my-newsclf-bucket-{uuid.uuid4().hex[:6]}")
     monkeypatch.setenv("NEWSCLF_WANDB_SECRET", "wandb-key")
@@ -51,7 +55,7 @@ def stand_ins(fake_gcs, tmp_path, monkeypatch):
         monkeypatch.setenv(f"NEWSCLF_{api}_API_ENDPOINT", iam.url)
     yield iam, registry
     with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda stop: stop(), (registry.close, builds.stop, compute.close, iam.close)))
+        list(pool.map(lambda stop: stop(), (registry.close, builds.stop, compute.close, iam.close, batch.close)))
 
 
 @pytest.fixture
@@ -88,6 +92,7 @@ def test_creates_the_account_and_grants_only_what_the_vm_needs(cli, iam, registr
         "vm-repository": ("created", f"granted roles/artifactregistry.reader on repository newsclf ({REGION})"),
         "vm-secret": ("created", "granted roles/secretmanager.secretAccessor on secret wandb-key"),
         "vm-logging": ("created", f"granted roles/logging.logWriter on project {PROJECT}"),
+        "vm-batch": ("created", f"granted roles/batch.agentReporter on project {PROJECT}"),
         "vm-act-as": ("ok", f"you may create VMs that run as {SA} (iam.serviceAccounts.actAs)"),
     }
 
@@ -112,11 +117,11 @@ def test_creates_the_account_and_grants_only_what_the_vm_needs(cli, iam, registr
     assert registry.policies.members(REPO, "roles/artifactregistry.reader") == {MEMBER}
     assert iam.policies.members(SECRET, "roles/secretmanager.secretAccessor") == {MEMBER}
     assert iam.policies.bindings(f"projects/{PROJECT}") == [
-        OWNER, DEFAULT_EDITOR, {"role": "roles/logging.logWriter", "members": [MEMBER]}
+        OWNER, DEFAULT_EDITOR, {"role": "roles/logging.logWriter", "members": [MEMBER]}, BATCH_AGENT
     ]
-    # nothing broader anywhere: the project policy holds only the log writer role for the account
+    # nothing broader anywhere: the project policy holds only the log writer and Batch reporter roles for the account
     project_roles = {b["role"] for b in iam.policies.bindings(f"projects/{PROJECT}") if MEMBER in b["members"]}
-    assert project_roles == {"roles/logging.logWriter"}
+    assert project_roles == {"roles/logging.logWriter", "roles/batch.agentReporter"}
     # the user may use the account: asked with testIamPermissions, for actAs only
     tested = iam.calls("POST", ":testIamPermissions$")
     assert [c.body for c in tested] == [{"permissions": ["iam.serviceAccounts.actAs"]}]
@@ -125,7 +130,7 @@ def test_creates_the_account_and_grants_only_what_the_vm_needs(cli, iam, registr
 def test_writes_carry_the_etag_they_read(cli, iam, registry):
     assert cli("cloud", "setup").exit_code == 0
     project_set = iam.calls("POST", f"/v3/projects/{PROJECT}:setIamPolicy$")
-    assert len(project_set) == 1
+    assert len(project_set) == 2  # the log writer, then the Batch reporter
     sent = project_set[0].body["policy"]
     assert base64.b64decode(sent["etag"]).startswith(b"BwY")  # the etag read, sent back unchanged
     assert sent["bindings"][:2] == [OWNER, DEFAULT_EDITOR]
@@ -139,7 +144,7 @@ def test_writes_carry_the_etag_they_read(cli, iam, registry):
 def test_a_second_run_is_all_ok_and_writes_no_policy(cli, iam, registry):
     assert cli("cloud", "setup").exit_code == 0
     writes = len(iam.policy_sets()) + len(registry.calls("POST", ":setIamPolicy$"))
-    assert writes == 4  # bucket, secret, project, repository
+    assert writes == 5  # bucket, secret, project (twice), repository
     creates = len(iam.calls("POST", "serviceAccounts$"))
 
     r = cli("cloud", "setup", "--json")
@@ -156,8 +161,8 @@ def test_human_rows(cli, iam):
     r = cli("cloud", "setup")
     assert r.exit_code == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[6] == f"created  VM service account  {SA} created (the training VMs run as it)"
-    assert lines[11] == f"ok       Run VMs as it       you may create VMs that run as {SA} (iam.serviceAccounts.actAs)"
+    assert lines[7] == f"created  VM service account  {SA} created (the training VMs run as it)"
+    assert lines[13] == f"ok       Run VMs as it       you may create VMs that run as {SA} (iam.serviceAccounts.actAs)"
     assert lines[-1] == "Ready: newsclf data push, then newsclf cloud build, then newsclf cloud run"
 
 
@@ -178,9 +183,9 @@ def test_a_change_made_in_between_is_kept(cli, iam):
     r = cli("cloud", "setup", "--json")
     assert r.exit_code == 0, r.stderr
     assert rows(r)["vm-logging"] == ("created", f"granted roles/logging.logWriter on project {PROJECT}")
-    assert len(iam.calls("POST", f"/v3/{project}:setIamPolicy$")) == 2  # the first was refused (ABORTED)
+    assert len(iam.calls("POST", f"/v3/{project}:setIamPolicy$")) == 3  # the first was refused (ABORTED); then Batch's
     assert iam.policies.bindings(project) == [
-        OWNER, DEFAULT_EDITOR, colleague, {"role": "roles/logging.logWriter", "members": [MEMBER]}
+        OWNER, DEFAULT_EDITOR, colleague, {"role": "roles/logging.logWriter", "members": [MEMBER]}, BATCH_AGENT
     ]
 
 
@@ -262,9 +267,14 @@ def test_no_create_names_each_missing_grant(cli, iam, registry, monkeypatch):
         f"{SA} lacks roles/logging.logWriter on project {PROJECT}: rerun without --no-create, or `gcloud projects "
         f"add-iam-policy-binding {PROJECT} --member={MEMBER} --role=roles/logging.logWriter`",
     )
+    assert got["vm-batch"] == (
+        "missing",
+        f"{SA} lacks roles/batch.agentReporter on project {PROJECT}: rerun without --no-create, or `gcloud projects "
+        f"add-iam-policy-binding {PROJECT} --member={MEMBER} --role=roles/batch.agentReporter`",
+    )
     summary = (
-        "4 setup steps need fixing (VM bucket access, VM image access, VM W&B secret, VM log writing): do what each "
-        "row says, then rerun `newsclf cloud setup`"
+        "5 setup steps need fixing (VM bucket access, VM image access, VM W&B secret, VM log writing, VM Batch "
+        "reporting): do what each row says, then rerun `newsclf cloud setup`"
     )
     assert r.json["errors"] == [summary]
     assert len(iam.policy_sets()) == writes and registry.policies.members(REPO, "roles/artifactregistry.reader") == set()

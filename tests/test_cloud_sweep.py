@@ -1,97 +1,130 @@
-"""`newsclf cloud run --sweep`: the real compute_v1 client against the Compute stand-in, the real
-storage client against fake-gcs-server. Fast tests play each VM's job in a thread (FakeSweepVM);
-the slow ones run the real startup script and the real `newsclf job --sweep` in the VM sandbox."""
+"""`newsclf cloud run --sweep` on Cloud Batch: the real batch_v1 client (REST) against the Batch stand-in,
+which runs the job's tasks; the real storage client against fake-gcs-server. Here each task is a
+thread playing `newsclf job --sweep-plan` (FakeTrial); tests/test_batch_e2e.py runs the real one."""
 
 from __future__ import annotations
 
-import _thread
-import itertools
 import json
 import threading
-import time
 
-import pytest
+from tests.batch_standin import ThreadTask, batch  # noqa: F401  (fixtures)
+from tests.compute_standin import standin  # noqa: F401  (fixtures)
 
-from tests.compute_standin import sandbox, serial_reads, standin, wait_until  # noqa: F401  (fixtures)
-from tests.tiny_model import tiny_data, tiny_model  # noqa: F401  (fixtures)
-
-VM = "newsclf-train"
 POLL = ("--poll-interval", "0.05")
 
 
-class FakeSweepVM:
-    """Each started VM runs one trial the way `newsclf job --sweep ... --sweep-runs` would: status.json,
-    a validation line on the serial port, metrics.json (macro-F1 = 1 - lr), then the guest powers
-    off. A trial with lr >= 0.5 fails ("loss is nan")."""
+def _image() -> str:
+    from newsclf import __version__
+
+    return f"europe-west1-docker.pkg.dev/test-project/newsclf/newsclf-train:{__version__}"  # what `cloud build` pushed
+
+
+class FakeTrial:
+    """A task the way `newsclf job --sweep-plan` runs it: its trial from the plan by BATCH_TASK_INDEX,
+    status.json (running, with an evaluation in `progress`), metrics.json with macro-F1 = 1 - lr, status
+    succeeded; a trial with lr >= 0.5 fails by itself ("loss is nan", exit 3), except lr = 0.7, which
+    crashes (exit 139) without a final status."""
 
     def __init__(self, gcs, hold: threading.Event | None = None) -> None:
         self.gcs = gcs
-        self.hold = hold  # each job waits for it before it finishes
-        self.started: list[tuple[str, str]] = []  # (VM name, run id)
-        self.lock = threading.Lock()
+        self.hold = hold  # each attempt waits for it (or for a kill) before it finishes
+        self.running = threading.Event()  # set once an attempt has written status running
 
-    def on_start(self, standin, inst) -> None:
-        meta = inst.metadata()
-        run_id, bucket = meta["newsclf-run-id"], meta["newsclf-bucket"]
-        args = meta["newsclf-train-args"].split("\n")
-        grid = json.loads(args[args.index("--sweep") + 1])
-        runs = json.loads(args[args.index("--sweep-runs") + 1])
-        [trial] = [int(k) for k, v in runs.items() if v == run_id]
-        params = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())][trial - 1]
-        with self.lock:
-            self.started.append((inst.name, run_id))
-        threading.Thread(target=self._job, args=(standin, inst, run_id, bucket, params), daemon=True).start()
+    def __call__(self, task) -> ThreadTask:
+        return ThreadTask(self.run, task)
 
     def _put(self, bucket, name, doc) -> None:
         self.gcs.bucket(bucket).blob(name).upload_from_string(json.dumps(doc), content_type="application/json")
 
-    def _job(self, standin, inst, run_id, bucket, params) -> None:
+    def run(self, task, stop: threading.Event) -> int:
+        cmd = task.runnable["container"]["commands"]
+        bucket, plan = cmd[cmd.index("--bucket") + 1], cmd[cmd.index("--sweep-plan") + 1]
+        doc = json.loads(self.gcs.bucket(bucket).blob(plan).download_as_bytes())
+        entry = doc["tasks"][int(task.env["BATCH_TASK_INDEX"])]
+        run_id, lr = entry["run_id"], entry["params"]["lr"]
+        status_name = f"runs/{run_id}/status.json"
+        blob = self.gcs.bucket(bucket).blob(status_name)
+        previous = json.loads(blob.download_as_bytes()) if blob.exists() else {}
         now = "2026-01-01T00:00:00Z"
-        self._put(bucket, f"runs/{run_id}/status.json", {"state": "running", "started_at": now, "exit_code": None})
-        lr = params["lr"]
         f1 = round(1 - lr, 4)
-        with open(inst.serial, "a") as f:
-            f.write(f"newsclf-job[{run_id}]: epoch 1 validation: accuracy {f1:.4f}  macro-F1 {f1:.4f}  loss {lr:.4f}\n")
-        time.sleep(0.2)
+        status = {"run_id": run_id, "state": "running", "started_at": now, "exit_code": None,
+                  "attempt": int(previous.get("attempt") or 0) + 1,
+                  "progress": {"epoch": 1.0, "step": 2, "max_steps": 2, "validation": {"macro_f1": f1, "loss": lr}}}  # fmt: skip
+        self._put(bucket, status_name, status)
+        self.running.set()
         if self.hold is not None:
-            self.hold.wait(60)
+            while not self.hold.is_set() and not stop.is_set():
+                self.hold.wait(0.02)
+        if stop.is_set():
+            return 137  # killed: the stand-in reports why
+        if lr == 0.7:
+            return 139  # a crash that leaves status.json `running`, every time
         if lr >= 0.5:
-            status = {"state": "failed", "exit_code": 1, "error": "loss is nan", "started_at": now, "finished_at": now}
-        else:
-            best = {"epoch": 1.0, "accuracy": f1, "macro_f1": f1, "precision": f1, "recall": f1, "loss": lr}
-            metrics = {"run_id": run_id, "validation": [best], "best_validation": best,
-                       "test": {**best, "epoch": None}, "train": {"runtime_s": 1.5, "epochs_completed": 1.0}}  # fmt: skip
-            self._put(bucket, f"runs/{run_id}/metrics.json", metrics)
-            status = {"state": "succeeded", "exit_code": 0, "started_at": now, "finished_at": now}
-        self._put(bucket, f"runs/{run_id}/status.json", status)
-        time.sleep(0.05)
-        standin.shutdown(inst.zone, inst.name)
+            self._put(bucket, status_name, {**status, "state": "failed", "exit_code": 1, "error": "loss is nan",
+                                            "finished_at": now})  # fmt: skip
+            return 3
+        best = {"epoch": 1.0, "accuracy": f1, "macro_f1": f1, "precision": f1, "recall": f1, "loss": lr}
+        metrics = {"run_id": run_id, "validation": [best], "best_validation": best,
+                   "test": {**best, "epoch": None}, "train": {"runtime_s": 1.5, "epochs_completed": 1.0}}  # fmt: skip
+        self._put(bucket, f"runs/{run_id}/metrics.json", metrics)
+        self._put(bucket, status_name, {**status, "state": "succeeded", "exit_code": 0, "finished_at": now})
+        return 0
 
 
-def insert_bodies(standin) -> list[dict]:
-    return [r.body for r in standin.calls("POST", r"/zones/[^/]+/instances$")]
+def release_after(condition, event: threading.Event, timeout: float = 30) -> None:
+    """Set `event` once `condition()` holds (checked against the stand-in's records, not a fixed sleep)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    event.set()
 
 
 def run_json(gcs, run_id: str) -> dict:
     return json.loads(gcs.bucket(gcs.test_bucket).blob(f"runs/{run_id}/run.json").download_as_bytes())
 
 
-def test_parallel_sweep_on_two_vms(cli, standin):
-    fake = FakeSweepVM(standin.gcs)
-    standin.on_start = fake.on_start
-    r = cli("--json", "cloud", "run", "--sweep", "lr=0.1,0.2,0.5", "--parallel", "2", *POLL)
+def test_sweep_is_one_batch_job_with_one_task_per_trial(cli, standin, batch):
+    batch.runner = FakeTrial(standin.gcs)
+    r = cli("--json", "cloud", "run", "--sweep", "lr=0.1,0.2,0.5", "--parallel", "2", "--gpu", "nvidia-tesla-t4:1",
+            "--spot", "--max-hours", "2", *POLL, "--", "--epochs", "1")  # fmt: skip
     assert r.exit_code == 0, r.stderr
     data = r.json["data"]
     sid = data["sweep_id"]
-    short = sid.removeprefix("sweep-")
-    vms = [f"{VM}-{short}-0", f"{VM}-{short}-1"]
-    assert data["vms"] == vms
-    # two VMs created, each labelled with the sweep; the third trial restarted one of them
-    bodies = insert_bodies(standin)
-    assert sorted(b["name"] for b in bodies) == vms
-    assert all(b["labels"]["newsclf-sweep"] == sid and b["labels"]["newsclf"] == "train" for b in bodies)
-    assert len(fake.started) == 3 and {name for name, _ in fake.started} == set(vms)
-    assert all(standin.instance(name).status == "TERMINATED" for name in vms)
+    [body] = batch.created_jobs()
+    [create] = batch.calls("POST", r"/jobs$")
+    assert create.path == "/v1/projects/test-project/locations/europe-west1/jobs"
+    assert create.query["jobId"] == data["job_id"] and data["job_id"].startswith(f"newsclf-{sid.removeprefix('sweep-')}-")
+    [group] = body["taskGroups"]
+    assert (group["taskCount"], group["parallelism"], group["taskCountPerNode"]) == ("3", "2", "1")
+    spec = group["taskSpec"]
+    plan = f"sweeps/{sid}/{data['job_id']}.json"
+    assert spec["runnables"][0]["container"] == {
+        "imageUri": _image(), "entrypoint": "newsclf",
+        "commands": ["job", "--bucket", standin.gcs.test_bucket, "--sweep-plan", plan],
+    }  # fmt: skip
+    assert spec["maxRunDuration"] == "7200s" and spec["maxRetryCount"] == 3
+    # a trial failing by itself (exit 3) is not retried; preemption and lost VMs are
+    assert spec["lifecyclePolicies"] == [{"action": "FAIL_TASK", "actionCondition": {"exitCodes": [3]}}]
+    [instances] = body["allocationPolicy"]["instances"]
+    assert instances == {
+        "policy": {"machineType": "n1-standard-8", "provisioningModel": "SPOT", "bootDisk": {"sizeGb": "100"},
+                   "accelerators": [{"type": "nvidia-tesla-t4", "count": "1"}]},
+        "installGpuDrivers": True,
+    }  # fmt: skip
+    assert body["allocationPolicy"]["location"] == {"allowedLocations": ["regions/europe-west1"]}
+    assert body["allocationPolicy"]["serviceAccount"] == {"email": "newsclf-vm@test-project.iam.gserviceaccount.com"}
+    assert body["labels"] == {"newsclf": "sweep", "newsclf-sweep": sid}
+    assert body["logsPolicy"] == {"destination": "CLOUD_LOGGING"}
+    assert "secretVariables" not in spec["environment"]
+
+    # the plan the tasks read, and the tasks as the stand-in ran them: two at once, one per trial
+    doc = json.loads(standin.gcs.bucket(standin.gcs.test_bucket).blob(plan).download_as_bytes())
+    assert doc["train_args"] == ["--epochs", "1"] and [t["params"] for t in doc["tasks"]] == [
+        {"lr": 0.1}, {"lr": 0.2}, {"lr": 0.5}]
+    assert sorted((s.index, s.attempt) for s in batch.started) == [(0, 0), (1, 0), (2, 0)]
+    assert {s.env["BATCH_TASK_COUNT"] for s in batch.started} == {"3"}
 
     assert data["counts"] == {"trials": 3, "succeeded": 2, "failed": 1, "pending": 0, "running": 0, "interrupted": 0}
     assert [(t["trial"], t["params"], t["status"], t["rank"], t["best"]) for t in data["trials"]] == [
@@ -99,10 +132,8 @@ def test_parallel_sweep_on_two_vms(cli, standin):
         (2, {"lr": 0.2}, "succeeded", 2, False),
         (3, {"lr": 0.5}, "failed", None, False),
     ]
-    assert [t["objective"] for t in data["trials"]] == [0.9, 0.8, None]
     assert data["trials"][2]["error"] == "loss is nan"
-    assert data["best"]["run_id"] == data["trials"][0]["run_id"]
-    # run.json in the bucket carries the sweep and the trial's values
+    assert [t["run_id"] for t in data["trials"]] == [t["run_id"] for t in doc["tasks"]]
     for t in data["trials"]:
         record = run_json(standin.gcs, t["run_id"])
         assert (record["sweep_id"], record["sweep_params"], record["sweep_trial"]) == (sid, t["params"], t["trial"])
@@ -110,108 +141,133 @@ def test_parallel_sweep_on_two_vms(cli, standin):
 
     # the same table later, from the bucket alone
     again = cli("--json", "models", "list", "--sweep", sid)
-    assert again.exit_code == 0, again.stderr
     keep = ("trial", "params", "run_id", "status", "objective", "rank", "best", "error")
     assert [{k: t[k] for k in keep} for t in again.json["data"]["trials"]] == [
         {k: t[k] for k in keep} for t in data["trials"]
     ]
-    human = cli("models", "list", "--sweep", sid)
-    assert f"sweep {sid}: 3 trials (2 succeeded, 1 failed); objective: validation macro_f1" in human.stdout
-    assert "trial 3 failed: loss is nan" in human.stdout
-    listing = cli("--json", "models", "list")
-    assert {r["sweep_id"] for r in listing.json["data"]["runs"]} == {sid}
 
-    # `cloud status` groups the sweep's VMs
+    # `cloud status`: the job with its tasks by state and a cost estimate
     status = cli("--json", "cloud", "status")
-    assert status.json["data"]["sweeps"] == {sid: {"vms": vms, "active": 0}}
-    assert [row["sweep_id"] for row in status.json["data"]["vms"]] == [sid, sid]
+    assert status.exit_code == 0, status.stderr
+    [job] = status.json["data"]["sweep_jobs"]
+    assert (job["job_id"], job["sweep_id"], job["state"]) == (data["job_id"], sid, "FAILED")
+    assert job["tasks"] == {"SUCCEEDED": 2, "FAILED": 1} and job["retries"] == 0
+    assert job["est_usd_per_hour"] == 0.0 and job["est_usd_so_far"] > 0
+    human = cli("cloud", "status")
+    assert data["job_id"] in human.stdout and "2 succeeded, 1 failed (of 3)" in human.stdout
 
 
-def test_sweep_rerun_skips_succeeded_trials(cli, standin):
-    fake = FakeSweepVM(standin.gcs)
-    standin.on_start = fake.on_start
-    first = cli("--json", "cloud", "run", "--sweep", "lr=0.1,0.5", "--parallel", "2", *POLL)
-    assert first.exit_code == 0, first.stderr
-    ok = {t["trial"]: t["run_id"] for t in first.json["data"]["trials"]}
-    sid = first.json["data"]["sweep_id"]
-    r = cli("cloud", "run", "--sweep", "lr=0.1,0.5", "--parallel", "2", *POLL)
+def test_a_preempted_trial_is_retried_by_batch(cli, standin, batch):
+    fake = FakeTrial(standin.gcs, hold=threading.Event())
+    batch.runner = fake
+    batch.preempt(None, 1, when=fake.running.is_set)
+    # task 1 is preempted once it runs; then the trials may finish
+    threading.Thread(target=release_after, args=(lambda: len(batch.started) == 3, fake.hold), daemon=True).start()
+    r = cli("--json", "cloud", "run", "--sweep", "lr=0.1,0.2", "--parallel", "2", "--spot", *POLL)
     assert r.exit_code == 0, r.stderr
-    assert f"Sweep {sid}: 1 of 2 trials already succeeded; running the other 1" in r.stderr  # same grid, same sweep
-    assert len(fake.started) == 3 and fake.started[2][1] not in ok.values()  # only the failed one, anew
-    assert f"* best: trial 1 (lr=0.1), run {ok[1]}" in r.stdout
-    trials = {t["trial"]: t for t in cli("--json", "models", "list", "--sweep", sid).json["data"]["trials"]}
-    assert trials[1]["run_id"] == ok[1] and trials[1]["status"] == "succeeded"
-    assert trials[2]["run_id"] != ok[2] and trials[2]["status"] == "failed"
+    assert sorted((s.index, s.attempt) for s in batch.started) == [(0, 0), (1, 0), (1, 1)]
+    assert [t["status"] for t in r.json["data"]["trials"]] == ["succeeded", "succeeded"]
+    run = r.json["data"]["trials"][1]["run_id"]
+    status = json.loads(standin.gcs.bucket(standin.gcs.test_bucket).blob(f"runs/{run}/status.json").download_as_bytes())
+    assert status["attempt"] == 2  # the same run, resumed
+    events = batch.job().tasks[1].events
+    assert [e.get("taskExecution", {}).get("exitCode") for e in events if e["taskState"] == "FAILED"] == [50001]
+    [job] = cli("--json", "cloud", "status").json["data"]["sweep_jobs"]
+    assert job["state"] == "SUCCEEDED" and job["retries"] == 1
 
 
-def test_ctrl_c_detaches_and_the_same_command_reattaches(cli, standin):
-    hold = threading.Event()
-    fake = FakeSweepVM(standin.gcs, hold=hold)
-    standin.on_start = fake.on_start
+def test_detached_sweep_goes_on_and_the_same_command_follows_it(cli, standin, batch):
+    fake = FakeTrial(standin.gcs, hold=threading.Event())
+    batch.runner = fake
     args = ("--json", "cloud", "run", "--sweep", "lr=0.1,0.2,0.3", "--parallel", "2", *POLL)
-
-    def ctrl_c_once_both_vms_run() -> None:
-        wait_until(lambda: len(fake.started) == 2, what="both VMs started")
-        names = [vm for vm, _ in fake.started]
-        # the jobs are running and being followed: each VM's serial port read twice
-        wait_until(lambda: all(serial_reads(standin, vm) >= 2 for vm in names), what="both jobs being followed")
-        _thread.interrupt_main()
-
-    threading.Thread(target=ctrl_c_once_both_vms_run, daemon=True).start()
-    r = cli(*args)
-    assert r.exit_code == 130, r.stderr
-    sid = r.json["data"]["sweep_id"]
+    r = cli(*args, "--detach")
+    assert r.exit_code == 0, r.stderr
+    sid, job_id = r.json["data"]["sweep_id"], r.json["data"]["job_id"]
     assert r.json["data"]["state"] == "detached"
-    assert r.json["errors"][0].startswith(f"Detached from sweep {sid}: 2 trials keep running on their VMs")
-    first_runs = [run for _, run in fake.started]
+    assert fake.running.wait(30)
     status = cli("--json", "cloud", "status").json["data"]
-    assert status["sweeps"][sid]["active"] == 2 and {v["run_state"] for v in status["vms"]} == {"running"}
+    [job] = status["sweep_jobs"]
+    assert job["state"] == "RUNNING" and job["tasks"] == {"PENDING": 1, "RUNNING": 2}
 
-    # again: the two running trials are followed where they run (not started twice), then the third
-    lists = len(standin.calls("GET", "/aggregated/instances"))
-
-    reads = {vm: serial_reads(standin, vm) for vm, _ in fake.started}
-
-    def release_once_reattached() -> None:
-        wait_until(lambda: len(standin.calls("GET", "/aggregated/instances")) > lists, what="the sweep listed again")
-        wait_until(lambda: all(serial_reads(standin, vm) > n for vm, n in reads.items()), what="both jobs followed again")
-        hold.set()
-
-    threading.Thread(target=release_once_reattached, daemon=True).start()
+    # again: the running job is followed, not submitted twice (the trials finish once it has looked)
+    lists = len(batch.calls("GET", "/jobs$"))
+    threading.Thread(target=release_after, args=(lambda: len(batch.calls("GET", "/jobs$")) > lists, fake.hold),
+                     daemon=True).start()  # fmt: skip
     again = cli(*args)
     assert again.exit_code == 0, again.stderr
-    assert [run for _, run in fake.started[:2]] == first_runs and len(fake.started) == 3
-    trials = {t["trial"]: t for t in again.json["data"]["trials"]}
-    assert [trials[i]["status"] for i in (1, 2, 3)] == ["succeeded"] * 3
-    assert {trials[1]["run_id"], trials[2]["run_id"]} == set(first_runs)
-    assert again.json["data"]["best"]["params"] == {"lr": 0.1}
+    assert len(batch.created_jobs()) == 1
+    assert (again.json["data"]["job_id"], again.json["data"]["attached"]) == (job_id, True)
+    assert [t["status"] for t in again.json["data"]["trials"]] == ["succeeded"] * 3
+
+    # and once more: nothing left to run
+    done = cli(*args[1:])
+    assert done.exit_code == 0 and len(batch.created_jobs()) == 1
+    assert f"Sweep {sid}: all 3 trials already succeeded" in done.stderr
 
 
-def test_all_trials_failing_exits_non_zero_and_stop_sweep(cli, standin):
-    standin.on_start = FakeSweepVM(standin.gcs).on_start
+def test_rerun_submits_only_the_trials_that_did_not_succeed(cli, standin, batch):
+    batch.runner = FakeTrial(standin.gcs)
+    first = cli("--json", "cloud", "run", "--sweep", "lr=0.1,0.5", *POLL)
+    assert first.exit_code == 0, first.stderr
+    ok = {t["trial"]: t["run_id"] for t in first.json["data"]["trials"]}
+    r = cli("cloud", "run", "--sweep", "lr=0.1,0.5", *POLL)
+    assert r.exit_code == 0, r.stderr
+    second = batch.created_jobs()[1]
+    assert second["taskGroups"][0]["taskCount"] == "1"
+    plan = second["taskGroups"][0]["taskSpec"]["runnables"][0]["container"]["commands"][-1]
+    doc = json.loads(standin.gcs.bucket(standin.gcs.test_bucket).blob(plan).download_as_bytes())
+    assert [t["params"] for t in doc["tasks"]] == [{"lr": 0.5}] and doc["tasks"][0]["run_id"] != ok[2]
+    assert f"* best: trial 1 (lr=0.1), run {ok[1]}" in r.stdout
+
+
+def test_all_trials_failing_exits_non_zero(cli, standin, batch):
+    batch.runner = FakeTrial(standin.gcs)
     r = cli("--json", "cloud", "run", "--sweep", "lr=0.5,0.6", "--parallel", "2", *POLL)
     assert r.exit_code == 1
     sid = r.json["data"]["sweep_id"]
-    assert r.json["status"] == "error"
     assert r.json["errors"][0].startswith(f"All 2 trials of sweep {sid} failed (trial 1: loss is nan)")
     assert r.stderr.strip().splitlines()[-1].startswith(f"Error: All 2 trials of sweep {sid} failed")
+    assert len(batch.started) == 2  # failed by themselves: not retried
 
-    stop = cli("--json", "cloud", "stop", "--sweep", sid)
+
+def test_stop_sweep_cancels_the_job_and_waits_until_it_is_gone(cli, standin, batch):
+    fake = FakeTrial(standin.gcs, hold=threading.Event())  # never released: only a cancel ends the tasks
+    batch.runner = fake
+    r = cli("--json", "cloud", "run", "--sweep", "lr=0.1,0.2,0.3", "--parallel", "2", "--detach", *POLL)
+    sid, job_id = r.json["data"]["sweep_id"], r.json["data"]["job_id"]
+    assert fake.running.wait(30)
+    refused = cli("cloud", "stop", "--sweep", sid)
+    assert refused.exit_code == 1
+    assert refused.stderr.strip() == (
+        f"Error: Cancel Batch job {job_id} of sweep {sid}, stopping 2 running trials: pass --yes to confirm"
+    )
+    stop = cli("--json", "cloud", "stop", "--sweep", sid, "--yes", "--poll-interval", "0.05")
     assert stop.exit_code == 0, stop.stderr
-    assert [(v["before"], v["after"]) for v in stop.json["data"]["vms"]] == [("TERMINATED", "TERMINATED")] * 2
-    gone = cli("--json", "cloud", "stop", "--sweep", sid, "--delete")
-    assert gone.exit_code == 1
-    assert gone.stderr.strip() == f"Error: Delete 2 VMs of sweep {sid}: pass --yes to confirm"
-    gone = cli("--json", "cloud", "stop", "--sweep", sid, "--delete", "--yes")
-    assert gone.exit_code == 0 and all(v["deleted"] for v in gone.json["data"]["vms"])
-    assert cli("--json", "cloud", "status").json["data"]["vms"] == []
+    assert stop.json["data"]["jobs"] == [{"job_id": job_id, "before": "RUNNING", "cancelled": True, "deleted": True}]
+    assert [c.path.rsplit("/", 1)[-1] for c in batch.calls("POST", ":cancel$")] == [f"{job_id}:cancel"]
+    assert len(batch.calls("DELETE", f"/jobs/{job_id}$")) == 1
+    assert batch.jobs == {}  # gone
+    assert cli("--json", "cloud", "status").json["data"]["sweep_jobs"] == []
+    again = cli("cloud", "stop", "--sweep", sid)
+    assert again.exit_code == 0 and "nothing to stop" in again.stdout
+    # the trials that ran keep their state in the bucket; the next run of the command resumes them
+    trials = cli("--json", "models", "list", "--sweep", sid).json["data"]["trials"]
+    assert sorted(t["status"] for t in trials) == ["pending", "running", "running"]
+    fake.hold.set()
+    again = cli("--json", "cloud", "run", "--sweep", "lr=0.1,0.2,0.3", "--parallel", "2", *POLL)
+    assert again.exit_code == 0, again.stderr
+    assert again.json["data"]["job_id"] != job_id and len(batch.created_jobs()) == 2
+    assert {t["run_id"] for t in again.json["data"]["trials"]} == {t["run_id"] for t in trials}  # same runs, resumed
+    assert [t["status"] for t in again.json["data"]["trials"]] == ["succeeded"] * 3
 
 
-def test_sweep_flags_are_checked_before_any_vm(cli, standin):
+def test_sweep_flags_are_checked_before_anything_is_submitted(cli, standin, batch):
     r = cli("cloud", "run", "--parallel", "2")
     assert r.exit_code == 2 and "--parallel runs a sweep's trials on several VMs" in r.stderr
     r = cli("cloud", "run", "--sweep", "lr=1e-3", "--resume", "20260101-000000-abcdef")
     assert r.exit_code == 2 and "a sweep carries on when you run the same command again" in r.stderr
+    r = cli("cloud", "run", "--sweep", "lr=1e-3", "--zone", "europe-west1-c", "--keep-vm")
+    assert r.exit_code == 2 and "--keep-vm, --zone concern a single run's VM" in r.stderr
     r = cli("cloud", "run", "--sweep", "lrr=1e-3")
     assert r.exit_code == 1
     assert r.stderr.startswith("Error: Unknown sweep parameter 'lrr': did you mean lr? (sweepable: lr, batch_size,")
@@ -219,79 +275,55 @@ def test_sweep_flags_are_checked_before_any_vm(cli, standin):
     assert r.exit_code == 2 and "--lr is both swept and given after `--`" in r.stderr
     r = cli("cloud", "run", "--sweep", "lr=1e-3", "--", "--sweep", "lr=1")
     assert r.exit_code == 2 and "give the sweep to `newsclf cloud run` itself" in r.stderr
-    assert insert_bodies(standin) == []
+    r = cli("cloud", "run", "--sweep", "lr=1e-3,2e-3", "--gpu", "nvidia-tesla-v100:1")
+    assert r.exit_code == 1 and r.stderr.startswith("Error: --gpu nvidia-tesla-v100 (")
+    r = cli("cloud", "stop", "--sweep", "sweep-1a2b3c4d", "--delete")
+    assert r.exit_code == 2 and "go with it: drop --delete" in r.stderr
+    assert batch.requests == []
 
 
-# ---------------------------------------------------------------------------------- end to end
+def test_a_disabled_batch_api_names_cloud_setup(cli, standin, batch):
+    from tests.google_errors import service_disabled
+
+    batch.fail("GET", "/jobs$", service_disabled("batch.googleapis.com", "Batch API"))
+    r = cli("cloud", "run", "--sweep", "lr=0.1,0.2", *POLL)
+    assert r.exit_code == 1
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("Error: The Batch API is not enabled in project test-project: run `newsclf cloud setup` (")
+    assert batch.created_jobs() == []
 
 
-def _train_args(model) -> list[str]:
-    return ["--model", str(model), "--epochs", "1", "--batch-size", "8", "--max-length", "64",
-            "--warmup-ratio", "0", "--max-train-samples", "16"]  # fmt: skip
+def test_ctrl_c_detaches_and_the_sweep_goes_on(cli, standin, batch):
+    import _thread
+
+    fake = FakeTrial(standin.gcs, hold=threading.Event())
+    batch.runner = fake
+    # Ctrl-C once a trial runs and the command follows the job
+    followed = threading.Event()
+
+    def ctrl_c() -> None:
+        release_after(lambda: fake.running.is_set() and len(batch.calls("GET", "/tasks$")) >= 2, followed)
+        _thread.interrupt_main()
+
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    r = cli("--json", "cloud", "run", "--sweep", "lr=0.1,0.2,0.3", "--parallel", "2", *POLL)
+    assert r.exit_code == 130, r.stderr
+    sid, job_id = r.json["data"]["sweep_id"], r.json["data"]["job_id"]
+    assert r.json["errors"] == [
+        f"Detached from sweep {sid}: Batch job {job_id} goes on running its trials; run the same command again to "
+        "follow it"
+    ]
+    assert batch.job(job_id).state == "RUNNING" and batch.calls("POST", ":cancel$") == []
+    fake.hold.set()
+    assert batch.wait_job(job_id).state == "SUCCEEDED"  # without anyone following it
 
 
-@pytest.fixture
-def bucket_with_data(standin, tiny_data):
-    bucket = standin.gcs.bucket(standin.gcs.test_bucket)
-    for path in sorted(tiny_data.iterdir()):
-        bucket.blob(f"data/processed/{path.name}").upload_from_filename(str(path))
-    return bucket
-
-
-def _sandbox_output(box) -> str:
-    return "\n".join(p.read_text() for p in sorted(box.dir.glob("startup-*.out")))
-
-
-def _check_trials_against_bucket(bucket, data: dict, sid: str) -> None:
-    for t in data["trials"]:
-        metrics = json.loads(bucket.blob(f"runs/{t['run_id']}/metrics.json").download_as_bytes())
-        assert t["objective"] == metrics["best_validation"]["macro_f1"]
-        assert t["test"] == metrics["test"]
-        config = json.loads(bucket.blob(f"runs/{t['run_id']}/run.json").download_as_bytes())
-        assert (config["sweep_id"], config["sweep_params"], config["sweep_trial"]) == (sid, t["params"], t["trial"])
-        assert "planned" not in config and config["epochs"] == 1.0  # the run's own run.json, published
-
-
-@pytest.mark.slow
-def test_parallel_sweep_end_to_end(cli, standin, sandbox, bucket_with_data, tiny_model):
-    r = cli("--json", "cloud", "run", "--sweep", "lr=3e-3,1e-3", "--parallel", "2", *POLL, "--",
-            *_train_args(tiny_model))  # fmt: skip
-    assert r.exit_code == 0, r.stderr + _sandbox_output(sandbox)
-    data = r.json["data"]
-    sid = data["sweep_id"]
-    vms = [f"{VM}-{sid.removeprefix('sweep-')}-{i}" for i in (0, 1)]
-    assert data["vms"] == vms
-    bodies = insert_bodies(standin)
-    assert sorted(b["name"] for b in bodies) == vms
-    assert all(b["labels"]["newsclf-sweep"] == sid for b in bodies)
-    assert [standin.instance(name).status for name in vms] == ["TERMINATED", "TERMINATED"]
-    assert data["counts"]["succeeded"] == 2 and data["counts"]["trials"] == 2
-    assert sorted(t["params"]["lr"] for t in data["trials"]) == [1e-3, 3e-3]
-    assert [t["rank"] for t in data["trials"]] == [1, 2] and data["trials"][0]["best"]
-    objectives = [t["objective"] for t in data["trials"]]
-    assert objectives == sorted(objectives, reverse=True)
-    _check_trials_against_bucket(bucket_with_data, data, sid)
-    again = cli("--json", "models", "list", "--sweep", sid)
-    assert [t["run_id"] for t in again.json["data"]["trials"]] == [t["run_id"] for t in data["trials"]]
-
-
-@pytest.mark.slow
-def test_sequential_sweep_runs_in_one_job_on_one_vm(cli, standin, sandbox, bucket_with_data, tiny_model):
-    r = cli("--json", "cloud", "run", "--sweep", "lr=3e-3,1e-3", *POLL, "--", *_train_args(tiny_model))
-    assert r.exit_code == 0, r.stderr + _sandbox_output(sandbox)
-    data = r.json["data"]
-    sid, job_run = data["sweep_id"], data["job_run_id"]
-    assert data["vms"] == [VM]
-    [body] = insert_bodies(standin)
-    assert body["labels"]["newsclf-sweep"] == sid and body["labels"]["newsclf-run"] == job_run
-    assert standin.instance(VM).status == "TERMINATED"
-    [run] = [c for c in sandbox.docker_calls() if c["argv"][0] == "run"]  # one container for the whole sweep
-    assert "--sweep-runs" in run["job_args"]
-    assert data["counts"]["succeeded"] == 2
-    _check_trials_against_bucket(bucket_with_data, data, sid)
-    status = json.loads(bucket_with_data.blob(f"runs/{job_run}/status.json").download_as_bytes())
-    assert status["state"] == "succeeded"
-    assert status["trials"] == {t["run_id"]: "succeeded" for t in sorted(data["trials"], key=lambda t: t["trial"])}
-    runs = {row["run_id"]: row for row in cli("--json", "models", "list").json["data"]["runs"]}
-    assert runs[job_run]["sweep_job"] and runs[job_run]["sweep_id"] == sid  # the job's own record: no model
-    assert {rid for rid, row in runs.items() if not row["sweep_job"]} == {t["run_id"] for t in data["trials"]}
+def test_a_task_batch_gives_up_on_is_a_failed_trial(cli, standin, batch):
+    batch.runner = FakeTrial(standin.gcs)
+    r = cli("--json", "cloud", "run", "--sweep", "lr=0.1,0.7", "--parallel", "2", *POLL)
+    assert r.exit_code == 0, r.stderr
+    trials = r.json["data"]["trials"]
+    assert [(t["params"]["lr"], t["status"]) for t in trials] == [(0.1, "succeeded"), (0.7, "failed")]
+    assert trials[1]["error"] == "Batch gave up on its task after 4 attempts (exit codes 139, 139, 139, 139)"
+    assert sorted(s.attempt for s in batch.started if s.index == 1) == [0, 1, 2, 3]  # maxRetryCount 3
+    assert r.json["warnings"] == [f"Trial 2/2 (lr=0.7) failed: {trials[1]['error']}"]

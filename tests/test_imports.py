@@ -140,12 +140,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 # Edges that close a known cycle, each to be removed by the work named next to it.
-ALLOWED_EDGES = {
-    # removed by the Batch sweep rework (branch `batch` replaces cli/_sweep.py)
-    ("newsclf.cli._sweep", "newsclf.cli"),
-    ("newsclf.cli._sweep", "newsclf.cli.job"),
-    ("newsclf.cli._sweep", "newsclf.cli.train"),
-}
+ALLOWED_EDGES: set[tuple[str, str]] = set()  # (the Batch sweep rework removed cli/_sweep.py's three)
 
 
 def test_find_cycle_names_the_modules_in_order():

@@ -1,4 +1,4 @@
-"""Sweeps in the CLI: `train --sweep`, the job's `--sweep`, `cloud run --sweep`, `models list --sweep`.
+"""Sweeps in the CLI: the tables, `train --sweep` and `models list --sweep` (cloud sweeps: cli/_cloud_sweep.py).
 
 The live table (stderr, terminals only), plain progress lines otherwise, and the final table on stdout.
 Heavy imports stay inside functions (this module is imported by command bodies only).
@@ -7,7 +7,6 @@ Heavy imports stay inside functions (this module is imported by command bodies o
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -22,7 +21,7 @@ if TYPE_CHECKING:
 METRIC_NAMES = {"macro_f1": "macro-F1", "accuracy": "accuracy", "precision": "precision", "recall": "recall",
                 "loss": "loss"}  # fmt: skip
 STATUS_STYLE = {"succeeded": "green", "failed": "red", "running": "yellow", "interrupted": "yellow", "pending": "dim"}
-SWEEP_OPTIONS = ("sweep", "sweep_file", "metric", "sweep_id", "sweep_runs")
+SWEEP_OPTIONS = ("sweep", "sweep_file", "metric", "sweep_id")
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -68,7 +67,7 @@ def _cells(t: dict[str, Any] | "Trial", names: list[str], metric: str, *, live: 
 
     d = t if isinstance(t, dict) else None
     get = (lambda k: d.get(k)) if d is not None else (lambda k: getattr(t, k))  # noqa: E731
-    status = get("status")
+    status = str(get("status"))
     shown = status
     if live and status == "running" and get("progress"):
         shown = f"running · {get('progress')}"
@@ -76,6 +75,7 @@ def _cells(t: dict[str, Any] | "Trial", names: list[str], metric: str, *, live: 
     if d is not None:
         objective, seconds = d.get("objective"), d.get("seconds")
     else:
+        assert not isinstance(t, dict)
         objective, seconds = t.objective(metric), t.elapsed()
         if objective is None and status == "running":
             objective = t.live_best  # best so far
@@ -268,10 +268,8 @@ def _finish(
 
 
 def check_train_flags(
-    *, sweeping: bool, metric: str | None, sweep_runs: str | None, resume: bool, run: str | None, num_processes: int
+    *, sweeping: bool, metric: str | None, resume: bool, run: str | None, num_processes: int
 ) -> None:
-    if sweep_runs is not None:
-        raise typer.BadParameter("--sweep-runs is set by `newsclf cloud run` for the job; run sweeps with --sweep")
     if not sweeping:
         if metric is not None and not (resume and run):
             raise typer.BadParameter("--metric picks a sweep's objective: use it with --sweep or --sweep-file")
@@ -357,7 +355,7 @@ def resume_sweep(
 
 def _run_local(sweep: "Sweep", options: Any) -> None:
     from newsclf import sweep as sw
-    from newsclf.cli.train import _quiet_libraries
+    from newsclf.cli._progress import quiet_libraries as _quiet_libraries
 
     todo = [t for t in sweep.trials if t.status != sw.SUCCEEDED]
     done = len(sweep.trials) - len(todo)
@@ -385,288 +383,6 @@ def _run_local(sweep: "Sweep", options: Any) -> None:
         _output.warn(message)
         raise typer.Exit(130) from None
     _finish(sweep.summary(), sweep)
-
-
-# -- newsclf job --sweep (in the container) -----------------------------------------------------------
-
-
-def job_sweep_args(args: list[str]) -> dict[str, Any] | None:
-    """The sweep flags among `newsclf job`'s train options, or None when there is no --sweep."""
-    from newsclf.cli import app
-
-    train_cmd = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
-    params = train_cmd.make_context("newsclf job", list(args)).params
-    if params.get("sweep_file") is not None:
-        raise typer.BadParameter("--sweep-file cannot be used in a job: give the grid with --sweep")
-    if params.get("sweep") is None:
-        if params.get("sweep_runs") is not None or params.get("metric") is not None:
-            raise typer.BadParameter("--sweep-runs and --metric need --sweep")
-        return None
-    return {k: params.get(k) for k in SWEEP_OPTIONS}
-
-
-def job_sweep(client: Any, bucket: str, run_id: str, options: Any, workdir: Path, sweep_args: dict[str, Any]) -> None:
-    """`newsclf job --run-id ID --sweep GRID ...`: the trials as runs in the bucket (see sweep.run_sweep_job)."""
-    from newsclf import sweep as sw
-    from newsclf.cli.train import _progress_callback, _quiet_libraries
-
-    grid, metric = resolve_grid(sweep_args["sweep"], None, sweep_args["metric"])
-    sw.validate_trials(options, grid)
-    sid = sweep_args["sweep_id"] or sw.make_sweep_id(grid, sw.base_identity(options, grid))
-    sw.check_sweep_id(sid)
-    if sweep_args["sweep_runs"]:
-        runs = sw.parse_runs_arg(sweep_args["sweep_runs"], grid)
-    else:  # by hand: every trial, as RUN_ID-1, RUN_ID-2, ...
-        runs = {i: f"{run_id}-{i}" for i in range(1, len(grid) + 1)}
-    sweep = sw.Sweep.new(sid, grid, metric=metric, location=f"gs://{bucket}/runs/")
-    _output.info(f"Sweep {sid}: {len(runs)} of {len(grid)} trials in this job ({run_id})")
-    _quiet_libraries()
-    open_callbacks: list[Any] = []
-
-    def callbacks(trial: "Trial") -> list[Any]:
-        for cb in open_callbacks:
-            cb.close()
-        open_callbacks.clear()
-        if _output.state.quiet or _output.state.json:
-            return []
-        open_callbacks.append(_progress_callback())
-        return list(open_callbacks)
-
-    view = SweepView(sweep)
-    try:
-        code = sw.run_sweep_job(
-            client, bucket, run_id, options, workdir, sweep, runs, callbacks=callbacks, on_change=view.changed
-        )
-    finally:
-        for cb in open_callbacks:
-            cb.close()
-    ran = [t for t in sweep.trials if t.trial in runs]
-    sweep.trials = ran
-    doc = sweep.summary()
-    if code:
-        message = f"All {len(ran)} trials of sweep {sid} failed (see runs/<run-id>/status.json in gs://{bucket})"
-        _output.emit(doc, render_summary(doc, pull_hint=True), exit_code=code, errors=[message])
-        _output.emit_error(message, code)
-        raise typer.Exit(code)
-    _output.emit(doc, render_summary(doc, pull_hint=True))
-
-
-# -- newsclf cloud run --sweep ------------------------------------------------------------------------
-
-
-def cloud_base(train_args: list[str], grid: "Grid") -> tuple[Any, dict[str, Any]]:
-    """The train options a cloud sweep's trials share: (TrainOptions, for range checks) and the
-    explicit flags (what identifies the sweep, independent of this machine's settings)."""
-    from newsclf import sweep as sw
-    from newsclf.cli import app
-    from newsclf.cli.job import _train_options
-
-    train_cmd = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
-    ctx = train_cmd.make_context("newsclf cloud run --", list(train_args))
-    given = [k for k in SWEEP_OPTIONS if ctx.params.get(k) is not None]
-    if given:
-        flags = ", ".join(f"--{k.replace('_', '-')}" for k in given)
-        raise typer.BadParameter(f"{flags} after `--`: give the sweep to `newsclf cloud run` itself, before `--`")
-    options = _train_options(train_args)  # refuses flags a job cannot take
-    defaults = {p.name: p.default for p in train_cmd.params}
-    explicit = {
-        sw.ALIASES.get(k, k): (str(v) if isinstance(v, Path) else v)
-        for k, v in ctx.params.items()
-        if v != defaults.get(k) and k not in sw.RUNTIME_ONLY
-    }
-    clash = [sw.SWEEPABLE[n] for n in grid.params if n in explicit]
-    if clash:
-        raise typer.BadParameter(f"{', '.join(clash)} is both swept and given after `--`: drop one of the two")
-    return options, explicit
-
-
-def check_cloud_flags(*, sweeping: bool, parallel: int | None, resume: str | None, detach: bool) -> None:
-    if not sweeping:
-        if parallel is not None:
-            raise typer.BadParameter(
-                "--parallel runs a sweep's trials on several VMs: use it with --sweep or --sweep-file"
-            )
-        return
-    if resume is not None:
-        raise typer.BadParameter(
-            "--resume RUN_ID restarts one run; a sweep carries on when you run the same command again"
-        )
-    if detach and parallel is not None:
-        raise typer.BadParameter("--detach needs the sweep on one VM: drop --parallel (this command drives the VMs)")
-
-
-def cloud_run(
-    settings: Any,
-    project: str,
-    clients: Any,
-    store: Any,
-    req: Any,
-    *,
-    spec: str | None,
-    sweep_file: Path | None,
-    metric: str | None,
-    parallel: int | None,
-    detach: bool,
-    poll_s: float,
-) -> None:
-    """`newsclf cloud run --sweep ...`: the whole grid in one job on one VM, or each trial on one of
-    up to --parallel VMs; then the table, built from the runs in the bucket."""
-    import dataclasses
-
-    from newsclf import sweep as sw
-    from newsclf.cloud.compute.clients import make_clients
-    from newsclf.cloud.compute.lifecycle import start_run
-    from newsclf.runs import new_run_id
-
-    grid, metric = resolve_grid(spec, sweep_file, metric)
-    options, explicit = cloud_base(list(req.train_args), grid)
-    sw.validate_trials(options, grid)
-    sid = sw.make_sweep_id(grid, {"cloud": explicit})
-    bucket = store.bucket
-    client = store.client
-    sweep = sw.Sweep.new(sid, grid, metric=metric, base=explicit, location=f"gs://{bucket}/runs/")
-    todo = sw.plan_remote(client, bucket, sweep)
-    done = len(sweep.trials) - len(todo)
-    base_args = list(req.train_args)
-    sweep_args = ["--sweep", grid.spec(), "--sweep-id", sid, "--metric", metric]
-    extra: dict[str, Any] = {"vms": []}
-    if not todo:
-        _output.info(f"Sweep {sid}: all {len(sweep.trials)} trials already succeeded in gs://{bucket}/runs/")
-        final = sw.remote_sweep(client, bucket, sid, metric=metric) or sweep
-        _finish(final.summary(), final, pull_hint=True, extra=extra)
-        return
-    if done:
-        _output.info(
-            f"Sweep {sid}: {done} of {len(sweep.trials)} trials already succeeded; running the other {len(todo)}"
-        )
-    sw.write_plans(client, bucket, sweep, todo)
-    view = SweepView(sweep)
-    hourly = None
-
-    if parallel is None:  # one VM, one job, every trial
-        job_run = new_run_id(sid)
-        job_req = dataclasses.replace(
-            req, run_id=job_run, sweep_id=sid,
-            train_args=[*base_args, *sweep_args, "--sweep-runs", sw.runs_arg(todo)],
-        )  # fmt: skip
-        from newsclf.cloud import layout
-        from newsclf.cloud.storage.objects import write_json
-
-        record = sw.job_record(job_run, sid, {t.trial: t.run_id for t in todo}, grid)
-        write_json(client.bucket(bucket), layout.RunLayout(job_run).config, record)  # `models list`: a sweep job
-        started = start_run(clients, project, job_req, store=store, poll_s=poll_s)
-        vm = started.vm
-        hourly = vm.hourly_usd
-        _output.info(
-            f"Sweep {sid}: {len(todo)} trials one after another in run {job_run} on VM {vm.name} in {vm.zone} "
-            f"({vm.hardware()}, est. {'?' if hourly is None else f'${hourly:,.2f}'}/h; the VM stops itself after "
-            f"{req.max_hours:g} h in all: raise --max-hours for long sweeps)"
-        )
-        extra.update(vms=[vm.name], job_run_id=job_run)
-        if detach:
-            _output.info(
-                f"Follow it: newsclf cloud logs {job_run} --follow · the table: newsclf models list --sweep {sid}"
-            )
-            data = {"sweep_id": sid, "state": "detached", "job_run_id": job_run, "vm": vm.name, "zone": vm.zone}
-            _output.emit(data, lambda c: c.print(sid, highlight=False))
-            return
-        for t in todo:
-            t.vm = vm.name
-        outcome = _follow_sequential(clients, project, vm, job_run, store, sweep, todo, view, poll_s)
-        if outcome is None:
-            _cloud_detached(sid, f"the job {job_run} keeps running on VM {vm.name}", extra)
-        if outcome.state != "succeeded" and outcome.error:
-            _output.warn(f"Sweep job {job_run} {outcome.state}: {outcome.error}")
-    else:
-        n = min(parallel, len(todo))
-        vm_names = [sw.slot_vm_name(req.vm_name, sid, k) for k in range(n)]
-
-        def make_request(trial: "Trial", name: str) -> Any:
-            return dataclasses.replace(
-                req, run_id=trial.run_id, vm_name=name, sweep_id=sid,
-                train_args=[*base_args, *sweep_args, "--sweep-runs", sw.runs_arg([trial])],
-            )  # fmt: skip
-
-        def on_event(event: Any) -> None:
-            if event.kind in ("started",):
-                view.changed(sweep, event.trial)
-            elif event.kind in ("finished", "error"):
-                view.changed(sweep, event.trial)
-            elif event.kind == "vm_stopped":
-                view.say(f"Stopped VM {event.vm}")
-
-        _output.info(f"Sweep {sid}: {len(todo)} trials on up to {n} VMs ({', '.join(vm_names)})")
-        stop = threading.Event()
-        try:
-            with view:
-                used = sw.run_cloud_parallel(
-                    lambda: make_clients(settings), project, bucket, sweep, todo, make_request,
-                    vm_names=vm_names, poll_s=poll_s, keep_vm=req.keep_vm, on_event=on_event, stop=stop,
-                )  # fmt: skip
-        except KeyboardInterrupt:
-            running = [t for t in todo if t.status == "running"]
-            _cloud_detached(
-                sid,
-                f"{len(running)} trials keep running on their VMs (they stop themselves); trials not started wait",
-                {"vms": vm_names},
-            )
-        extra["vms"] = used
-        if not req.keep_vm:
-            _output.info(
-                f"VMs {', '.join(used)} are stopped; their disks cost until deleted: "
-                f"newsclf cloud stop --sweep {sid} --delete"
-            )
-    final = sw.remote_sweep(client, bucket, sid, metric=metric) or sweep
-    _finish(final.summary(), final, pull_hint=True, extra=extra)
-
-
-def _cloud_detached(sweep_id: str, what: str, extra: dict[str, Any]) -> None:
-    message = f"Detached from sweep {sweep_id}: {what}; run the same command again to carry on"
-    _output.emit({"sweep_id": sweep_id, "state": "detached", **extra}, lambda c: c.print(sweep_id, highlight=False),
-                 exit_code=130, errors=[message])  # fmt: skip
-    _output.warn(message)
-    if not _output.state.quiet:
-        _output.stderr().print(f"The table so far: newsclf models list --sweep {sweep_id}", highlight=False)
-    raise typer.Exit(130)
-
-
-def _follow_sequential(clients: Any, project: str, vm: Any, job_run: str, store: Any, sweep: "Sweep",
-                       todo: list["Trial"], view: SweepView, poll_s: float) -> Any:  # fmt: skip
-    """Follow the sweep job: its lines, and the trials' states from the bucket; None on Ctrl-C."""
-    from newsclf import sweep as sw
-    from newsclf.cloud.compute.follow import JobLine, Outcome, Tick, follow
-
-    last = 0.0
-
-    def refresh() -> None:
-        for t in todo:
-            if t.status in (sw.SUCCEEDED, sw.FAILED):
-                continue
-            status = store.status(t.run_id) or {}
-            state = status.get("state")
-            if state == sw.RUNNING and t.status != sw.RUNNING:
-                t.status, t.t0, t.started_at = sw.RUNNING, time.monotonic(), status.get("started_at")
-                view.changed(sweep, t)
-            elif state in (sw.SUCCEEDED, sw.FAILED) and status.get("finished_at"):
-                metrics = store.metrics(t.run_id) if state == sw.SUCCEEDED else None
-                t.finish(state, error=status.get("error"), metrics=metrics)
-                view.changed(sweep, t)
-
-    try:
-        with view:
-            for event in follow(clients, project, vm, job_run, store, poll_s=poll_s):
-                if isinstance(event, JobLine):
-                    view.say(event.text)
-                elif isinstance(event, Tick):
-                    if time.monotonic() - last >= max(poll_s, 5.0) or last == 0.0:
-                        last = time.monotonic()
-                        refresh()
-                elif isinstance(event, Outcome):
-                    refresh()
-                    return event
-    except KeyboardInterrupt:
-        return None
-    return None
 
 
 # -- newsclf models list --sweep ----------------------------------------------------------------------

@@ -9,6 +9,7 @@ import typer
 
 # train flags that make no sense inside the job (data and run dir come from the bucket)
 NOT_IN_JOB = ("data", "demo", "resume", "run", "run_id")
+SWEEP_FLAGS = ("sweep", "sweep_file", "metric", "sweep_id")  # a job runs one trial: its sweep's plan picks it
 
 
 def train_command() -> Any:
@@ -29,6 +30,9 @@ def train_options(args: list[str]) -> Any:
     ctx = train_cmd.make_context("newsclf job", list(args))
     params = ctx.params
     defaults = {p.name: p.default for p in train_cmd.params}
+    swept = [f"--{k.replace('_', '-')}" for k in SWEEP_FLAGS if params.get(k) is not None]
+    if swept:
+        raise typer.BadParameter(f"{', '.join(swept)} after `--`: give the sweep to `newsclf cloud run` itself, before `--`")
     bad = [f"--{k.replace('_', '-')}" for k in NOT_IN_JOB if params.get(k) != defaults.get(k)]
     if bad:
         raise typer.BadParameter(f"{', '.join(bad)} cannot be used in a job: the job takes data and run from the bucket")

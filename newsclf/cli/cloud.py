@@ -334,7 +334,7 @@ def run(
     ),
     parallel: int | None = typer.Option(
         None, "--parallel", min=1, metavar="N",
-        help="Run the sweep's trials on up to N VMs at once (VM_NAME-SWEEP-i); default: all on one VM, one job.",
+        help="Run up to N of the sweep's trials at once, each on its own Batch VM (default: 1).",
     ),
 ) -> None:
     """Train on a Compute Engine VM: create or restart it, follow the job, stop the VM.
@@ -351,12 +351,13 @@ def run(
 
       newsclf cloud run --detach && newsclf cloud logs --follow
 
-    A sweep (--sweep/--sweep-file) runs every trial as its own run (runs/RUN_ID/,
-    run.json carrying the sweep id and values), by default one after another in
-    one job on the VM; with --parallel N on up to N VMs labelled with the sweep,
-    each created, followed and stopped like a single run. The table at the end
-    is read from the bucket (again later: newsclf models list --sweep SWEEP_ID).
-    Running the same command again skips the trials that succeeded.
+    A sweep (--sweep/--sweep-file) is one Cloud Batch job with one task per trial, at most
+    --parallel N at once, each an ordinary run (runs/RUN_ID/) on its own VM. Batch retries a task
+    whose spot VM was preempted or lost (it resumes from its checkpoints), not a trial that failed by
+    itself; --max-hours caps each task. The table follows the runs' status.json here; Ctrl-C or
+    --detach leaves the sweep running (newsclf cloud status, newsclf models list --sweep SWEEP_ID,
+    newsclf cloud stop --sweep SWEEP_ID). Running the same command again skips the trials that
+    succeeded and submits the others.
 
       newsclf cloud run --sweep "lr=1e-5,2e-5 batch_size=16,32" --parallel 2 -- --epochs 2
     """
@@ -371,11 +372,13 @@ def run(
 
     sweeping = sweep is not None or sweep_file is not None
     if sweeping or parallel is not None or metric is not None:
-        from newsclf.cli import _sweep
+        from newsclf.cli import _cloud_sweep as _sweep
 
         if metric is not None and not sweeping:
             raise typer.BadParameter("--metric picks a sweep's objective: use it with --sweep or --sweep-file")
-        _sweep.check_cloud_flags(sweeping=sweeping, parallel=parallel, resume=resume, detach=detach)
+        given = {k for k, v in (("resume", resume), ("zone", zone), ("keep_vm", keep_vm or None), ("force", force or None),
+                                ("wandb_key_in_metadata", wandb_key_in_metadata or None)) if v is not None}  # fmt: skip
+        _sweep.check_cloud_flags(sweeping=sweeping, parallel=parallel, given=given)
     _check_train_options(list(train_args or []))  # first: a typo needs no network to be found
     if max_hours is not None:
         check_max_hours(max_hours)
@@ -387,6 +390,18 @@ def run(
             f"No dataset in gs://{store.bucket}/data/ for the VM to train on: "
             "upload one with `newsclf data push` first"
         )
+    if sweeping:  # a Cloud Batch job; single runs stay on their own Compute Engine VM
+        from newsclf.cloud.cloudbuild.image import run_image
+
+        sweep_image, image_version = run_image(settings, project)
+        _check_training_image(settings, sweep_image, image_version)  # before anything is submitted
+        _sweep.cloud_run(
+            settings, project, store, image=sweep_image, train_args=list(train_args or []), spec=sweep, sweep_file=sweep_file,
+            metric=metric, parallel=parallel, machine_type=machine_type or settings.machine_type,
+            gpu=parse_gpu(gpu), spot=bool(spot), max_hours=max_hours if max_hours is not None else settings.max_hours,
+            disk_gb=disk_gb if disk_gb is not None else settings.disk_gb, detach=detach, poll_s=poll_interval,
+        )  # fmt: skip
+        return
     train = list(train_args or [])
     if resume:
         state = run_state(store, resume)
@@ -435,10 +450,6 @@ def run(
     if not train_args and train:
         _check_train_options(train)  # a resumed run's options, read from its VM
     _check_training_image(settings, req.image, image_version)
-    if sweeping:
-        _sweep.cloud_run(settings, project, clients, store, req, spec=sweep, sweep_file=sweep_file, metric=metric,
-                         parallel=parallel, detach=detach, poll_s=poll_interval)  # fmt: skip
-        return
     started = start_run(clients, project, req, store=store, poll_s=poll_interval)
     vm = started.vm
     hourly = vm.hourly_usd
@@ -474,7 +485,8 @@ def _disk_note(console, fleet) -> None:
 def status(
     zone: str | None = typer.Option(None, "--zone", help="Only this zone (default: every zone of the project)."),
 ) -> None:
-    """Show newsclf's VMs: state, hardware, uptime, estimated cost and current run.
+    """Show newsclf's VMs (state, hardware, uptime, estimated cost, current run) and its sweep jobs on
+    Cloud Batch in NEWSCLF_REGION (state, tasks by state, estimated cost so far).
 
     Costs come from a small built-in price table: an estimate, not a bill.
 
@@ -492,10 +504,17 @@ def status(
         _output.warn(warning)
     rows, sweeps = fleet.vms, fleet.sweeps
     data = fleet.as_dict()
+    from newsclf.cli import _cloud_sweep as _sweep
+
+    sweep_jobs = _sweep.status_jobs(settings, project)
+    data["sweep_jobs"] = sweep_jobs
 
     def render(console) -> None:
+        if sweep_jobs:
+            _sweep.render_jobs(console, sweep_jobs)
         if not rows:
-            console.print(f"No newsclf VMs in project {project}: start one with `newsclf cloud run`", highlight=False)
+            if not sweep_jobs:
+                console.print(f"No newsclf VMs in project {project}: start one with `newsclf cloud run`", highlight=False)
             return
         from rich.table import Table
 
@@ -608,7 +627,8 @@ def stop(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     poll_interval: float = typer.Option(2.0, "--poll-interval", min=0.05, help="Seconds between polls of the VM."),
     sweep: str | None = typer.Option(
-        None, "--sweep", metavar="SWEEP_ID", help="Stop every VM of this sweep (see `newsclf cloud status`)."
+        None, "--sweep", metavar="SWEEP_ID",
+        help="Cancel this sweep's Batch job (its running trials stop, its VMs go) and wait until it is gone.",
     ),
 ) -> None:
     """Stop the training VM and wait until it is really stopped; --delete removes it.
@@ -622,16 +642,20 @@ def stop(
 
       newsclf cloud stop --delete --yes
 
-      newsclf cloud stop --sweep sweep-1a2b3c4d --delete
+      newsclf cloud stop --sweep sweep-1a2b3c4d --yes
     """
     from newsclf.cloud.compute.lifecycle import stop_vm
     from newsclf.cloud.compute.vm import DOWN_STATES, find_vm
     from newsclf.cloud.fleet import is_busy
 
-    settings, project, clients, store = _compute(need_bucket=False)
-    if sweep is not None:
-        _stop_sweep(settings, project, clients, store, sweep, delete=delete, yes=yes, poll_s=poll_interval)
+    if sweep is not None:  # the sweep's Batch job: Batch deletes its VMs
+        from newsclf.cli import _cloud_sweep as _sweep
+
+        if delete:
+            raise typer.BadParameter("a sweep's VMs belong to its Batch job and go with it: drop --delete")
+        _sweep.stop_sweep(sweep, yes=yes, poll_s=poll_interval, confirm=_confirm)
         return
+    settings, project, clients, store = _compute(need_bucket=False)
     vm = find_vm(clients, project, settings.vm_name)
     if vm is None:
         data = {"vm": settings.vm_name, "zone": None, "before": None, "after": None, "deleted": False}
@@ -661,64 +685,6 @@ def stop(
     _output.emit(data, render)
 
 
-def _stop_sweep(settings, project: str, clients, store, sweep_id: str, *, delete: bool, yes: bool, poll_s: float) -> None:
-    """`cloud stop --sweep ID`: stop (or delete) every VM labelled with the sweep, all at once."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from newsclf.cloud.compute.clients import make_clients
-    from newsclf.cloud.compute.lifecycle import StopResult, stop_vm
-    from newsclf.cloud.compute.store import FINAL_RUN_STATES, RunStore, run_state
-    from newsclf.cloud.compute.vm import ACTIVE_STATES, DOWN_STATES, list_vms
-
-    vms = [vm for vm in list_vms(clients, project) if vm.sweep_id == sweep_id]
-    if not vms:
-        data = {"sweep_id": sweep_id, "vms": []}
-        _output.emit(data, lambda c: c.print(f"No VMs of sweep {sweep_id} in project {project}: nothing to stop", highlight=False))
-        return
-    busy = []
-    for vm in vms:
-        if vm.status in ACTIVE_STATES and vm.run_id:
-            run_store = store if store is not None and (vm.bucket in (None, store.bucket)) else None
-            if run_store is None and vm.bucket:
-                run_store = RunStore(clients.storage_client(), vm.bucket)
-            try:
-                if run_state(run_store, vm.run_id) not in FINAL_RUN_STATES:
-                    busy.append(vm)
-            except Exception:  # no bucket access: assume the worst and ask
-                busy.append(vm)
-    todo = [vm for vm in vms if delete or vm.status not in DOWN_STATES]
-    if (busy or delete) and todo and not yes:
-        what = f"{'Delete' if delete else 'Stop'} {len(todo)} VMs of sweep {sweep_id}"
-        if busy:
-            what += f", interrupting runs {', '.join(vm.run_id for vm in busy)}"
-        _confirm(what)
-
-    def one(vm):
-        if vm not in todo:
-            return StopResult(vm.name, vm.zone, vm.status, vm.status)
-        return stop_vm(make_clients(settings), project, vm, delete=delete, poll_s=poll_s)
-
-    with ThreadPoolExecutor(max_workers=min(8, len(vms))) as pool:
-        results = list(pool.map(one, vms))
-    rows = [{"vm": r.name, "zone": r.zone, "before": r.before, "after": r.after, "deleted": r.deleted} for r in results]
-    data = {"sweep_id": sweep_id, "vms": rows}
-
-    def render(console) -> None:
-        for r in results:
-            if r.deleted:
-                console.print(f"Deleted VM {r.name} ({r.zone})", highlight=False)
-            elif r.before == r.after:
-                console.print(f"VM {r.name} ({r.zone}) is already stopped", highlight=False)
-            else:
-                console.print(f"Stopped VM {r.name} ({r.zone}): {r.after}", highlight=False)
-        if busy:
-            console.print(
-                f"Run the same `newsclf cloud run --sweep ...` again to finish sweep {sweep_id}", highlight=False
-            )
-
-    _output.emit(data, render)
-
-
 # -- setup -----------------------------------------------------------------------------------------
 
 _SETUP_STYLES = {"ok": "green", "created": "cyan", "missing": "red", "error": "red", "skipped": "dim"}
@@ -738,10 +704,11 @@ def setup(
     Checks each step and prints one row for it: the project (NEWSCLF_GCP_PROJECT or your
     Application Default Credentials), the bucket (created in NEWSCLF_REGION with uniform
     bucket-level access if missing), your object access to it, the Docker repository
-    NEWSCLF_ARTIFACT_REPO in Artifact Registry (created if missing), and the Cloud Build and
-    Compute Engine APIs; then the VMs' service account NEWSCLF_VM_SERVICE_ACCOUNT (created if
-    missing) with one row per grant it needs (objects in the bucket, reading the repository,
-    the W&B secret, writing logs) and whether you may create VMs that run as it. Safe to
+    NEWSCLF_ARTIFACT_REPO in Artifact Registry (created if missing), and the Cloud Build,
+    Compute Engine and Cloud Batch (sweeps) APIs; then the VMs' service account
+    NEWSCLF_VM_SERVICE_ACCOUNT (created if missing) with one row per grant it needs (objects in
+    the bucket, reading the repository, the W&B secret, writing logs, reporting to Batch) and
+    whether you may create VMs that run as it. Safe to
     rerun: what exists is left alone. Exits 1 if any step is missing or failed, after
     showing every row with its fix.
 

@@ -13,7 +13,6 @@ import typer
 
 from newsclf.cli import _output
 from newsclf.cli._train_args import requested_processes as _requested_processes
-# cli/_sweep.py imports _train_options from here (until the Batch sweep rework)
 from newsclf.cli._train_args import train_options as _train_options
 from newsclf.cli._transfer import bucket_option
 from newsclf.errors import NewsclfError
@@ -64,8 +63,12 @@ def _launcher(n: int, bucket: str, run_id: str, workdir: Path, train_args: list[
 def job(
     ctx: typer.Context,
     bucket: Optional[str] = bucket_option(),
-    run_id: str = typer.Option(..., "--run-id", help="The run to execute, resume or skip: runs/<RUN_ID>/ in the bucket."),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="The run to execute, resume or skip: runs/<RUN_ID>/ in the bucket."),
     workdir: Path = typer.Option(Path("."), "--workdir", help="Local scratch directory for data and checkpoints."),
+    sweep_plan: Optional[str] = typer.Option(
+        None, "--sweep-plan", metavar="OBJECT", hidden=True,
+        help="A cloud sweep's task: the trial at BATCH_TASK_INDEX of this plan in the bucket (set by `cloud run --sweep`).",
+    ),
 ) -> None:
     """Run one training job against the bucket: what the image runs on a VM.
 
@@ -81,6 +84,16 @@ def job(
     from newsclf.cloud import layout
     from newsclf.job import run_job, train_worker
 
+    if sweep_plan is not None:  # a task of a cloud sweep's Batch job: the plan names run and options
+        if run_id is not None or ctx.args:
+            raise typer.BadParameter("the sweep plan names the run and its options: drop --run-id and the train options")
+        from newsclf.cli import _cloud_sweep as _sweep
+
+        _, name, client = connect(bucket)
+        _sweep.job_trial(client, name, sweep_plan, workdir)
+        return
+    if run_id is None:
+        raise typer.BadParameter("give the run to execute, e.g. --run-id 20261127-120000-abc123", param_hint="--run-id")
     if not layout.is_valid_run_id(run_id):
         raise typer.BadParameter(f"{run_id!r} is not a run id (letters, digits, . _ -)", param_hint="--run-id")
     options = _train_options(ctx.args)
@@ -90,21 +103,13 @@ def job(
     if online and "LOCAL_RANK" not in os.environ:
         _output.info(f"Downloading {options.base_model} from the Hugging Face Hub (HF_HUB_OFFLINE=0 for this job)")
     allow_hub_downloads(online)
-    from newsclf.cli import _sweep
-
-    sweep_args = _sweep.job_sweep_args(ctx.args)  # `cloud run --sweep`: the trials of a sweep
     worker = "LOCAL_RANK" in os.environ  # one of the processes a data-parallel job started
     requested = _requested_processes(ctx.args)
-    if sweep_args is not None and (requested or 1) > 1:
-        raise typer.BadParameter("--num-processes cannot be combined with --sweep: trials run one after another")
-    if worker or sweep_args is not None:
+    if worker:
         processes = 1
     else:  # every GPU of the VM unless told otherwise: one process would leave the others idle
         processes = requested or max(1, _gpu_count(options))
     _, name, client = connect(bucket)
-    if sweep_args is not None:
-        _sweep.job_sweep(client, name, run_id, options, workdir, sweep_args)
-        return
     from newsclf.cli._progress import progress_callback, quiet_libraries
 
     quiet_libraries()

@@ -162,8 +162,7 @@ def train(
     sweep: Optional[str] = typer.Option(None, "--sweep", metavar="GRID", help='Sweep a grid: "lr=1e-5,2e-5 batch_size=16,32" runs one trial (a normal run) per combination and prints one table.'),
     sweep_file: Optional[Path] = typer.Option(None, "--sweep-file", help="The grid from a YAML file: NAME: [values], or a W&B grid sweep (parameters: NAME: {values: [...]})."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Sweep objective, a validation metric of each trial's kept epoch: macro_f1 (default), accuracy, precision, recall, or loss (lower is better)."),
-    sweep_id: Optional[str] = typer.Option(None, "--sweep-id", hidden=True, help="Sweep id (set by `newsclf cloud run`)."),
-    sweep_runs: Optional[str] = typer.Option(None, "--sweep-runs", hidden=True, help="The job's trials and their run ids (set by `newsclf cloud run`)."),
+    sweep_id: Optional[str] = typer.Option(None, "--sweep-id", hidden=True, help="Sweep id (default: a hash of the grid and the other options)."),
 ) -> None:
     """Fine-tune the classifier on a prepared dataset; save it to models/<run-id>/ (and models/latest).
 
@@ -205,10 +204,10 @@ def train(
         raise typer.BadParameter("--run-id starts a new run; it cannot be combined with --resume")
     settings = get_settings()
     sweeping = sweep is not None or sweep_file is not None
-    if sweeping or metric is not None or sweep_runs is not None or sweep_id is not None:
+    if sweeping or metric is not None or sweep_id is not None:
         from newsclf.cli import _sweep
 
-        _sweep.check_train_flags(sweeping=sweeping, metric=metric, sweep_runs=sweep_runs, resume=resume, run=run,
+        _sweep.check_train_flags(sweeping=sweeping, metric=metric, resume=resume, run=run,
                                  num_processes=num_processes)  # fmt: skip
     if resume and not sweeping and run is not None:
         from newsclf.cli import _sweep

@@ -25,6 +25,7 @@ BUCKET_ROLE = "roles/storage.objectUser"  # read, list, write and overwrite obje
 REPOSITORY_ROLE = "roles/artifactregistry.reader"  # pull the training image
 SECRET_ROLE = "roles/secretmanager.secretAccessor"  # read the W&B key
 LOGGING_ROLE = "roles/logging.logWriter"  # the VM's agents write its logs
+BATCH_AGENT_ROLE = "roles/batch.agentReporter"  # a sweep's Batch VMs report their tasks' state to Batch
 _ACCOUNT_ID = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")  # IAM: 6-30 characters
 _EMAIL = re.compile(r"(?P<id>[a-z][a-z0-9-]{4,28}[a-z0-9])@(?P<project>[a-z][a-z0-9-]{4,28}[a-z0-9])\.iam\.gserviceaccount\.com")
 

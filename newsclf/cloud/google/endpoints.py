@@ -45,6 +45,7 @@ def all_local(settings: Settings) -> bool:
             settings.artifactregistry_api_endpoint,
             settings.cloudbuild_api_endpoint,
             settings.compute_api_endpoint,
+            settings.batch_api_endpoint,
             settings.iam_api_endpoint,
             settings.resourcemanager_api_endpoint,
             settings.secretmanager_api_endpoint,

@@ -33,6 +33,7 @@ RESOURCEMANAGER = Service(
     "Resource Manager API", "cloudresourcemanager.googleapis.com", "NEWSCLF_RESOURCEMANAGER_API_ENDPOINT"
 )
 SECRETMANAGER = Service("Secret Manager API", "secretmanager.googleapis.com", "NEWSCLF_SECRETMANAGER_API_ENDPOINT")
+BATCH = Service("Cloud Batch API", "batch.googleapis.com", "NEWSCLF_BATCH_API_ENDPOINT")
 
 API_DISABLED_REASONS = frozenset({"SERVICE_DISABLED", "accessNotConfigured"})
 BILLING_REASONS = frozenset({"BILLING_DISABLED", "billingNotEnabled", "accountDisabled", "userProjectAccountProblem"})

@@ -3,7 +3,7 @@ including the training VMs' own service account and its least-privilege grants.
 
 - report.py   the rows (ok / created / missing / error / skipped) and the report they make
 - context.py  what the steps share: settings, clients, what earlier steps found
-- checks.py   the project, the bucket and its access, the repository, the Cloud Build and Compute APIs
+- checks.py   the project, the bucket and its access, the repository, the Cloud Build, Compute and Batch APIs
 - grants.py   the VMs' service account and the roles it gets on the bucket, repository, secret, project
 - run.py      run_setup: every step in order, one failing step never hiding the others
 

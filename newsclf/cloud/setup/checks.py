@@ -12,6 +12,7 @@ from typing import Any
 from newsclf.cloud.google.endpoints import all_local
 from newsclf.cloud.google.errors import (
     ARTIFACTREGISTRY,
+    BATCH,
     CLOUDBUILD,
     COMPUTE,
     api_failure,
@@ -291,3 +292,24 @@ def check_compute_api(ctx: Context) -> tuple[str, str]:
         return answer
     status = getattr(found, "status", "") or "?"
     return OK, f"enabled; zone {zone} is {status}"
+
+
+def check_batch_api(ctx: Context) -> tuple[str, str]:
+    """Cloud sweeps run as Batch jobs in NEWSCLF_REGION: list them once to see that the API answers."""
+    settings, project = ctx.settings, ctx.project or ""
+    try:
+        if ctx.clients.batch is None:
+            from newsclf.cloud.batch import make_client
+
+            ctx.clients.batch = make_client(settings, ctx.credentials)
+        parent = f"projects/{project}/locations/{settings.region}"
+        ctx.clients.batch.list_jobs(request={"parent": parent, "page_size": 1}, timeout=CALL_TIMEOUT_S)
+    except Exception as e:
+        answer = api_failure(
+            e, BATCH, project=project, what="run sweeps on Cloud Batch", role="roles/batch.jobsEditor",
+            member=member_of(ctx.credentials), endpoint=settings.batch_api_endpoint,
+        )
+        if answer is None:
+            raise
+        return answer
+    return OK, f"enabled; sweeps run as Batch jobs in {settings.region}"

@@ -25,6 +25,7 @@ class SetupClients:
     iam: Any = None  # newsclf.cloud.iam.IamClient (IAM's REST API)
     projects: Any = None  # resourcemanager_v3.ProjectsClient
     secrets: Any = None  # secretmanager_v1.SecretManagerServiceClient
+    batch: Any = None  # batch_v1.BatchServiceClient (cloud sweeps)
 
 
 def projects_client(settings: Settings, credentials: Any = None) -> Any:

@@ -322,9 +322,22 @@ def check_vm_secret(ctx: Context) -> tuple[str, str]:
 def check_vm_logging(ctx: Context) -> tuple[str, str]:
     from newsclf.cloud import iam
 
+    return _project_grant(ctx, iam.LOGGING_ROLE)
+
+
+def check_vm_batch(ctx: Context) -> tuple[str, str]:
+    from newsclf.cloud import iam
+
+    return _project_grant(ctx, iam.BATCH_AGENT_ROLE)
+
+
+def _project_grant(ctx: Context, role: str) -> tuple[str, str]:
+    """`role` on the project for the VMs' account (roles with no narrower resource to go on)."""
+    from newsclf.cloud import iam
+
     settings, project, account = ctx.settings, ctx.project or "", ctx.account or ""
     resource = f"projects/{project}"
-    grant_cmd = grant_command(project, iam.LOGGING_ROLE, iam.member(account))
+    grant_cmd = grant_command(project, role, iam.member(account))
     try:
         if ctx.clients.projects is None:
             ctx.clients.projects = projects_client(settings, ctx.credentials)
@@ -335,7 +348,7 @@ def check_vm_logging(ctx: Context) -> tuple[str, str]:
                 request={"resource": resource, "options": {"requested_policy_version": 3}}, timeout=CALL_TIMEOUT_S
             ),
             put=lambda policy: client.set_iam_policy(request={"resource": resource, "policy": policy}, timeout=CALL_TIMEOUT_S),
-            binding=_proto_binding(iam.LOGGING_ROLE, iam.member(account)), role=iam.LOGGING_ROLE,
+            binding=_proto_binding(role, iam.member(account)), role=role,
             where=f"project {project}", grant_cmd=grant_cmd,
         )
     except Exception as e:

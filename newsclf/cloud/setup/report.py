@@ -15,11 +15,13 @@ TITLES = {
     "repository": "Artifact Registry",
     "cloudbuild-api": "Cloud Build API",
     "compute-api": "Compute Engine API",
+    "batch-api": "Cloud Batch API",
     "vm-account": "VM service account",
     "vm-bucket": "VM bucket access",
     "vm-repository": "VM image access",
     "vm-secret": "VM W&B secret",
     "vm-logging": "VM log writing",
+    "vm-batch": "VM Batch reporting",
     "vm-act-as": "Run VMs as it",
 }
 # what newsclf does in the bucket: read, list, write, and overwrite (status.json, resumed uploads)

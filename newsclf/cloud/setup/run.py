@@ -47,6 +47,7 @@ def run_setup(settings: Settings, *, create: bool = True, clients: SetupClients 
     repository = run("repository", checks.check_repository, no_project)
     run("cloudbuild-api", checks.check_cloudbuild_api, no_project)
     run("compute-api", checks.check_compute_api, no_project)
+    run("batch-api", checks.check_batch_api, no_project)
     account = run("vm-account", grants.check_vm_account, no_project)
     no_account = no_project or (None if account.status in (OK, CREATED) else "VM service account")
     run("vm-bucket", grants.check_vm_bucket, no_account or (None if bucket.status in (OK, CREATED) else "bucket"))
@@ -56,5 +57,6 @@ def run_setup(settings: Settings, *, create: bool = True, clients: SetupClients 
         run("vm-repository", grants.check_vm_repository, no_account or (None if repository.status in (OK, CREATED) else "Artifact Registry repository"))
     run("vm-secret", grants.check_vm_secret, no_account)
     run("vm-logging", grants.check_vm_logging, no_account)
+    run("vm-batch", grants.check_vm_batch, no_account)
     run("vm-act-as", grants.check_vm_act_as, no_account)
     return report
