@@ -151,7 +151,9 @@ def run_arm(args) -> None:
         train = ds["train"].map(
             lambda b: tok(b["text"], padding="max_length", truncation=True, max_length=256), batched=True
         )
-        model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2, use_safetensors=True, dtype=torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_path, num_labels=2, use_safetensors=True, dtype=torch.float32
+        )
         cb = quality_callback(tok, ds["validation"], ds["test"], 256, args.eval_steps, args.target,
                               args.min_epochs, cap_s, out, t_start)  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
@@ -204,7 +206,9 @@ def summarise(out_dir: Path, arms: list[str]) -> None:
         at_epoch = [r for r in evals if abs(r["epoch"] - round(r["epoch"])) < 1e-3 and round(r["epoch"]) >= 1]
         seen = next((r for r in at_epoch if r["val_macro_f1"] >= 0.98), None)
         if seen and base:
-            test = next((r.get("test_macro_f1") for r in evals if r["step"] == seen["step"] and "test_macro_f1" in r), "-")
+            test = next(
+                (r.get("test_macro_f1") for r in evals if r["step"] == seen["step"] and "test_macro_f1" in r), "-"
+            )
             print(f"{'':24} at its epoch-{round(seen['epoch'])} evaluation: {seen['wall_s']:.0f}s/{seen['cpu_s']:.0f}cpu, "
                   f"val {seen['val_macro_f1']}, test {test}; ratio {seen['wall_s'] / base['wall_s']:.2f} wall, "
                   f"{seen['cpu_s'] / base['cpu_s']:.2f} CPU")  # fmt: skip

@@ -105,7 +105,9 @@ def baseline(
     train = load_processed(data_dir)["train"].shuffle(seed=seed).select(range(rows))
     tok = AutoTokenizer.from_pretrained(model_path)
     ds = train.map(lambda b: tok(b["text"], padding="max_length", truncation=True, max_length=256), batched=True)
-    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2, use_safetensors=True, dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_path, num_labels=2, use_safetensors=True, dtype=torch.float32
+    )
     timer = step_timer()
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
@@ -121,7 +123,12 @@ def baseline(
 
 
 def newsclf_run(
-    data_dir: Path, rows: int, model_path: str, seed: int, cpu: bool = True, precision: str = "auto",
+    data_dir: Path,
+    rows: int,
+    model_path: str,
+    seed: int,
+    cpu: bool = True,
+    precision: str = "auto",
     batch_size: int = 16,
 ) -> tuple[float, float, list[int], list[int]]:
     """`newsclf train` with its default settings on the same rows."""
@@ -151,7 +158,9 @@ def flops(model_path: str, lengths: list[int]) -> float:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     cfg = AutoConfig.from_pretrained(model_path)
-    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2, use_safetensors=True, dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_path, num_labels=2, use_safetensors=True, dtype=torch.float32
+    )
     n = sum(p.numel() for name, p in model.named_parameters() if "embeddings" not in name)
     return 6 * n * sum(lengths) + 12 * cfg.num_hidden_layers * cfg.hidden_size * sum(t * t for t in lengths)
 
@@ -166,10 +175,15 @@ def main() -> None:
     parser.add_argument("--peak", type=float, default=190.0, help="fp32 peak GFLOP/s to compare with")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where both sides train")
     parser.add_argument("--data", type=Path, help="an already prepared dataset dir (instead of preparing --isot)")
-    parser.add_argument("--batch-sizes", default="16", help="with --device cuda: newsclf batch sizes to run, e.g. 16,64")
+    parser.add_argument(
+        "--batch-sizes", default="16", help="with --device cuda: newsclf batch sizes to run, e.g. 16,64"
+    )
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile N steps of each side")
-    parser.add_argument("--precisions", default="auto,bf16,fp32", help="with --device cuda: newsclf --precision values; "
-                        "ratios are to the last")
+    parser.add_argument(
+        "--precisions",
+        default="auto,bf16,fp32",
+        help="with --device cuda: newsclf --precision values; ratios are to the last",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="with --device cuda: skip the student-style side")
     parser.add_argument("--no-cudnn-sdp", action="store_true", help="with --device cuda: no cuDNN attention kernels")
     args = parser.parse_args()
@@ -225,7 +239,9 @@ def main() -> None:
                 computed[name] += flops(model_path, lengths)
                 useful[name] += flops(model_path, real)
     if not cpu:
-        print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, transformers {transformers.__version__}")
+        print(
+            f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, transformers {transformers.__version__}"
+        )
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), AMX bf16: {cpu_bf16_fast()}, "
           f"load average {load0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")  # fmt: skip
@@ -239,7 +255,11 @@ def main() -> None:
               f"({100 * gf / args.peak:.0f}% of {args.peak:.0f}), {gf_useful:6.1f} useful, "
               f"ratio {rate / (samples[base] / seconds[base]):.2f}")  # fmt: skip
         if not cpu:
-            ref = name.split(" --precision ")[0] + f" --precision {args.precisions.split(',')[-1]} bs " + name.split(" bs ")[-1]
+            ref = (
+                name.split(" --precision ")[0]
+                + f" --precision {args.precisions.split(',')[-1]} bs "
+                + name.split(" bs ")[-1]
+            )
             if ref in sides:
                 print(f"{'':34} ratio to {ref}: {rate / (samples[ref] / seconds[ref]):.2f}")
             continue

@@ -88,9 +88,7 @@ def check(require_cuda: bool, train: bool = False) -> list[str]:
     import torch
 
     if require_cuda and not torch.version.cuda:
-        problems.append(
-            f"torch {torch.__version__} is a CPU build: the image must install the CUDA torch from uv.lock"
-        )
+        problems.append(f"torch {torch.__version__} is a CPU build: the image must install the CUDA torch from uv.lock")
 
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         if os.environ.get(var) != "1":
@@ -131,7 +129,9 @@ def check(require_cuda: bool, train: bool = False) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--require-cuda", action="store_true", help="fail on a CPU-only torch build or a missing CUDA library")
+    parser.add_argument(
+        "--require-cuda", action="store_true", help="fail on a CPU-only torch build or a missing CUDA library"
+    )
     parser.add_argument("--train", action="store_true", help="also train the packaged model briefly on the CPU")
     args = parser.parse_args(argv)
     problems = check(args.require_cuda, args.train)

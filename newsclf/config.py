@@ -45,16 +45,28 @@ class Settings(BaseSettings):
 
     # training defaults (chosen for 2 CPU cores; a GPU is picked up automatically)
     base_model: str = ""  # empty: the packaged all-MiniLM-L6-v2 (offline)
-    max_length: int = Field(default=128, ge=MIN_MAX_LENGTH, le=MAX_MAX_LENGTH)  # tokens kept per article (title first); 128 = 256's F1 at 2x speed (bench/README.md)
-    epochs: float = Field(default=3.0, gt=0, le=MAX_EPOCHS, allow_inf_nan=False)  # upper bound; early stopping usually ends sooner
+    max_length: int = Field(
+        default=128, ge=MIN_MAX_LENGTH, le=MAX_MAX_LENGTH
+    )  # tokens kept per article (title first); 128 = 256's F1 at 2x speed (bench/README.md)
+    epochs: float = Field(
+        default=3.0, gt=0, le=MAX_EPOCHS, allow_inf_nan=False
+    )  # upper bound; early stopping usually ends sooner
     batch_size: int = Field(default=16, ge=1, le=MAX_BATCH_SIZE)  # per device
-    lr: float = Field(default=5e-5, gt=0, le=MAX_LR, allow_inf_nan=False)  # small encoders like a higher rate than BERT-base
+    lr: float = Field(
+        default=5e-5, gt=0, le=MAX_LR, allow_inf_nan=False
+    )  # small encoders like a higher rate than BERT-base
     weight_decay: float = Field(default=0.01, ge=0, le=1, allow_inf_nan=False)
-    warmup_ratio: float = Field(default=0.1, ge=0, lt=1, allow_inf_nan=False)  # fraction of steps spent warming up the lr
+    warmup_ratio: float = Field(
+        default=0.1, ge=0, lt=1, allow_inf_nan=False
+    )  # fraction of steps spent warming up the lr
     patience: int = Field(default=2, ge=1, le=MAX_PATIENCE)  # evaluations without macro-F1 gain before stopping
     seed: int = Field(default=42, ge=0, le=MAX_SEED)
-    attention_dropout: float = Field(default=0.0, ge=0, lt=1, allow_inf_nan=False)  # on attention probabilities: 0 = 1.2-1.3x faster CPU steps, same F1 (bench/README.md)
-    precision: Literal["auto", "bf16", "fp16", "tf32", "fp32"] = "auto"  # auto|bf16|fp16|tf32|fp32; auto: TF32 on Ampere+ GPUs (fp16 older), bf16 on AMX CPUs, else fp32
+    attention_dropout: float = Field(
+        default=0.0, ge=0, lt=1, allow_inf_nan=False
+    )  # on attention probabilities: 0 = 1.2-1.3x faster CPU steps, same F1 (bench/README.md)
+    precision: Literal["auto", "bf16", "fp16", "tf32", "fp32"] = (
+        "auto"  # auto|bf16|fp16|tf32|fp32; auto: TF32 on Ampere+ GPUs (fp16 older), bf16 on AMX CPUs, else fp32
+    )
     wandb_project: str = "newsclf"
     wandb_entity: str | None = None
     wandb_api_key: SecretStr | None = Field(
@@ -65,18 +77,26 @@ class Settings(BaseSettings):
     gcp_project: str | None = None  # falls back to the ADC project
     region: str = "europe-west1"
     zone: str = "europe-west1-b"
-    zones: str = ""  # comma-separated fallback zones for capacity errors; empty: the zones of the region that offer the hardware
+    zones: str = (
+        ""  # comma-separated fallback zones for capacity errors; empty: the zones of the region that offer the hardware
+    )
     bucket: str | None = None  # gs://BUCKET holds data/, runs/, builds/
     artifact_repo: str = "newsclf"  # Artifact Registry docker repository
     image: str | None = None  # training image; default REGION-docker.pkg.dev/PROJECT/REPO/newsclf-train
     vm_name: str = "newsclf-train"
     machine_type: str = "n1-standard-8"
-    disk_gb: int = Field(default=100, ge=10, le=65536)  # GB: at least 10 (as `cloud run --disk-gb`), at most a 64 TB disk
-    max_hours: float = Field(default=6.0, gt=0, le=MAX_RUN_HOURS, allow_inf_nan=False)  # the VM stops itself after this long, whatever happens
+    disk_gb: int = Field(
+        default=100, ge=10, le=65536
+    )  # GB: at least 10 (as `cloud run --disk-gb`), at most a 64 TB disk
+    max_hours: float = Field(
+        default=6.0, gt=0, le=MAX_RUN_HOURS, allow_inf_nan=False
+    )  # the VM stops itself after this long, whatever happens
     vm_image_project: str = "deeplearning-platform-release"
     vm_image_family: str = "common-cu129-ubuntu-2204-nvidia-580"  # driver 580: the CUDA 13 torch needs it
     wandb_secret: str | None = None  # Secret Manager secret holding the W&B key, for VMs
-    vm_service_account: str | None = None  # the VMs' service account; default newsclf-vm@PROJECT.iam.gserviceaccount.com
+    vm_service_account: str | None = (
+        None  # the VMs' service account; default newsclf-vm@PROJECT.iam.gserviceaccount.com
+    )
     compute_api_endpoint: str | None = None  # e.g. http://127.0.0.1:8080 for a local stand-in
     batch_api_endpoint: str | None = None  # Cloud Batch (cloud sweeps), e.g. a local stand-in
     cloudbuild_api_endpoint: str | None = None

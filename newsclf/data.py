@@ -58,7 +58,7 @@ def check_processed(processed_dir: Path) -> None:
         )
 
 
-def load_processed(processed_dir: Path) -> "DatasetDict":
+def load_processed(processed_dir: Path) -> DatasetDict:
     """The train/validation/test splits as a datasets.DatasetDict with columns text, label."""
     import pyarrow.parquet as pq
     from datasets import Dataset, DatasetDict
@@ -366,7 +366,7 @@ class Source:
     description: dict = field(default_factory=dict)
 
     @classmethod
-    def isot(cls, fake: Path, true: Path) -> "Source":
+    def isot(cls, fake: Path, true: Path) -> Source:
         return cls("isot", (Path(fake), Path(true)))
 
     @classmethod
@@ -378,7 +378,7 @@ class Source:
         title_column: str | None = None,
         label_column: str = "label",
         label_map: str | None = None,
-    ) -> "Source":
+    ) -> Source:
         return cls("input", (Path(path),), text_column, title_column, label_column, label_map)
 
 
@@ -425,8 +425,8 @@ def _load_rows(source: Source, use_title: bool) -> tuple[list[tuple[str, str, in
             table = _read_table(path, flag)
             hint = "expected the ISOT layout title,text,subject,date (or use --input FILE --text-column NAME)"
             _require(table, path, [("title", flag), ("text", flag)], hint)
-            ti, xi = table.column("title"), table.column("text")
-            rows.extend((r[ti] if use_title else "", r[xi], label) for _, r in table.rows)
+            tc, xc = table.column("title"), table.column("text")
+            rows.extend((r[tc] if use_title else "", r[xc], label) for _, r in table.rows)
             inputs.append({"name": table.name, "role": LABELS[label], "sha256": table.sha256, "rows": len(table.rows)})
     elif source.kind == "input":
         (path,) = source.paths
@@ -754,4 +754,3 @@ def _prepare(
         raise
     log.debug("Prepared %d articles into %s", len(kept), out_dir)
     return PrepareResult(out_dir, manifest, hashlib.sha256(manifest_bytes).hexdigest())
-

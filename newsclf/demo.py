@@ -39,52 +39,118 @@ MONTHS = ["January", "March", "April", "June", "September", "October", "November
 # Shared topic vocabulary: both classes write about the same things.
 TOPICS = {
     "economy": {
-        "orgs": ["the finance ministry", "the central bank", "the national statistics office",
-                 "the Treasury", "the chamber of commerce"],  # fmt: skip
-        "things": ["inflation", "interest rates", "the budget deficit", "fuel prices", "wages",
-                   "the jobs report", "property taxes"],  # fmt: skip
+        "orgs": [
+            "the finance ministry",
+            "the central bank",
+            "the national statistics office",
+            "the Treasury",
+            "the chamber of commerce",
+        ],  # fmt: skip
+        "things": [
+            "inflation",
+            "interest rates",
+            "the budget deficit",
+            "fuel prices",
+            "wages",
+            "the jobs report",
+            "property taxes",
+        ],  # fmt: skip
         "measures": ["a tax relief bill", "a new spending plan", "a fuel subsidy", "a minimum wage increase"],
     },
     "health": {
-        "orgs": ["the health ministry", "the regional hospital board", "the medicines agency",
-                 "the public health institute"],  # fmt: skip
-        "things": ["vaccine supplies", "hospital waiting lists", "drug prices", "the flu season",
-                   "emergency room staffing"],  # fmt: skip
+        "orgs": [
+            "the health ministry",
+            "the regional hospital board",
+            "the medicines agency",
+            "the public health institute",
+        ],  # fmt: skip
+        "things": [
+            "vaccine supplies",
+            "hospital waiting lists",
+            "drug prices",
+            "the flu season",
+            "emergency room staffing",
+        ],  # fmt: skip
         "measures": ["a hospital funding bill", "new vaccine guidelines", "a drug pricing rule"],
     },
     "election": {
-        "orgs": ["the electoral commission", "the state election board", "the opposition party",
-                 "the governing coalition"],  # fmt: skip
-        "things": ["voter registration", "the ballot count", "campaign donations", "postal voting",
-                   "district boundaries"],  # fmt: skip
+        "orgs": [
+            "the electoral commission",
+            "the state election board",
+            "the opposition party",
+            "the governing coalition",
+        ],  # fmt: skip
+        "things": [
+            "voter registration",
+            "the ballot count",
+            "campaign donations",
+            "postal voting",
+            "district boundaries",
+        ],  # fmt: skip
         "measures": ["a voter ID law", "new campaign finance rules", "a redistricting plan"],
     },
     "climate": {
-        "orgs": ["the environment agency", "the energy regulator", "the weather service",
-                 "the national grid operator"],  # fmt: skip
-        "things": ["flood defences", "power prices", "emission targets", "the drought",
-                   "wind farm permits"],  # fmt: skip
+        "orgs": [
+            "the environment agency",
+            "the energy regulator",
+            "the weather service",
+            "the national grid operator",
+        ],  # fmt: skip
+        "things": [
+            "flood defences",
+            "power prices",
+            "emission targets",
+            "the drought",
+            "wind farm permits",
+        ],  # fmt: skip
         "measures": ["a carbon levy", "a flood protection plan", "a coal plant closure schedule"],
     },
     "technology": {
-        "orgs": ["the data protection authority", "the telecoms regulator", "the digital ministry",
-                 "a parliamentary committee"],  # fmt: skip
-        "things": ["facial recognition cameras", "online privacy", "5G masts", "social media rules",
-                   "a data breach"],  # fmt: skip
+        "orgs": [
+            "the data protection authority",
+            "the telecoms regulator",
+            "the digital ministry",
+            "a parliamentary committee",
+        ],  # fmt: skip
+        "things": [
+            "facial recognition cameras",
+            "online privacy",
+            "5G masts",
+            "social media rules",
+            "a data breach",
+        ],  # fmt: skip
         "measures": ["an online safety bill", "a ban on facial recognition", "new privacy rules"],
     },
     "crime": {
-        "orgs": ["the police department", "the prosecutor's office", "the justice ministry",
-                 "the border agency"],  # fmt: skip
-        "things": ["burglary rates", "police funding", "the court backlog", "border checks",
-                   "a fraud investigation"],  # fmt: skip
+        "orgs": [
+            "the police department",
+            "the prosecutor's office",
+            "the justice ministry",
+            "the border agency",
+        ],  # fmt: skip
+        "things": [
+            "burglary rates",
+            "police funding",
+            "the court backlog",
+            "border checks",
+            "a fraud investigation",
+        ],  # fmt: skip
         "measures": ["a sentencing reform bill", "a police budget increase", "new border rules"],
     },
     "education": {
-        "orgs": ["the education ministry", "the teachers' union", "the school board",
-                 "the university council"],  # fmt: skip
-        "things": ["tuition fees", "teacher salaries", "exam results", "school closures",
-                   "the curriculum review"],  # fmt: skip
+        "orgs": [
+            "the education ministry",
+            "the teachers' union",
+            "the school board",
+            "the university council",
+        ],  # fmt: skip
+        "things": [
+            "tuition fees",
+            "teacher salaries",
+            "exam results",
+            "school closures",
+            "the curriculum review",
+        ],  # fmt: skip
         "measures": ["a school funding formula", "a tuition freeze", "a teacher pay deal"],
     },
 }
@@ -224,7 +290,7 @@ def _article(rng: random.Random, label: int) -> tuple[str, str]:
     target = rng.randint(MIN_WORDS + 10, MAX_WORDS - 15)
     while words < target:
         r, acc = rng.random(), 0.0
-        for pool, p in pools:
+        for pool, p in pools:  # noqa: B007  (the pool picked is the one the loop breaks on)
             acc += p
             if r < acc:
                 break
@@ -257,7 +323,7 @@ def generate_articles(
     return out
 
 
-def demo_source() -> "Source":
+def demo_source() -> Source:
     """The demo corpus as a `newsclf.data.Source` for `prepare_dataset`."""
     from newsclf.data import Source
 
@@ -270,7 +336,7 @@ def demo_source() -> "Source":
     )
 
 
-def prepare_demo(out_dir: "Path", *, seed: int = 42, force: bool = False) -> "PrepareResult":
+def prepare_demo(out_dir: Path, *, seed: int = 42, force: bool = False) -> PrepareResult:
     """Prepare the built-in demo corpus (generated, offline, seconds) into out_dir."""
     from newsclf.data import prepare_dataset
 

@@ -7,8 +7,9 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +21,9 @@ log = logging.getLogger(__name__)
 SUMMARY_KEYS = ("accuracy", "macro_f1", "precision", "recall")
 
 
-def confusion_matrix(labels: Sequence[int], preds: Sequence[int], num_labels: int = len(LABELS)) -> np.ndarray:
+def confusion_matrix(
+    labels: Sequence[int] | np.ndarray, preds: Sequence[int] | np.ndarray, num_labels: int = len(LABELS)
+) -> np.ndarray:
     """counts[true, predicted]."""
     y, p = np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)
     return np.bincount(y * num_labels + p, minlength=num_labels * num_labels).reshape(num_labels, num_labels)
@@ -32,7 +35,7 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def classification_metrics(
-    labels: Sequence[int], preds: Sequence[int], label_names: Sequence[str] = LABELS
+    labels: Sequence[int] | np.ndarray, preds: Sequence[int] | np.ndarray, label_names: Sequence[str] = LABELS
 ) -> dict[str, Any]:
     """Accuracy, macro precision/recall/F1, per-class scores and the confusion matrix."""
     n = len(label_names)
@@ -60,7 +63,7 @@ def classification_metrics(
     }
 
 
-def summary_metrics(labels: Sequence[int], preds: Sequence[int]) -> dict[str, float]:
+def summary_metrics(labels: Sequence[int] | np.ndarray, preds: Sequence[int] | np.ndarray) -> dict[str, float]:
     """The four scalars the Trainer logs every epoch."""
     m = classification_metrics(labels, preds)
     return {k: m[k] for k in SUMMARY_KEYS}
@@ -100,7 +103,9 @@ def read_labelled_csv(path: Path) -> tuple[list[str], list[int]]:
                 texts.append(article_text(row.get("title"), row["text"] or ""))
                 labels.append(_label_id(row["label"] or "", f"{path} line {reader.line_num}"))
     except csv.Error as e:
-        raise InputError(f"{path} line {reader.line_num}: unparseable CSV ({e}): fix the quoting on that line") from None
+        raise InputError(
+            f"{path} line {reader.line_num}: unparseable CSV ({e}): fix the quoting on that line"
+        ) from None
     if not texts:
         raise InputError(f"{path} has no rows: give --data a CSV with text and label columns")
     return texts, labels

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from newsclf.cloud import layout
 from newsclf.errors import InputError, NewsclfError
@@ -72,7 +73,7 @@ def allow_hub_downloads(changes: dict[str, str]) -> None:
         constants.HF_HUB_OFFLINE = False  # type: ignore[attr-defined]
 
 
-def _checkpoint_sync(client: "Client", bucket: "Bucket", lay: layout.RunLayout, local: Path) -> Any:
+def _checkpoint_sync(client: Client, bucket: Bucket, lay: layout.RunLayout, local: Path) -> Any:
     """A TrainerCallback mirroring the local checkpoints/ folder to runs/<id>/checkpoints/ at every save."""
     from transformers import TrainerCallback
 
@@ -92,13 +93,16 @@ def _checkpoint_sync(client: "Client", bucket: "Bucket", lay: layout.RunLayout, 
                 bucket.blob(name).delete(retry=retry_policy())
             log.info(
                 "Checkpoint at step %d synced to %s (%d files uploaded, %d removed)",
-                state.global_step, layout.uri(bucket.name, lay.checkpoints), result.files_transferred, len(stale),
+                state.global_step,
+                layout.uri(bucket.name, lay.checkpoints),
+                result.files_transferred,
+                len(stale),
             )
 
     return CheckpointSync()
 
 
-def _status_progress(bucket: "Bucket", lay: layout.RunLayout, status: dict[str, Any]) -> Any:
+def _status_progress(bucket: Bucket, lay: layout.RunLayout, status: dict[str, Any]) -> Any:
     """A TrainerCallback putting each evaluation into status.json (`progress`): what a sweep's live
     table shows while the run trains, read from the bucket."""
     from transformers import TrainerCallback
@@ -159,7 +163,9 @@ def _checkpoint_on_sigterm(grace_s: float = SIGTERM_GRACE_S) -> Iterator[Any]:
                 control.should_save = True
                 if not self.announced:  # logged here, not in the signal handler: stderr may be mid-write there
                     self.announced = True
-                    log.warning("SIGTERM: saving and uploading a checkpoint at step %d, then stopping", state.global_step)
+                    log.warning(
+                        "SIGTERM: saving and uploading a checkpoint at step %d, then stopping", state.global_step
+                    )
 
         def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
             if self.requested:  # CheckpointSync, before this callback, has uploaded it
@@ -192,7 +198,7 @@ def _checkpoint_on_sigterm(grace_s: float = SIGTERM_GRACE_S) -> Iterator[Any]:
         signal.signal(signal.SIGALRM, previous_alarm)
 
 
-def _fetch_data(client: "Client", bucket: "Bucket", workdir: Path, seed: int) -> Path:
+def _fetch_data(client: Client, bucket: Bucket, workdir: Path, seed: int) -> Path:
     """data/processed from the bucket, or data/raw (Fake.csv + True.csv) prepared here."""
     from newsclf.cloud.storage.client import list_objects
     from newsclf.cloud.storage.download import download_prefix
@@ -218,7 +224,7 @@ def _fetch_data(client: "Client", bucket: "Bucket", workdir: Path, seed: int) ->
     return processed
 
 
-def _fetch_checkpoints(client: "Client", bucket: "Bucket", lay: layout.RunLayout, local: Path) -> bool:
+def _fetch_checkpoints(client: Client, bucket: Bucket, lay: layout.RunLayout, local: Path) -> bool:
     from newsclf.cloud.storage.client import list_objects
     from newsclf.cloud.storage.download import download_prefix
 
@@ -240,7 +246,7 @@ def _worker_error_file(workdir: Path, rank: int) -> Path:
 
 
 def train_worker(
-    client: "Client", bucket_name: str, run_id: str, options: "TrainOptions", workdir: Path, *, callbacks: tuple = ()
+    client: Client, bucket_name: str, run_id: str, options: TrainOptions, workdir: Path, *, callbacks: tuple = ()
 ) -> None:
     """One process of a data-parallel job (under torch.distributed.run): train on what `run_job`
     fetched into `workdir`; rank 0 syncs the checkpoints and writes the finished run locally.
@@ -273,7 +279,7 @@ def worker_error(workdir: Path, world_size: int) -> str | None:
     return None
 
 
-def _publish(client: "Client", bucket: "Bucket", lay: layout.RunLayout, run_dir: Path) -> None:
+def _publish(client: Client, bucket: Bucket, lay: layout.RunLayout, run_dir: Path) -> None:
     """Upload the finished run (model/, run.json, logs/; metrics.json last)."""
     from newsclf.cloud.storage.client import list_objects
     from newsclf.cloud.storage.objects import read_json
@@ -304,10 +310,10 @@ def _interrupted_status(e: BaseException, bucket_name: str, lay: layout.RunLayou
 
 
 def run_job(
-    client: "Client",
+    client: Client,
     bucket_name: str,
     run_id: str,
-    options: "TrainOptions",
+    options: TrainOptions,
     workdir: Path,
     *,
     callbacks: tuple = (),

@@ -16,9 +16,9 @@ import re
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from newsclf.errors import InputError, NewsclfError
 
@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 
 # options whose values are masked wherever a command line is shown (the lock holder's, the VM's log; the
 # same pattern is in cloud/startup.sh): a word of the name is key, token, secret or password (not --tokenizer)
-SECRET_OPTION = re.compile(r"^--?(?:[a-z0-9]+[-_])*(?:api-?key|key|token|secret|passw(?:or)?d)(?:[-_][a-z0-9]+)*$", re.I)
+SECRET_OPTION = re.compile(
+    r"^--?(?:[a-z0-9]+[-_])*(?:api-?key|key|token|secret|passw(?:or)?d)(?:[-_][a-z0-9]+)*$", re.I
+)
 MASK = "****"
 
 

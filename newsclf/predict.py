@@ -7,9 +7,10 @@ import io
 import json
 import logging
 import sys
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -66,7 +67,9 @@ def read_texts(source: str | Path, *, stdin: io.TextIOBase | None = None) -> lis
                     )
                 texts = [article_text(row.get("title"), row["text"] or "") for row in reader]
         except csv.Error as e:
-            raise InputError(f"{path} line {reader.line_num}: unparseable CSV ({e}): fix the quoting on that line") from None
+            raise InputError(
+                f"{path} line {reader.line_num}: unparseable CSV ({e}): fix the quoting on that line"
+            ) from None
     elif suffix in (".jsonl", ".ndjson"):
         texts = []
         for i, line in enumerate(raw.splitlines(), start=1):
@@ -129,8 +132,9 @@ class Predictor:
         from newsclf.precision import PRECISIONS, resolve_precision
 
         if precision not in PRECISIONS:
-            raise InputError(f"--precision (or NEWSCLF_PRECISION) must be one of {', '.join(PRECISIONS)}, "
-                             f"not {precision!r}")
+            raise InputError(
+                f"--precision (or NEWSCLF_PRECISION) must be one of {', '.join(PRECISIONS)}, not {precision!r}"
+            )
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, self.device.type == "cuda")
         try:
@@ -166,8 +170,8 @@ class Predictor:
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                batch = self.tokenizer.pad({k: [enc[k][i] for i in idx] for k in keys}, return_tensors="pt")
-                batch = {k: v.to(self.device) for k, v in batch.items()}
+                padded = self.tokenizer.pad({k: [enc[k][i] for i in idx] for k in keys}, return_tensors="pt")
+                batch = {k: v.to(self.device) for k, v in padded.items()}
                 logits = self.model(**batch).logits.float()
                 out[idx] = torch.softmax(logits, dim=-1).cpu().numpy()
         return out

@@ -101,7 +101,9 @@ def problems(doc: Any) -> list[str]:
             out.append(f"{key} {value!r} is not {TIMESTAMP_FORMAT}")
     ended = doc.get("state") in (*FINAL, RunState.INTERRUPTED)
     if ended and (doc.get("finished_at") is None or doc.get("exit_code") is None):
-        out.append(f"a{'n' if doc.get('state') == RunState.INTERRUPTED else ''} {doc.get('state')} run needs finished_at and exit_code")
+        out.append(
+            f"a{'n' if doc.get('state') == RunState.INTERRUPTED else ''} {doc.get('state')} run needs finished_at and exit_code"
+        )
     if doc.get("state") in (RunState.FAILED, RunState.INTERRUPTED) and not doc.get("error"):
         out.append(f"a{'n' if doc.get('state') == RunState.INTERRUPTED else ''} {doc.get('state')} run needs an error")
     extra = sorted(set(doc) - set(SCHEMA) - set(OPTIONAL))
@@ -118,7 +120,7 @@ def _is_timestamp(value: str) -> bool:
     return True
 
 
-def write_status(bucket: "Bucket", run_id: str, status: dict[str, Any]) -> None:
+def write_status(bucket: Bucket, run_id: str, status: dict[str, Any]) -> None:
     """Write runs/<run_id>/status.json: the one place a Python writer puts it in the bucket."""
     from newsclf.cloud import layout
     from newsclf.cloud.storage.objects import write_json

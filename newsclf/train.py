@@ -19,10 +19,11 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from newsclf.data import LABELS
 from newsclf.errors import InputError
@@ -85,7 +86,7 @@ class TrainOptions:
     sweep_trial: int | None = None  # this trial's position in the sweep's grid
 
     @classmethod
-    def from_settings(cls, settings: "Settings", **overrides: Any) -> "TrainOptions":
+    def from_settings(cls, settings: Settings, **overrides: Any) -> TrainOptions:
         """Options from the resolved settings; `overrides` (flags) win when not None."""
         values: dict[str, Any] = {
             "data_dir": Path(settings.data_dir) / "processed",
@@ -103,7 +104,7 @@ class TrainOptions:
         return cls(**values)
 
     @classmethod
-    def from_run_config(cls, run_dir: Path) -> "TrainOptions":
+    def from_run_config(cls, run_dir: Path) -> TrainOptions:
         """The options a run was started with (for --resume)."""
         cfg = read_run_config(run_dir)
         names = {f.name for f in dataclasses.fields(cls)}
@@ -141,7 +142,9 @@ class TrainOptions:
             below = not (value > low if low_open else value >= low)
             above = not (value < high if high_open else value <= high)
             if interval and (below or above):
-                return f"{flag} must be in {'(' if low_open else '['}{show(low)}, {show(high)}{')' if high_open else ']'}"
+                return (
+                    f"{flag} must be in {'(' if low_open else '['}{show(low)}, {show(high)}{')' if high_open else ']'}"
+                )
             if below:
                 return f"{flag} must be {'>' if low_open else '>='} {show(low)}"
             if above:
@@ -516,7 +519,7 @@ def _epoch_metrics(history: list[dict[str, Any]], prefix: str) -> list[dict[str,
     for h in history:
         if f"{prefix}_macro_f1" not in h:
             continue
-        row = {"epoch": round(float(h.get("epoch", 0.0)), 4)}
+        row: dict[str, float | None] = {"epoch": round(float(h.get("epoch", 0.0)), 4)}
         for k in ("accuracy", "macro_f1", "precision", "recall", "loss"):
             row[k] = h.get(f"{prefix}_{k}")
         rows.append(row)
@@ -640,7 +643,7 @@ def run_training(
     *,
     run_dir: Path | None = None,
     resume_from: Path | None = None,
-    callbacks: Sequence["TrainerCallback"] = (),
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> TrainResult:
     """Fine-tune `options.base_model` (see _run_training); the run's lock is released however it ends,
     so the same process may resume it (a crash releases it too: the kernel drops the flock)."""
@@ -664,7 +667,7 @@ def _run_training(
     *,
     run_dir: Path | None = None,
     resume_from: Path | None = None,
-    callbacks: Sequence["TrainerCallback"] = (),
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> TrainResult:
     """Fine-tune `options.base_model` on `options.data_dir` and save a complete run directory.
 
@@ -722,7 +725,7 @@ def _run_training(
     else:
         run_config = {
             "run_id": run_id,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
             **options.to_dict(),
             "base_model": options.base_model or PACKAGED_MODEL,
             "dataset": str(data_dir),

@@ -17,7 +17,7 @@ import re
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -47,7 +47,12 @@ def permission_denied(permission: str, resource: str) -> tuple[int, dict]:
             "metadata": {"permission": permission, "resource": resource},
         }
     ]
-    return 403, google_error(403, "PERMISSION_DENIED", f"Permission '{permission}' denied on resource '{resource}' (or it may not exist).", details)
+    return 403, google_error(
+        403,
+        "PERMISSION_DENIED",
+        f"Permission '{permission}' denied on resource '{resource}' (or it may not exist).",
+        details,
+    )
 
 
 @dataclass
@@ -59,7 +64,7 @@ class Fault:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class ArtifactRegistryStandIn:

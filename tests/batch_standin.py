@@ -28,11 +28,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -46,7 +47,7 @@ _LOCATION = re.compile(r"(regions/[a-z]+-[a-z]+\d+)|(zones/([a-z]+-[a-z]+\d+)-[a
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _seconds(duration: str | None) -> float | None:
@@ -264,7 +265,9 @@ class BatchStandIn:
                 self.violations.append((req, errors))
                 reply_invalid(h, errors)
                 return
-            fault = next((f for f in self.faults if f[3] > 0 and f[0] == req.method and re.search(f[1], req.path)), None)
+            fault = next(
+                (f for f in self.faults if f[3] > 0 and f[0] == req.method and re.search(f[1], req.path)), None
+            )
             if fault is not None:
                 fault[3] -= 1
                 send_reply(h, *fault[2])

@@ -17,7 +17,7 @@ import re
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -50,7 +50,9 @@ def build_rules(req: Request) -> list[str]:
     if not steps:
         errors.append("steps: required")
     errors += [f"steps[{i}].name: required" for i, step in enumerate(steps) if not step.get("name")]
-    errors += [f"images: invalid image name {img!r}" for img in body.get("images", []) if not DOCKER_REFERENCE.fullmatch(img)]
+    errors += [
+        f"images: invalid image name {img!r}" for img in body.get("images", []) if not DOCKER_REFERENCE.fullmatch(img)
+    ]
     disk = (body.get("options") or {}).get("diskSizeGb")
     if disk is not None and str(disk).isdigit() and int(disk) > MAX_DISK_GB:
         errors.append(f"options.diskSizeGb: {disk} GB is more than the maximum, {MAX_DISK_GB} GB")
@@ -61,7 +63,7 @@ def build_rules(req: Request) -> list[str]:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def service_disabled(project: str) -> tuple[int, dict]:
@@ -260,7 +262,8 @@ class CloudBuildStandIn:
         bucket, _, prefix = build.get("logsBucket", "").removeprefix("gs://").partition("/")
         name = f"{prefix.strip('/')}/log-{build_id}.txt" if prefix.strip("/") else f"log-{build_id}.txt"
         client = storage.Client(
-            project=build["projectId"], credentials=AnonymousCredentials(),
+            project=build["projectId"],
+            credentials=AnonymousCredentials(),
             client_options={"api_endpoint": self.storage_url},
         )
         blob = client.bucket(bucket).blob(name)

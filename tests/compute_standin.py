@@ -22,11 +22,12 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -42,21 +43,51 @@ REGIONS = {"europe-west1": "bcd", "europe-west4": "abc", "us-central1": "abcf"}
 ZONES = tuple(f"{region}-{z}" for region, letters in REGIONS.items() for z in letters)
 ACCELERATORS = {  # type -> (zones, maximumCardsPerInstance)
     "nvidia-tesla-t4": (ZONES, 4),
-    "nvidia-l4": (("europe-west1-b", "europe-west1-c", "europe-west4-a", "europe-west4-b", "europe-west4-c",
-                   "us-central1-a", "us-central1-b", "us-central1-c"), 8),
-    "nvidia-tesla-v100": (("europe-west4-a", "europe-west4-b", "europe-west4-c", "us-central1-a", "us-central1-b",
-                           "us-central1-c", "us-central1-f"), 8),
+    "nvidia-l4": (
+        (
+            "europe-west1-b",
+            "europe-west1-c",
+            "europe-west4-a",
+            "europe-west4-b",
+            "europe-west4-c",
+            "us-central1-a",
+            "us-central1-b",
+            "us-central1-c",
+        ),
+        8,
+    ),
+    "nvidia-tesla-v100": (
+        (
+            "europe-west4-a",
+            "europe-west4-b",
+            "europe-west4-c",
+            "us-central1-a",
+            "us-central1-b",
+            "us-central1-c",
+            "us-central1-f",
+        ),
+        8,
+    ),
     "nvidia-tesla-p100": (("europe-west1-b", "europe-west1-d", "europe-west4-a", "us-central1-c", "us-central1-f"), 4),
-    "nvidia-tesla-a100": (("europe-west4-a", "europe-west4-b", "us-central1-a", "us-central1-b", "us-central1-c",
-                           "us-central1-f"), 16),
+    "nvidia-tesla-a100": (
+        ("europe-west4-a", "europe-west4-b", "us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f"),
+        16,
+    ),
     "nvidia-h100-80gb": (("europe-west4-b", "europe-west4-c", "us-central1-a", "us-central1-b", "us-central1-c"), 8),
 }
-MACHINE_TYPES: dict[str, tuple[tuple[str, ...], int, tuple[str, int] | None]] = {  # name -> (zones, vCPUs, built-in GPUs)
+MACHINE_TYPES: dict[
+    str, tuple[tuple[str, ...], int, tuple[str, int] | None]
+] = {  # name -> (zones, vCPUs, built-in GPUs)
     **{f"n1-standard-{n}": (ZONES, n, None) for n in (1, 2, 4, 8, 16, 32, 64, 96)},
     **{f"e2-standard-{n}": (ZONES, n, None) for n in (2, 4, 8, 16)},
-    **{f"g2-standard-{n}": (ACCELERATORS["nvidia-l4"][0], n, ("nvidia-l4", {24: 2, 48: 4, 96: 8}.get(n, 1)))
-       for n in (4, 8, 12, 16, 24, 32, 48, 96)},
-    **{f"a2-highgpu-{n}g": (ACCELERATORS["nvidia-tesla-a100"][0], 12 * n, ("nvidia-tesla-a100", n)) for n in (1, 2, 4, 8)},
+    **{
+        f"g2-standard-{n}": (ACCELERATORS["nvidia-l4"][0], n, ("nvidia-l4", {24: 2, 48: 4, 96: 8}.get(n, 1)))
+        for n in (4, 8, 12, 16, 24, 32, 48, 96)
+    },
+    **{
+        f"a2-highgpu-{n}g": (ACCELERATORS["nvidia-tesla-a100"][0], 12 * n, ("nvidia-tesla-a100", n))
+        for n in (1, 2, 4, 8)
+    },
     "a3-highgpu-8g": (ACCELERATORS["nvidia-h100-80gb"][0], 208, ("nvidia-h100-80gb", 8)),
 }
 
@@ -81,10 +112,14 @@ class Fault:
                 "123456789012 then retry."
             )
             body = _error(403, message, "accessNotConfigured")
-            body["error"]["details"] = [{
-                "@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "SERVICE_DISABLED",
-                "domain": "googleapis.com", "metadata": {"service": "compute.googleapis.com"},
-            }]
+            body["error"]["details"] = [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "SERVICE_DISABLED",
+                    "domain": "googleapis.com",
+                    "metadata": {"service": "compute.googleapis.com"},
+                }
+            ]
             return 403, body
         if self.kind == "quota":
             return 403, _error(
@@ -94,12 +129,11 @@ class Fault:
             return 503, _error(503, "Internal error. Please try again.", "backendError")
         if self.kind == "capacity_details":
             return 503, _error(
-                503, "The zone does not have enough resources available to fulfill the request.",
+                503,
+                "The zone does not have enough resources available to fulfill the request.",
                 "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS",
             )
-        return 503, _error(
-            503, "The zone does not have enough resources available to fulfill the request.", CAPACITY
-        )
+        return 503, _error(503, "The zone does not have enough resources available to fulfill the request.", CAPACITY)
 
     def operation_errors(self) -> list[dict]:
         code = {
@@ -111,11 +145,17 @@ class Fault:
 
 
 def _error(code: int, message: str, reason: str) -> dict:
-    return {"error": {"code": code, "message": message, "errors": [{"message": message, "domain": "global", "reason": reason}]}}
+    return {
+        "error": {
+            "code": code,
+            "message": message,
+            "errors": [{"message": message, "domain": "global", "reason": reason}],
+        }
+    }
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _fingerprint() -> str:
@@ -319,16 +359,26 @@ class ComputeStandIn:
         m = re.fullmatch(rf"/compute/v1/projects/{p}/zones/([^/]+)", path)
         if m and method == "GET":  # zones.get (`cloud setup` checks the API with it)
             if m.group(1) not in self.zones:
-                return 404, _error(404, f"The resource 'projects/{self.project}/zones/{m.group(1)}' was not found", "notFound")
+                return 404, _error(
+                    404, f"The resource 'projects/{self.project}/zones/{m.group(1)}' was not found", "notFound"
+                )
             region = m.group(1).rsplit("-", 1)[0]
-            return 200, {"kind": "compute#zone", "name": m.group(1), "status": "UP",
-                         "region": f"{API}/projects/{self.project}/regions/{region}",
-                         "selfLink": f"{API}/projects/{self.project}/zones/{m.group(1)}"}
+            return 200, {
+                "kind": "compute#zone",
+                "name": m.group(1),
+                "status": "UP",
+                "region": f"{API}/projects/{self.project}/regions/{region}",
+                "selfLink": f"{API}/projects/{self.project}/zones/{m.group(1)}",
+            }
         m = re.fullmatch(r"/compute/v1/projects/([^/]+)/global/images/family/([^/]+)", path)
         if m and method == "GET":
             image = self.images.get((m.group(1), m.group(2)))
             if image is None:
-                return 404, _error(404, f"The resource 'projects/{m.group(1)}/global/images/family/{m.group(2)}' was not found", "notFound")
+                return 404, _error(
+                    404,
+                    f"The resource 'projects/{m.group(1)}/global/images/family/{m.group(2)}' was not found",
+                    "notFound",
+                )
             return 200, image
         if path == f"/compute/v1/projects/{self.project}/aggregated/instances" and method == "GET":
             return 200, self._aggregated(query)
@@ -344,7 +394,10 @@ class ComputeStandIn:
         m = re.fullmatch(rf"/compute/v1/projects/{p}/zones/([^/]+)/instances", path)
         if m and method == "GET":
             items = [i.resource for (z, _), i in sorted(self.instances.items()) if z == m.group(1)]
-            return 200, {"kind": "compute#instanceList", "items": [r for r in items if _matches(r, query.get("filter"))]}
+            return 200, {
+                "kind": "compute#instanceList",
+                "items": [r for r in items if _matches(r, query.get("filter"))],
+            }
         if m and method == "POST":
             return self._insert(m.group(1), body, fault)
         m = re.fullmatch(rf"/compute/v1/projects/{p}/zones/([^/]+)/instances/([^/]+)(?:/([A-Za-z]+))?", path)
@@ -352,13 +405,24 @@ class ComputeStandIn:
             zone, name, verb = m.groups()
             inst = self.instances.get((zone, name))
             if inst is None:
-                return 404, _error(404, f"The resource 'projects/{self.project}/zones/{zone}/instances/{name}' was not found", "notFound")
+                return 404, _error(
+                    404,
+                    f"The resource 'projects/{self.project}/zones/{zone}/instances/{name}' was not found",
+                    "notFound",
+                )
             return self._instance_call(method, inst, verb, query, body, fault)
         return 404, _error(404, f"stand-in does not serve {method} {path}", "notFound")
 
     # ------------------------------------------------------------------------------ operations
 
-    def _operation(self, zone: str, kind: str, target: str, effect: Callable[[], list[dict] | None] | None, fault: Fault | None = None) -> tuple[int, dict]:
+    def _operation(
+        self,
+        zone: str,
+        kind: str,
+        target: str,
+        effect: Callable[[], list[dict] | None] | None,
+        fault: Fault | None = None,
+    ) -> tuple[int, dict]:
         name = f"operation-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
         resource = {
             "kind": "compute#operation",
@@ -404,17 +468,23 @@ class ComputeStandIn:
         """What Compute Engine says when the zone lacks the machine type or GPU, or they do not go together."""
         offered = MACHINE_TYPES.get(machine_type)
         if offered is None or zone not in offered[0]:
-            return (f"Invalid value for field 'resource.machineType': 'zones/{zone}/machineTypes/{machine_type}'. "
-                    f"Machine type with name '{machine_type}' does not exist in zone '{zone}'.")
+            return (
+                f"Invalid value for field 'resource.machineType': 'zones/{zone}/machineTypes/{machine_type}'. "
+                f"Machine type with name '{machine_type}' does not exist in zone '{zone}'."
+            )
         for i, acc in enumerate(accels):
             kind = acc.get("acceleratorType", "").rsplit("/", 1)[-1]
             zones, most = ACCELERATORS.get(kind, ((), 0))
             if zone not in zones:
-                return (f"Invalid value for field 'resource.guestAccelerators[{i}].acceleratorType': "
-                        f"'{acc.get('acceleratorType')}'. Accelerator type '{kind}' does not exist in zone '{zone}'.")
+                return (
+                    f"Invalid value for field 'resource.guestAccelerators[{i}].acceleratorType': "
+                    f"'{acc.get('acceleratorType')}'. Accelerator type '{kind}' does not exist in zone '{zone}'."
+                )
             if offered[2] is not None or not machine_type.startswith("n1-"):
-                return (f"Invalid value for field 'resource.guestAccelerators[{i}]': {machine_type} does not take "
-                        "attached accelerators.")
+                return (
+                    f"Invalid value for field 'resource.guestAccelerators[{i}]': {machine_type} does not take "
+                    "attached accelerators."
+                )
             if acc.get("acceleratorCount", 0) > most:
                 return f"Invalid value for field 'resource.guestAccelerators[{i}].acceleratorCount': at most {most}."
         return None
@@ -423,17 +493,24 @@ class ComputeStandIn:
         name = body.get("name", "")
         if zone not in self.zones:
             return self._invalid(f"Invalid value for field 'zone': '{zone}'. Unknown zone.")
-        problem = self._hardware_errors(zone, body.get("machineType", "").rsplit("/", 1)[-1],
-                                        body.get("guestAccelerators") or [])
+        problem = self._hardware_errors(
+            zone, body.get("machineType", "").rsplit("/", 1)[-1], body.get("guestAccelerators") or []
+        )
         if problem:
             return self._invalid(problem)
         if (zone, name) in self.instances:
-            return 409, _error(409, f"The resource 'projects/{self.project}/zones/{zone}/instances/{name}' already exists", "alreadyExists")
+            return 409, _error(
+                409,
+                f"The resource 'projects/{self.project}/zones/{zone}/instances/{name}' already exists",
+                "alreadyExists",
+            )
         if not body.get("machineType"):
             return 400, _error(400, "Invalid value for field 'resource.machineType': ''", "invalid")
         boot = [d for d in body.get("disks", []) if d.get("boot")]
         if not boot or not boot[0].get("initializeParams", {}).get("sourceImage"):
-            return 400, _error(400, "Invalid value for field 'resource.disks': a boot disk with a sourceImage is required", "invalid")
+            return 400, _error(
+                400, "Invalid value for field 'resource.disks': a boot disk with a sourceImage is required", "invalid"
+            )
         scheduling = body.get("scheduling", {})
         if body.get("guestAcceleratorTypes") or body.get("guestAccelerators"):
             if scheduling.get("onHostMaintenance") != "TERMINATE":
@@ -441,7 +518,11 @@ class ComputeStandIn:
         if scheduling.get("provisioningModel") == "SPOT" and scheduling.get("onHostMaintenance") != "TERMINATE":
             return 400, _error(400, "Spot VMs must have onHostMaintenance set to TERMINATE.", "invalid")
         if scheduling.get("provisioningModel") == "SPOT" and scheduling.get("automaticRestart", True):
-            return 400, _error(400, "Invalid value for field 'resource.scheduling.automaticRestart': 'true'. Spot VMs cannot restart automatically.", "invalid")
+            return 400, _error(
+                400,
+                "Invalid value for field 'resource.scheduling.automaticRestart': 'true'. Spot VMs cannot restart automatically.",
+                "invalid",
+            )
         if "maxRunDuration" in scheduling and not scheduling.get("instanceTerminationAction"):
             return 400, _error(400, "instanceTerminationAction is required with maxRunDuration", "invalid")
 
@@ -465,7 +546,9 @@ class ComputeStandIn:
             for i, disk in enumerate(resource.get("disks", [])):
                 params = disk.pop("initializeParams", {})
                 disk.update(
-                    diskSizeGb=str(params.get("diskSizeGb", "10")), type="PERSISTENT", mode="READ_WRITE",
+                    diskSizeGb=str(params.get("diskSizeGb", "10")),
+                    type="PERSISTENT",
+                    mode="READ_WRITE",
                     deviceName=disk.get("deviceName", f"persistent-disk-{i}"),
                     source=f"{base}/disks/{params.get('diskName') or (name if i == 0 else f'{name}-{i}')}",
                 )
@@ -481,7 +564,9 @@ class ComputeStandIn:
         if self.on_start is not None:
             inst.sandbox = self.on_start(self, inst)
 
-    def _instance_call(self, method: str, inst: Instance, verb: str | None, query: dict, body: Any, fault: Fault | None) -> tuple[int, Any]:
+    def _instance_call(
+        self, method: str, inst: Instance, verb: str | None, query: dict, body: Any, fault: Fault | None
+    ) -> tuple[int, Any]:
         zone, name = inst.zone, inst.name
         if verb is None and method == "GET":
             if inst.status == "STOPPING":
@@ -491,9 +576,11 @@ class ComputeStandIn:
                 inst.stop_reads_left -= 1
             return 200, inst.resource
         if verb is None and method == "DELETE":
+
             def effect() -> None:
                 self._kill(inst)
                 self.instances.pop((zone, name), None)
+
             return self._operation(zone, "delete", name, effect, fault)
         if verb == "serialPort" and method == "GET":
             start = int(query.get("start", "0") or 0)
@@ -517,27 +604,36 @@ class ComputeStandIn:
             def effect() -> None:
                 inst.resource.update(status="RUNNING", lastStartTimestamp=_now())
                 self._started(inst)
+
             return self._operation(zone, "start", name, effect, fault)
         if verb == "stop":
+
             def effect() -> None:
                 if inst.status in ("RUNNING", "STAGING", "PROVISIONING"):
                     inst.resource["status"] = "STOPPING"
                     inst.stop_reads_left = self.stop_polls
                     self._kill(inst)
+
             return self._operation(zone, "stop", name, effect, fault)
         if verb == "setMetadata":
             if (body or {}).get("fingerprint") != inst.resource["metadata"]["fingerprint"]:
-                return 412, _error(412, "Supplied fingerprint does not match current metadata fingerprint.", "conditionNotMet")
+                return 412, _error(
+                    412, "Supplied fingerprint does not match current metadata fingerprint.", "conditionNotMet"
+                )
 
             def effect() -> None:
                 inst.resource["metadata"] = {**body, "fingerprint": _fingerprint(), "kind": "compute#metadata"}
+
             return self._operation(zone, "setMetadata", name, effect, fault)
         if verb == "setLabels":
             if (body or {}).get("labelFingerprint") != inst.resource["labelFingerprint"]:
-                return 412, _error(412, "Labels fingerprint either invalid or resource labels have changed", "conditionNotMet")
+                return 412, _error(
+                    412, "Labels fingerprint either invalid or resource labels have changed", "conditionNotMet"
+                )
 
             def effect() -> None:
                 inst.resource.update(labels=body.get("labels", {}), labelFingerprint=_fingerprint())
+
             return self._operation(zone, "setLabels", name, effect, fault)
         if verb == "setScheduling":
             if inst.resource.get("guestAccelerators") and body.get("onHostMaintenance") != "TERMINATE":
@@ -545,6 +641,7 @@ class ComputeStandIn:
 
             def effect() -> None:
                 inst.resource["scheduling"] = body  # the whole Scheduling is replaced
+
             return self._operation(zone, "setScheduling", name, effect, fault)
         if verb == "setServiceAccount":
             if inst.status != "TERMINATED":
@@ -552,13 +649,17 @@ class ComputeStandIn:
 
             def effect() -> None:
                 inst.resource["serviceAccounts"] = [{"email": body.get("email"), "scopes": body.get("scopes", [])}]
+
             return self._operation(zone, verb, name, effect, fault)
         if verb in ("setMachineType", "setMachineResources"):
             if inst.status != "TERMINATED":
                 return self._invalid(f"The resource '{name}' must be stopped for {verb}.", reason="resourceNotReady")
             machine_type = (body.get("machineType") or inst.resource["machineType"]).rsplit("/", 1)[-1]
-            accels = body.get("guestAccelerators", []) if verb == "setMachineResources" else (
-                inst.resource.get("guestAccelerators") or [])
+            accels = (
+                body.get("guestAccelerators", [])
+                if verb == "setMachineResources"
+                else (inst.resource.get("guestAccelerators") or [])
+            )
             problem = self._hardware_errors(zone, machine_type, accels)
             if problem:
                 return self._invalid(problem)
@@ -572,6 +673,7 @@ class ComputeStandIn:
                     inst.resource["guestAccelerators"] = [
                         {**a, "acceleratorType": _full(inst.resource["zone"], a["acceleratorType"])} for a in accels
                     ]
+
             return self._operation(zone, verb, name, effect, fault)
         return 404, _error(404, f"stand-in does not serve instances/{verb}", "notFound")
 
@@ -579,7 +681,9 @@ class ComputeStandIn:
         url = f"{API}/projects/{self.project}/zones/{zone}/disks/{disk}"
         attached = [d for i in self.instances.values() for d in i.resource.get("disks", []) if d.get("source") == url]
         if not attached:
-            return 404, _error(404, f"The resource 'projects/{self.project}/zones/{zone}/disks/{disk}' was not found", "notFound")
+            return 404, _error(
+                404, f"The resource 'projects/{self.project}/zones/{zone}/disks/{disk}' was not found", "notFound"
+            )
         size = int(body["sizeGb"])
         if size < int(attached[0]["diskSizeGb"]):
             return self._invalid(
@@ -589,6 +693,7 @@ class ComputeStandIn:
 
         def effect() -> None:
             attached[0]["diskSizeGb"] = str(size)
+
         return self._operation(zone, "resizeDisk", disk, effect, fault)
 
     def _catalogue(self, kind: str, query: dict) -> dict:
@@ -601,19 +706,38 @@ class ComputeStandIn:
             if kind == "machineTypes":
                 for name, (zones, cpus, gpu) in MACHINE_TYPES.items():
                     if zone in zones and wanted in (None, name):
-                        mt = {"kind": "compute#machineType", "name": name, "zone": zone, "guestCpus": cpus,
-                              "selfLink": f"{API}/projects/{self.project}/zones/{zone}/machineTypes/{name}"}
+                        mt = {
+                            "kind": "compute#machineType",
+                            "name": name,
+                            "zone": zone,
+                            "guestCpus": cpus,
+                            "selfLink": f"{API}/projects/{self.project}/zones/{zone}/machineTypes/{name}",
+                        }
                         if gpu:
                             mt["accelerators"] = [{"guestAcceleratorType": gpu[0], "guestAcceleratorCount": gpu[1]}]
                         found.append(mt)
             else:
                 for name, (zones, most) in ACCELERATORS.items():
                     if zone in zones and wanted in (None, name):
-                        found.append({"kind": "compute#acceleratorType", "name": name, "maximumCardsPerInstance": most,
-                                      "zone": f"{API}/projects/{self.project}/zones/{zone}",
-                                      "selfLink": f"{API}/projects/{self.project}/zones/{zone}/acceleratorTypes/{name}"})
-            items[f"zones/{zone}"] = {kind: found} if found else {"warning": {
-                "code": "NO_RESULTS_ON_PAGE", "message": f"There are no results for scope 'zones/{zone}' on this page."}}
+                        found.append(
+                            {
+                                "kind": "compute#acceleratorType",
+                                "name": name,
+                                "maximumCardsPerInstance": most,
+                                "zone": f"{API}/projects/{self.project}/zones/{zone}",
+                                "selfLink": f"{API}/projects/{self.project}/zones/{zone}/acceleratorTypes/{name}",
+                            }
+                        )
+            items[f"zones/{zone}"] = (
+                {kind: found}
+                if found
+                else {
+                    "warning": {
+                        "code": "NO_RESULTS_ON_PAGE",
+                        "message": f"There are no results for scope 'zones/{zone}' on this page.",
+                    }
+                }
+            )
         return {"kind": f"compute#{kind[:-1]}AggregatedList", "items": items}
 
     def _kill(self, inst: Instance) -> None:
@@ -629,7 +753,12 @@ class ComputeStandIn:
             if found:
                 items[f"zones/{zone}"] = {"instances": found}
             else:
-                items[f"zones/{zone}"] = {"warning": {"code": "NO_RESULTS_ON_PAGE", "message": "There are no results for scope 'zones/{zone}' on this page."}}
+                items[f"zones/{zone}"] = {
+                    "warning": {
+                        "code": "NO_RESULTS_ON_PAGE",
+                        "message": "There are no results for scope 'zones/{zone}' on this page.",
+                    }
+                }
         return {"kind": "compute#instanceAggregatedList", "items": items}
 
     # ------------------------------------------------------------------------------ metadata server
@@ -643,7 +772,7 @@ class ComputeStandIn:
         if rest == "project/project-id":
             return 200, self.project
         if rest.startswith("instance/attributes/"):
-            value = inst.metadata().get(rest[len("instance/attributes/"):])
+            value = inst.metadata().get(rest[len("instance/attributes/") :])
             return (404, "not found") if value is None else (200, value)
         return 404, "not found"
 
@@ -730,21 +859,21 @@ os.makedirs(os.environ["NEWSCLF_SANDBOX_JOB_CWD"], exist_ok=True)
 sys.exit(subprocess.call(cmd, env=full_env, cwd=os.environ["NEWSCLF_SANDBOX_JOB_CWD"]))
 '''
 
-SHUTDOWN_SHIM = r'''#!/usr/bin/env bash
+SHUTDOWN_SHIM = r"""#!/usr/bin/env bash
 # `shutdown -h now` on the sandboxed VM: tell the stand-in the guest powered off
 printf '%s\n' "$*" >>"$NEWSCLF_SANDBOX_DIR/shutdown-calls"
 curl -fsS -X POST "$NEWSCLF_SANDBOX_SHUTDOWN_URL" >/dev/null
-'''
+"""
 
-NVIDIA_SMI_SHIM = '''#!/usr/bin/env bash
+NVIDIA_SMI_SHIM = """#!/usr/bin/env bash
 if [[ "$*" == *--query-gpu=driver_version* ]]; then echo "$NEWSCLF_SANDBOX_DRIVER"; fi
 exit 0
-'''
+"""
 
-NVIDIA_CTK_SHIM = '''#!/usr/bin/env bash
+NVIDIA_CTK_SHIM = """#!/usr/bin/env bash
 # the NVIDIA Container Toolkit's CLI, as on a VM image that ships the toolkit
 printf '%s\\n' "$*" >>"$NEWSCLF_SANDBOX_DIR/nvidia-ctk-calls"
-'''
+"""
 
 FAKE_JOB = r'''#!{python}
 """A quick stand-in for `newsclf job`: status running, a few lines, metrics, status succeeded (or failed)."""
@@ -843,8 +972,12 @@ class VMSandbox:
         script.write_text(inst.metadata()["startup-script"])
         out = open(self.dir / f"startup-{inst.name}-{boot}.out", "wb")
         proc = subprocess.Popen(
-            ["bash", str(script)], env=self.env(standin, inst), stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            ["bash", str(script)],
+            env=self.env(standin, inst),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self.procs.append(proc)
         return proc
@@ -975,10 +1108,13 @@ class FakeVM:
             self.hold.wait(30)
         serial(f"newsclf-job[{run_id}]: done\n")
         if self.state == "succeeded":
-            self._put(bucket, f"runs/{run_id}/metrics.json", {"run_id": run_id, "test": {"accuracy": 0.93, "macro_f1": 0.925}})
+            self._put(
+                bucket, f"runs/{run_id}/metrics.json", {"run_id": run_id, "test": {"accuracy": 0.93, "macro_f1": 0.925}}
+            )
         if self.state:
             self._put(
-                bucket, f"runs/{run_id}/status.json",
+                bucket,
+                f"runs/{run_id}/status.json",
                 {"state": self.state, "exit_code": self.exit_code, "error": self.error},
             )
         self.gcs.bucket(bucket).blob(f"runs/{run_id}/logs/vm-1.log").upload_from_string("epoch 1 accuracy 0.91\ndone\n")

@@ -96,7 +96,7 @@ def schema_errors(api: str, schema: dict, value: Any, where: str = "", method_id
             elif "additionalProperties" in schema:
                 errors += schema_errors(api, schema["additionalProperties"], sub, child, method_id)
             elif fmt != "google.protobuf.Any" and key != "@type":
-                errors.append(f'Invalid JSON payload received. Unknown name "{key}" at \'{name}\': Cannot find field.')
+                errors.append(f"Invalid JSON payload received. Unknown name \"{key}\" at '{name}': Cannot find field.")
         for key, sub in props.items():
             if method_id and method_id in sub.get("annotations", {}).get("required", []) and key not in value:
                 errors.append(f"{where + '.' if where else ''}{key}: required by {method_id}")
@@ -104,11 +104,17 @@ def schema_errors(api: str, schema: dict, value: Any, where: str = "", method_id
     if kind == "array":
         if not isinstance(value, list):
             return [f"{name}: expected a list, got {type(value).__name__}"]
-        return [e for i, item in enumerate(value) for e in schema_errors(api, schema["items"], item, f"{name}[{i}]", method_id)]
+        return [
+            e
+            for i, item in enumerate(value)
+            for e in schema_errors(api, schema["items"], item, f"{name}[{i}]", method_id)
+        ]
     if kind == "boolean":
         return [] if isinstance(value, bool) else [f"{name}: expected a boolean, got {value!r}"]
     if kind == "integer":
-        ok = (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and INT64.fullmatch(value))
+        ok = (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, str) and INT64.fullmatch(value)
+        )
         return [] if ok else [f"{name}: expected an integer, got {value!r}"]
     if kind == "number":
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -122,7 +128,7 @@ def schema_errors(api: str, schema: dict, value: Any, where: str = "", method_id
         if not isinstance(value, str):
             return [f"{name}: expected a string, got {value!r}"]
         if fmt == "google-duration" and not DURATION.fullmatch(value):
-            return [f"{name}: invalid duration {value!r} (want e.g. \"3600s\")"]
+            return [f'{name}: invalid duration {value!r} (want e.g. "3600s")']
         if "enum" in schema and value not in schema["enum"]:
             return [f"{name}: invalid value {value!r}, expected one of {', '.join(schema['enum'])}"]
         if "pattern" in schema and not re.fullmatch(schema["pattern"], value):
@@ -136,9 +142,13 @@ def label_errors(labels: dict | None, where: str = "labels") -> list[str]:
     errors = [f"{where}: {len(labels)} labels, at most {MAX_LABELS}"] if len(labels) > MAX_LABELS else []
     for key, value in labels.items():
         if not LABEL_KEY.fullmatch(str(key)):
-            errors.append(f"{where}: invalid label key {key!r} (lowercase letters, digits, _ and -, starting with a letter)")
+            errors.append(
+                f"{where}: invalid label key {key!r} (lowercase letters, digits, _ and -, starting with a letter)"
+            )
         if not isinstance(value, str) or not LABEL_VALUE.fullmatch(value):
-            errors.append(f"{where}: invalid label value {value!r} for {key!r} (0-63 lowercase letters, digits, _ and -)")
+            errors.append(
+                f"{where}: invalid label value {value!r} for {key!r} (0-63 lowercase letters, digits, _ and -)"
+            )
     return errors
 
 
@@ -205,8 +215,12 @@ def _accelerator_errors(accels: Any, where: str) -> list[str]:
     for i, acc in enumerate(accels if isinstance(accels, list) else []):
         if not isinstance(acc, dict):
             continue
-        errors += _url_errors(acc.get("acceleratorType"), ACCELERATOR_TYPE_URL, f"{where}[{i}].acceleratorType",
-                              "projects/my-project/zones/us-central1-c/acceleratorTypes/nvidia-tesla-t4")
+        errors += _url_errors(
+            acc.get("acceleratorType"),
+            ACCELERATOR_TYPE_URL,
+            f"{where}[{i}].acceleratorType",
+            "projects/my-project/zones/us-central1-c/acceleratorTypes/nvidia-tesla-t4",
+        )
         count = acc.get("acceleratorCount")
         if not isinstance(count, int) or count < 1:
             errors.append(f"{where}[{i}].acceleratorCount: {count!r}, at least 1")
@@ -247,8 +261,9 @@ def _compute_rules(method_id: str, body: Any) -> list[str]:
     if method_id == "compute.instances.insert":
         errors += name_errors(body.get("name"))
         errors += label_errors(body.get("labels"))
-        errors += _url_errors(body.get("machineType"), MACHINE_TYPE_URL, "machineType",
-                              "zones/us-central1-f/machineTypes/n1-standard-1")
+        errors += _url_errors(
+            body.get("machineType"), MACHINE_TYPE_URL, "machineType", "zones/us-central1-f/machineTypes/n1-standard-1"
+        )
         sched = body.get("scheduling") or {}
         errors += _scheduling_errors(sched, "scheduling.")
         if body.get("guestAccelerators") and sched.get("onHostMaintenance") not in (None, "TERMINATE"):
@@ -263,8 +278,12 @@ def _compute_rules(method_id: str, body: Any) -> list[str]:
             params = disk.get("initializeParams") if isinstance(disk, dict) else None
             if isinstance(params, dict):
                 if "diskType" in params:
-                    errors += _url_errors(params["diskType"], DISK_TYPE_URL, f"disks[{i}].initializeParams.diskType",
-                                          "zones/us-central1-f/diskTypes/pd-balanced")
+                    errors += _url_errors(
+                        params["diskType"],
+                        DISK_TYPE_URL,
+                        f"disks[{i}].initializeParams.diskType",
+                        "zones/us-central1-f/diskTypes/pd-balanced",
+                    )
                 errors += _disk_size_errors(params.get("diskSizeGb"), f"disks[{i}].initializeParams.diskSizeGb")
     if method_id == "compute.instances.setLabels":
         errors += label_errors(body.get("labels"))
@@ -277,8 +296,9 @@ def _compute_rules(method_id: str, body: Any) -> list[str]:
     if method_id == "compute.instances.setScheduling":
         errors += _scheduling_errors(body, "")
     if method_id == "compute.instances.setMachineType":
-        errors += _url_errors(body.get("machineType"), MACHINE_TYPE_URL, "machineType",
-                              "zones/us-central1-f/machineTypes/n1-standard-1")
+        errors += _url_errors(
+            body.get("machineType"), MACHINE_TYPE_URL, "machineType", "zones/us-central1-f/machineTypes/n1-standard-1"
+        )
     if method_id == "compute.instances.setMachineResources":
         errors += _accelerator_errors(body.get("guestAccelerators"), "guestAccelerators")
     if method_id == "compute.disks.resize":

@@ -32,9 +32,9 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Collection
 from urllib.parse import urlsplit
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer", "upgrade"}
@@ -42,7 +42,13 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length",
 
 def gcs_error(code: int, message: str, reason: str, domain: str = "global") -> dict:
     """The JSON body the real Cloud Storage JSON API sends with an error."""
-    return {"error": {"code": code, "message": message, "errors": [{"message": message, "domain": domain, "reason": reason}]}}
+    return {
+        "error": {
+            "code": code,
+            "message": message,
+            "errors": [{"message": message, "domain": domain, "reason": reason}],
+        }
+    }
 
 
 @dataclass
@@ -100,7 +106,7 @@ class FaultyProxy:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "FaultyProxy":
+    def __enter__(self) -> FaultyProxy:
         self.start()
         return self
 
@@ -215,7 +221,9 @@ class FaultyProxy:
                     with proxy._lock:
                         proxy.tokens_issued += 1
                         issued = proxy.tokens_issued
-                    payload = json.dumps({"access_token": f"token-{issued}", "expires_in": 3600, "token_type": "Bearer"}).encode()
+                    payload = json.dumps(
+                        {"access_token": f"token-{issued}", "expires_in": 3600, "token_type": "Bearer"}
+                    ).encode()
                     self._send(200, [("Content-Type", "application/json")], payload)
                     self.wfile.write(payload)
                     seen.status = 200
@@ -226,7 +234,9 @@ class FaultyProxy:
 
                 conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=120)
                 try:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "host"}
+                    headers = {
+                        k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "host"
+                    }
                     headers["Host"] = up_host
                     headers["Content-Length"] = str(len(body))
                     conn.request(method, target, body=body, headers=headers)

@@ -34,14 +34,30 @@ class FakeGCS:
         """backend "filesystem" keeps objects as plain files under `.root/<bucket>/<name>`."""
         self.port = port or free_port()
         self.root = Path(workdir) / "objects"
-        storage = ["-backend", "memory"] if backend == "memory" else ["-backend", backend, "-filesystem-root", str(self.root)]
+        storage = (
+            ["-backend", "memory"] if backend == "memory" else ["-backend", backend, "-filesystem-root", str(self.root)]
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(workdir) / "fake-gcs-server.log"
         self._logf = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [str(binary()), "-scheme", "http", *storage, "-host", "127.0.0.1",
-             "-port", str(self.port), "-public-host", f"127.0.0.1:{self.port}", "-log-level", "warn"],
-            stdout=self._logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                str(binary()),
+                "-scheme",
+                "http",
+                *storage,
+                "-host",
+                "127.0.0.1",
+                "-port",
+                str(self.port),
+                "-public-host",
+                f"127.0.0.1:{self.port}",
+                "-log-level",
+                "warn",
+            ],
+            stdout=self._logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         deadline = time.time() + 20
         while True:
@@ -50,7 +66,7 @@ class FakeGCS:
                 break
             except OSError:
                 if self.proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"fake-gcs-server did not start; see {self.log}")
+                    raise RuntimeError(f"fake-gcs-server did not start; see {self.log}") from None
                 time.sleep(0.1)
 
     def stop(self) -> None:

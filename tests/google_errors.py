@@ -22,6 +22,9 @@ def service_disabled(service: str, title: str, number: str = "123456789012") -> 
             "domain": "googleapis.com",
             "metadata": {"service": service, "consumer": f"projects/{number}"},
         },
-        {"@type": "type.googleapis.com/google.rpc.Help", "links": [{"description": "Google developers console API activation", "url": url}]},
+        {
+            "@type": "type.googleapis.com/google.rpc.Help",
+            "links": [{"description": "Google developers console API activation", "url": url}],
+        },
     ]
     return 403, google_error(403, "PERMISSION_DENIED", msg, details)

@@ -22,8 +22,9 @@ import http.client
 import itertools
 import re
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from tests.google_errors import google_error, service_disabled  # noqa: F401  (re-exported for tests)
@@ -37,11 +38,20 @@ _etags = itertools.count(1)
 
 def permission_denied(permission: str, resource: str) -> tuple[int, dict]:
     """403 as these APIs answer a caller without `permission` on `resource`."""
-    details = [{
-        "@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "IAM_PERMISSION_DENIED",
-        "domain": "iam.googleapis.com", "metadata": {"permission": permission, "resource": resource},
-    }]
-    return 403, google_error(403, "PERMISSION_DENIED", f"Permission '{permission}' denied on resource '{resource}' (or it may not exist).", details)
+    details = [
+        {
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "IAM_PERMISSION_DENIED",
+            "domain": "iam.googleapis.com",
+            "metadata": {"permission": permission, "resource": resource},
+        }
+    ]
+    return 403, google_error(
+        403,
+        "PERMISSION_DENIED",
+        f"Permission '{permission}' denied on resource '{resource}' (or it may not exist).",
+        details,
+    )
 
 
 def new_etag() -> str:
@@ -67,7 +77,9 @@ class Policies:
         return self.by_resource.get(resource, {}).get("bindings", [])
 
     def members(self, resource: str, role: str) -> set[str]:
-        return {m for b in self.bindings(resource) if b["role"] == role and not b.get("condition") for m in b["members"]}
+        return {
+            m for b in self.bindings(resource) if b["role"] == role and not b.get("condition") for m in b["members"]
+        }
 
     def set(self, resource: str, policy: dict, *, stale: tuple[int, dict]) -> tuple[int, dict]:
         current = self.get(resource)
@@ -82,18 +94,30 @@ class Policies:
 
 
 def _aborted() -> tuple[int, dict]:
-    return 409, google_error(409, "ABORTED", "There were concurrent policy changes. Please retry the whole read-modify-write with exponential backoff.")
+    return 409, google_error(
+        409,
+        "ABORTED",
+        "There were concurrent policy changes. Please retry the whole read-modify-write with exponential backoff.",
+    )
 
 
 def _gcs_error(code: int, message: str, reason: str) -> dict:
-    return {"error": {"code": code, "message": message, "errors": [{"message": message, "domain": "global", "reason": reason}]}}
+    return {
+        "error": {
+            "code": code,
+            "message": message,
+            "errors": [{"message": message, "domain": "global", "reason": reason}],
+        }
+    }
 
 
 class IamStandIn:
     """`url` is the endpoint for NEWSCLF_IAM/RESOURCEMANAGER/SECRETMANAGER_API_ENDPOINT (and, with
     `storage_upstream`, for STORAGE_EMULATOR_HOST); `accounts`, `policies`, `secrets` hold the state."""
 
-    def __init__(self, *, project: str = "test-project", storage_upstream: str | None = None, propagation_sets: int = 0) -> None:
+    def __init__(
+        self, *, project: str = "test-project", storage_upstream: str | None = None, propagation_sets: int = 0
+    ) -> None:
         self.project = project
         self.upstream = urlsplit(storage_upstream) if storage_upstream else None
         self.propagation_sets = propagation_sets
@@ -107,10 +131,16 @@ class IamStandIn:
         self.faults: list[tuple[str, str, tuple[int, dict], list[int]]] = []
         self.lock = threading.RLock()
         # the project policy as Google makes it: an owner, and Compute Engine's default account as editor
-        self.policies.seed(f"projects/{project}", [
-            {"role": "roles/owner", "members": ["user:owner@example.com"]},
-            {"role": "roles/editor", "members": ["serviceAccount:123456789012-compute@developer.gserviceaccount.com"]},
-        ])
+        self.policies.seed(
+            f"projects/{project}",
+            [
+                {"role": "roles/owner", "members": ["user:owner@example.com"]},
+                {
+                    "role": "roles/editor",
+                    "members": ["serviceAccount:123456789012-compute@developer.gserviceaccount.com"],
+                },
+            ],
+        )
         standin = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -163,7 +193,11 @@ class IamStandIn:
         length = int(h.headers.get("Content-Length") or 0)
         raw = h.rfile.read(length) if length else b""
         path = unquote(split.path)
-        if self.upstream is not None and re.match(r"/(storage|upload|download)/", path) and not re.fullmatch(r"/storage/v1/b/[^/]+/iam", path):
+        if (
+            self.upstream is not None
+            and re.match(r"/(storage|upload|download)/", path)
+            and not re.fullmatch(r"/storage/v1/b/[^/]+/iam", path)
+        ):
             return self._forward(h, raw)
         import json
 
@@ -232,17 +266,28 @@ class IamStandIn:
     def _account(self, email: str, fields: dict) -> dict:
         project = email.split("@", 1)[1].split(".", 1)[0]
         return {
-            "name": f"projects/{project}/serviceAccounts/{email}", "projectId": project, "uniqueId": "10" + "7" * 19,
-            "email": email, "etag": "MDEwMjE5MjA=", "oauth2ClientId": "10" + "7" * 19, **fields,
+            "name": f"projects/{project}/serviceAccounts/{email}",
+            "projectId": project,
+            "uniqueId": "10" + "7" * 19,
+            "email": email,
+            "etag": "MDEwMjE5MjA=",
+            "oauth2ClientId": "10" + "7" * 19,
+            **fields,
         }
 
     def _create(self, project: str, body: dict) -> tuple[int, dict]:
         account_id = body.get("accountId", "")
         if not ACCOUNT_ID.fullmatch(account_id):
-            return 400, google_error(400, "INVALID_ARGUMENT", "ServiceAccount.accountId: must be 6-30 characters of [a-z0-9-], starting with a letter")
+            return 400, google_error(
+                400,
+                "INVALID_ARGUMENT",
+                "ServiceAccount.accountId: must be 6-30 characters of [a-z0-9-], starting with a letter",
+            )
         email = f"{account_id}@{project}.iam.gserviceaccount.com"
         if email in self.accounts:
-            return 409, google_error(409, "ALREADY_EXISTS", f"Service account {account_id} already exists within project projects/{project}.")
+            return 409, google_error(
+                409, "ALREADY_EXISTS", f"Service account {account_id} already exists within project projects/{project}."
+            )
         self.accounts[email] = self._account(email, dict(body.get("serviceAccount") or {}))
         if self.propagation_sets:
             self.unpropagated[email] = self.propagation_sets
@@ -282,10 +327,16 @@ class IamStandIn:
             return 404, _gcs_error(404, "The specified bucket does not exist.", "notFound")
         resource = f"projects/_/buckets/{bucket}"
         if resource not in self.policies.by_resource:  # what a new bucket's policy holds
-            self.policies.seed(resource, [
-                {"role": "roles/storage.legacyBucketOwner", "members": [f"projectEditor:{self.project}", f"projectOwner:{self.project}"]},
-                {"role": "roles/storage.legacyBucketReader", "members": [f"projectViewer:{self.project}"]},
-            ])
+            self.policies.seed(
+                resource,
+                [
+                    {
+                        "role": "roles/storage.legacyBucketOwner",
+                        "members": [f"projectEditor:{self.project}", f"projectOwner:{self.project}"],
+                    },
+                    {"role": "roles/storage.legacyBucketReader", "members": [f"projectViewer:{self.project}"]},
+                ],
+            )
         if method == "GET":
             code, policy = 200, self.policies.get(resource)
             if self.after_get is not None:

@@ -80,7 +80,9 @@ def test_wandb_secret_reaches_the_task_as_a_variable_only(batch, client):
     batch.wait_job()
     [body] = batch.created_jobs()
     spec = body["taskGroups"][0]["taskSpec"]
-    assert spec["environment"]["secretVariables"] == {"WANDB_API_KEY": "projects/test-project/secrets/wandb-key/versions/latest"}
+    assert spec["environment"]["secretVariables"] == {
+        "WANDB_API_KEY": "projects/test-project/secrets/wandb-key/versions/latest"
+    }
     assert "the-key" not in json.dumps(body)
     assert got["WANDB_API_KEY"] == "the-key"
     policy = body["allocationPolicy"]["instances"][0]
@@ -105,7 +107,9 @@ def test_a_task_over_its_run_limit_is_stopped(batch, client):
                       job=batch_v1.Job.from_json(json.dumps(spec)))  # fmt: skip
     job = batch.wait_job()
     assert job.state == "FAILED"
-    assert [e.get("taskExecution", {}).get("exitCode") for e in job.tasks[0].events if e["taskState"] == "FAILED"] == [50005]
+    assert [e.get("taskExecution", {}).get("exitCode") for e in job.tasks[0].events if e["taskState"] == "FAILED"] == [
+        50005
+    ]
 
 
 def test_stop_cancels_running_tasks_then_deletes_the_job(batch, client):
@@ -126,7 +130,9 @@ def test_stop_cancels_running_tasks_then_deletes_the_job(batch, client):
     assert b.get_job(client, job.name) is None and batch.jobs == {}
     assert len(batch.started) == 2  # the third task never started
     assert [(r.method, r.path.rsplit("/", 1)[-1]) for r in batch.calls(path=job.job_id) if r.method != "GET"] == [
-        ("POST", f"{job.job_id}:cancel"), ("DELETE", job.job_id)]
+        ("POST", f"{job.job_id}:cancel"),
+        ("DELETE", job.job_id),
+    ]
 
 
 def test_the_stand_in_rejects_what_batch_would(batch, client):

@@ -36,8 +36,16 @@ TREE = {
     "scratch.txt": "x",
 }
 PACKED = [
-    ".dockerignore", ".gcloudignore", ".gitignore", "Dockerfile", "docker/run.sh", "keep.log",
-    "newsclf/__init__.py", "newsclf/cli/__init__.py", "pyproject.toml", "uv.lock",
+    ".dockerignore",
+    ".gcloudignore",
+    ".gitignore",
+    "Dockerfile",
+    "docker/run.sh",
+    "keep.log",
+    "newsclf/__init__.py",
+    "newsclf/cli/__init__.py",
+    "pyproject.toml",
+    "uv.lock",
 ]
 
 
@@ -84,10 +92,12 @@ def test_build_streams_the_log_once_and_prints_image_and_digest(cli, project, gc
     assert body["source"]["storageSource"]["bucket"] == gcs.test_bucket
     assert object_sha(gcs, obj) == sha  # content-addressed
     # tagged with the source hash, the newsclf version of the tree (its newsclf/__init__.py) and latest
-    assert body["steps"] == [{
-        "name": "gcr.io/cloud-builders/docker",
-        "args": ["build", "-t", f"{IMAGE}:{sha}", "-t", f"{IMAGE}:0", "-t", f"{IMAGE}:latest", "."],
-    }]
+    assert body["steps"] == [
+        {
+            "name": "gcr.io/cloud-builders/docker",
+            "args": ["build", "-t", f"{IMAGE}:{sha}", "-t", f"{IMAGE}:0", "-t", f"{IMAGE}:latest", "."],
+        }
+    ]
     assert body["images"] == [f"{IMAGE}:{sha}", f"{IMAGE}:0", f"{IMAGE}:latest"]
     assert body["tags"] == ["newsclf"]
     assert body["logsBucket"] == f"gs://{gcs.test_bucket}/builds/logs"
@@ -119,7 +129,15 @@ def test_build_json_shape(cli, project, gcs, standin):
     assert doc["status"] == "ok" and doc["command"] == "cloud build"
     data = doc["data"]
     assert set(data) == {
-        "build_id", "status", "image", "digest", "duration_s", "log_url", "source", "version", "version_image"
+        "build_id",
+        "status",
+        "image",
+        "digest",
+        "duration_s",
+        "log_url",
+        "source",
+        "version",
+        "version_image",
     }
     assert (data["version"], data["version_image"]) == ("0", f"{IMAGE}:0")
     build = standin.builds[data["build_id"]]
@@ -137,12 +155,24 @@ def test_project_and_bucket_flags_override_settings(cli, project, gcs, standin, 
     monkeypatch.delenv("NEWSCLF_GCP_PROJECT")
     monkeypatch.delenv("NEWSCLF_BUCKET")
     monkeypatch.setenv("NEWSCLF_IMAGE", "us-docker.pkg.dev/other/repo/trainer:v3")
-    r = cli("--json", "cloud", "build", "--source", ".", "--no-wait", "--project", "flag-project", "--bucket", f"gs://{gcs.test_bucket}")
+    r = cli(
+        "--json",
+        "cloud",
+        "build",
+        "--source",
+        ".",
+        "--no-wait",
+        "--project",
+        "flag-project",
+        "--bucket",
+        f"gs://{gcs.test_bucket}",
+    )
     assert r.exit_code == 0, r.stderr
     assert standin.requests[0]["path"] == "/v1/projects/flag-project/builds"
     sha = r.json["data"]["image"].rsplit(":", 1)[1]
     assert standin.create_bodies()[0]["images"] == [
-        f"us-docker.pkg.dev/other/repo/trainer:{sha}", "us-docker.pkg.dev/other/repo/trainer:0",
+        f"us-docker.pkg.dev/other/repo/trainer:{sha}",
+        "us-docker.pkg.dev/other/repo/trainer:0",
         "us-docker.pkg.dev/other/repo/trainer:latest",
     ]
 
@@ -250,7 +280,7 @@ def test_failed_build_json_still_shows_the_tail(cli, project, standin):
     doc = r.json
     assert doc["status"] == "error" and doc["errors"][0].startswith("Cloud Build ")
     [build_id] = standin.builds
-    tail = standin.written_logs[build_id][-submit.LOG_TAIL_LINES:]
+    tail = standin.written_logs[build_id][-submit.LOG_TAIL_LINES :]
     err = r.stderr.splitlines()
     assert err[: len(tail)] == tail
 
@@ -321,7 +351,8 @@ def test_missing_project_and_bucket_name_the_setting(cli, project, monkeypatch):
     monkeypatch.delenv("NEWSCLF_GCP_PROJECT")
     r = cli("cloud", "build", "--source", ".")
     assert (r.exit_code, r.stderr.strip()) == (
-        1, "Error: No Google Cloud project set: set NEWSCLF_GCP_PROJECT or pass --project"
+        1,
+        "Error: No Google Cloud project set: set NEWSCLF_GCP_PROJECT or pass --project",
     )
     monkeypatch.setenv("NEWSCLF_GCP_PROJECT", PROJECT)
     monkeypatch.delenv("NEWSCLF_BUCKET")

@@ -17,7 +17,6 @@ from newsclf.cloud.cloudbuild.source import pack_source, source_files
 from newsclf.errors import InputError
 from tests.test_cloud_build import IMAGE, PACKED, TREE, make_tree, project, standin  # noqa: F401  (fixtures)
 
-
 # --- the source archive --------------------------------------------------------------------------
 
 

@@ -8,8 +8,8 @@ import uuid
 import pytest
 
 from tests import cloudbuild_standin
-from tests.batch_standin import BatchStandIn
 from tests.artifactregistry_standin import ArtifactRegistryStandIn, permission_denied, service_disabled
+from tests.batch_standin import BatchStandIn
 from tests.cloudbuild_standin import CloudBuildStandIn
 from tests.compute_standin import ComputeStandIn
 from tests.faulty_proxy import Fault, FaultyProxy, gcs_error
@@ -89,19 +89,37 @@ def test_creates_the_bucket_and_the_repository(cli, cloud, registry, builds, com
     data = r.json["data"]
     assert (data["project"], data["bucket"], data["ok"]) == (PROJECT, name, True)
     assert [s["step"] for s in data["steps"]] == [
-        "project", "bucket", "bucket-access", "repository", "cloudbuild-api", "compute-api", "batch-api",
-        "vm-account", "vm-bucket", "vm-repository", "vm-secret", "vm-logging", "vm-batch", "vm-act-as",
+        "project",
+        "bucket",
+        "bucket-access",
+        "repository",
+        "cloudbuild-api",
+        "compute-api",
+        "batch-api",
+        "vm-account",
+        "vm-bucket",
+        "vm-repository",
+        "vm-secret",
+        "vm-logging",
+        "vm-batch",
+        "vm-act-as",
     ]
     assert rows(r) == {
         "project": ("ok", PROJECT),
-        "bucket": ("created", f"gs://{name} created in {REGION} (uniform bucket-level access, public access prevented)"),
+        "bucket": (
+            "created",
+            f"gs://{name} created in {REGION} (uniform bucket-level access, public access prevented)",
+        ),
         "bucket-access": ("skipped", skipped_note(fake_gcs.url)),
         "repository": ("created", f"{REGION}-docker.pkg.dev/{PROJECT}/newsclf created (Docker, {REGION})"),
         "cloudbuild-api": ("ok", "enabled"),
         "compute-api": ("ok", "enabled; zone europe-west1-b is UP"),
         "batch-api": ("ok", f"enabled; sweeps run as Batch jobs in {REGION}"),
         "vm-account": ("created", f"{VM_SA} created (the training VMs run as it)"),
-        "vm-bucket": ("skipped", f"not checked: the storage endpoint {fake_gcs.url} does not support bucket IAM policies"),
+        "vm-bucket": (
+            "skipped",
+            f"not checked: the storage endpoint {fake_gcs.url} does not support bucket IAM policies",
+        ),
         "vm-repository": ("created", f"granted roles/artifactregistry.reader on repository newsclf ({REGION})"),
         "vm-secret": ("skipped", "NEWSCLF_WANDB_SECRET is not set: no W&B key for the VMs to read"),
         "vm-logging": ("created", f"granted roles/logging.logWriter on project {PROJECT}"),
@@ -113,14 +131,19 @@ def test_creates_the_bucket_and_the_repository(cli, cloud, registry, builds, com
     # the repository: looked up, then created with the id, the location and the DOCKER format
     creates = registry.calls("POST", "/repositories$")
     assert [(c.path, c.query["repositoryId"]) for c in creates] == [(REPO_PATH, "newsclf")]
-    assert creates[0].body == {"format": 1, "description": "newsclf training images (newsclf cloud build)"}  # 1 = DOCKER
+    assert creates[0].body == {
+        "format": 1,
+        "description": "newsclf training images (newsclf cloud build)",
+    }  # 1 = DOCKER
     assert registry.repositories[REPO_NAME]["format"] == "DOCKER"
     assert [c.path for c in registry.calls("GET")][0] == f"{REPO_PATH}/newsclf"
     assert registry.calls("GET", "/operations/"), "the create operation was polled to its end"
     # the API checks: one cheap read each
     assert [(q["method"], q["path"]) for q in builds.requests] == [("GET", f"/v1/projects/{PROJECT}/builds")]
     assert [c.path for c in compute.calls()] == [f"/compute/v1/projects/{PROJECT}/zones/europe-west1-b"]
-    assert [(c.method, c.path) for c in services[4].requests] == [("GET", f"/v1/projects/{PROJECT}/locations/{REGION}/jobs")]
+    assert [(c.method, c.path) for c in services[4].requests] == [
+        ("GET", f"/v1/projects/{PROJECT}/locations/{REGION}/jobs")
+    ]
 
 
 def test_a_second_run_creates_nothing(cli, cloud, registry):
@@ -171,7 +194,8 @@ def test_bucket_is_created_in_the_region_with_uniform_access(cloud, registry, bu
     assert body["name"] == cloud.new_bucket
     assert body["location"] == "europe-west4"
     assert body["iamConfiguration"] == {
-        "uniformBucketLevelAccess": {"enabled": True}, "publicAccessPrevention": "enforced"
+        "uniformBucketLevelAccess": {"enabled": True},
+        "publicAccessPrevention": "enforced",
     }
     # the repository follows NEWSCLF_REGION too
     assert registry.calls("POST")[0].path == f"/v1/projects/{PROJECT}/locations/europe-west4/repositories"
@@ -213,11 +237,18 @@ def test_existing_bucket_and_repository_are_found(cli, cloud, registry, services
     registry.add_repository(PROJECT, REGION, "newsclf")
     iam = services[3]
     iam.add_account(VM_SA)  # and its grants, as an admin may have made them
-    registry.policies.seed(REPO_NAME, [{"role": "roles/artifactregistry.reader", "members": [f"serviceAccount:{VM_SA}"]}])
+    registry.policies.seed(
+        REPO_NAME, [{"role": "roles/artifactregistry.reader", "members": [f"serviceAccount:{VM_SA}"]}]
+    )
     project_policy = f"projects/{PROJECT}"
-    iam.policies.seed(project_policy, [*iam.policies.bindings(project_policy),
-                                       {"role": "roles/logging.logWriter", "members": [f"serviceAccount:{VM_SA}"]},
-                                       {"role": "roles/batch.agentReporter", "members": [f"serviceAccount:{VM_SA}"]}])
+    iam.policies.seed(
+        project_policy,
+        [
+            *iam.policies.bindings(project_policy),
+            {"role": "roles/logging.logWriter", "members": [f"serviceAccount:{VM_SA}"]},
+            {"role": "roles/batch.agentReporter", "members": [f"serviceAccount:{VM_SA}"]},
+        ],
+    )
     r = cli("cloud", "setup", "--no-create", "--json")
     assert r.exit_code == 0, r.stderr
     assert rows(r)["bucket"][0] == "ok"
@@ -252,9 +283,18 @@ def test_disabled_apis_name_the_page_that_enables_them(cli, cloud, registry, bui
     assert r.exit_code == 1
     enable = "The {title} is disabled in project test-project: enable it at https://console.cloud.google.com/apis/library/{service}?project=test-project and rerun `newsclf cloud setup`"  # noqa: E501
     got = rows(r)
-    assert got["repository"] == ("missing", enable.format(title="Artifact Registry API", service="artifactregistry.googleapis.com"))
-    assert got["cloudbuild-api"] == ("missing", enable.format(title="Cloud Build API", service="cloudbuild.googleapis.com"))
-    assert got["compute-api"] == ("missing", enable.format(title="Compute Engine API", service="compute.googleapis.com"))
+    assert got["repository"] == (
+        "missing",
+        enable.format(title="Artifact Registry API", service="artifactregistry.googleapis.com"),
+    )
+    assert got["cloudbuild-api"] == (
+        "missing",
+        enable.format(title="Cloud Build API", service="cloudbuild.googleapis.com"),
+    )
+    assert got["compute-api"] == (
+        "missing",
+        enable.format(title="Compute Engine API", service="compute.googleapis.com"),
+    )
     assert got["bucket"][0] == "created"  # the other steps still ran
     summary = f"3 setup steps need fixing (Artifact Registry, Cloud Build API, Compute Engine API): {RERUN_ALL}"
     assert r.json["errors"] == [summary]
@@ -315,7 +355,9 @@ def test_missing_roles_are_named(cli, cloud, registry, builds, compute):
 
 
 def test_no_permission_to_create_the_repository(cli, cloud, registry):
-    registry.fail("POST", "/repositories$", permission_denied("artifactregistry.repositories.create", f"projects/{PROJECT}"))
+    registry.fail(
+        "POST", "/repositories$", permission_denied("artifactregistry.repositories.create", f"projects/{PROJECT}")
+    )
     r = cli("cloud", "setup", "--json")
     assert r.exit_code == 1
     assert rows(r)["repository"] == (
@@ -345,7 +387,8 @@ def test_an_image_outside_artifact_registry_needs_no_repository(cli, cloud, regi
     r = cli("cloud", "setup", "--json")
     assert r.exit_code == 0, r.stderr
     assert rows(r)["repository"] == (
-        "skipped", "NEWSCLF_IMAGE (ghcr.io/me/newsclf-train:v1) is not in Artifact Registry: no repository to check"
+        "skipped",
+        "NEWSCLF_IMAGE (ghcr.io/me/newsclf-train:v1) is not in Artifact Registry: no repository to check",
     )
     assert registry.requests == []
 
@@ -458,7 +501,11 @@ def test_bucket_access_missing_names_the_role(cli, cloud, fake_gcs, monkeypatch)
 def test_someone_elses_bucket(cli, cloud, fake_gcs, monkeypatch):
     """403 on the bucket itself: it exists; with no object access either, the fix mentions another name."""
     name = cloud.new_bucket
-    forbidden = gcs_error(403, f"anonymous caller does not have storage.buckets.get access to the Google Cloud Storage bucket {name}.", "forbidden")
+    forbidden = gcs_error(
+        403,
+        f"anonymous caller does not have storage.buckets.get access to the Google Cloud Storage bucket {name}.",
+        "forbidden",
+    )
     faults = [
         Fault("status", methods=("GET",), path=f"/storage/v1/b/{name}?", status=403, body=forbidden),
         _permissions(),
@@ -468,7 +515,10 @@ def test_someone_elses_bucket(cli, cloud, fake_gcs, monkeypatch):
         r = cli("cloud", "setup", "--json")
     assert r.exit_code == 1
     got = rows(r)
-    assert got["bucket"] == ("ok", f"gs://{name} exists (no permission to read its settings; object access is checked below)")
+    assert got["bucket"] == (
+        "ok",
+        f"gs://{name} exists (no permission to read its settings; object access is checked below)",
+    )
     assert got["bucket-access"][1].endswith(", or set NEWSCLF_BUCKET to a bucket of your own if it is not yours")
     assert not [s for s in proxy.seen if s.method == "POST"], "nothing created"
 
@@ -482,8 +532,7 @@ def test_a_bucket_name_taken_elsewhere(cli, cloud, fake_gcs, monkeypatch):
         r = cli("cloud", "setup", "--json")
     assert r.exit_code == 1
     assert rows(r)["bucket"] == (
-        "error", f"The bucket name {name} is taken (bucket names are global): set NEWSCLF_BUCKET to another name"
+        "error",
+        f"The bucket name {name} is taken (bucket names are global): set NEWSCLF_BUCKET to another name",
     )
     assert rows(r)["bucket-access"] == ("skipped", "needs the bucket (see above)")
-
-

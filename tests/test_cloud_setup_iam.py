@@ -13,8 +13,8 @@ import uuid
 
 import pytest
 
-from tests.batch_standin import BatchStandIn
 from tests.artifactregistry_standin import ArtifactRegistryStandIn
+from tests.batch_standin import BatchStandIn
 from tests.cloudbuild_standin import CloudBuildStandIn
 from tests.compute_standin import ComputeStandIn
 from tests.iam_standin import IamStandIn, permission_denied, service_disabled
@@ -28,7 +28,10 @@ SECRET = f"projects/{PROJECT}/secrets/wandb-key"
 VM_STEPS = ("vm-account", "vm-bucket", "vm-repository", "vm-secret", "vm-logging", "vm-batch", "vm-act-as")
 BATCH_AGENT = {"role": "roles/batch.agentReporter", "members": [MEMBER]}
 OWNER = {"role": "roles/owner", "members": ["user:owner@example.com"]}
-DEFAULT_EDITOR = {"role": "roles/editor", "members": ["serviceAccount:123456789012-compute@developer.gserviceaccount.com"]}
+DEFAULT_EDITOR = {
+    "role": "roles/editor",
+    "members": ["serviceAccount:123456789012-compute@developer.gserviceaccount.com"],
+}
 
 
 @pytest.fixture
@@ -98,7 +101,8 @@ def test_creates_the_account_and_grants_only_what_the_vm_needs(cli, iam, registr
 
     # the account: looked up by email, then created in the project with its id and a description
     assert [(c.method, c.path) for c in iam.calls(path="serviceAccounts")][:2] == [
-        ("GET", f"/v1/projects/-/serviceAccounts/{SA}"), ("POST", f"/v1/projects/{PROJECT}/serviceAccounts"),
+        ("GET", f"/v1/projects/-/serviceAccounts/{SA}"),
+        ("POST", f"/v1/projects/{PROJECT}/serviceAccounts"),
     ]
     create = iam.calls("POST", "serviceAccounts$")[0].body
     assert create == {
@@ -112,12 +116,17 @@ def test_creates_the_account_and_grants_only_what_the_vm_needs(cli, iam, registr
     # each role on its own resource only, every binding that was there kept
     assert iam.policies.members(bucket_policy(bucket), "roles/storage.objectUser") == {MEMBER}
     assert {b["role"] for b in iam.policies.bindings(bucket_policy(bucket))} == {
-        "roles/storage.legacyBucketOwner", "roles/storage.legacyBucketReader", "roles/storage.objectUser"
+        "roles/storage.legacyBucketOwner",
+        "roles/storage.legacyBucketReader",
+        "roles/storage.objectUser",
     }
     assert registry.policies.members(REPO, "roles/artifactregistry.reader") == {MEMBER}
     assert iam.policies.members(SECRET, "roles/secretmanager.secretAccessor") == {MEMBER}
     assert iam.policies.bindings(f"projects/{PROJECT}") == [
-        OWNER, DEFAULT_EDITOR, {"role": "roles/logging.logWriter", "members": [MEMBER]}, BATCH_AGENT
+        OWNER,
+        DEFAULT_EDITOR,
+        {"role": "roles/logging.logWriter", "members": [MEMBER]},
+        BATCH_AGENT,
     ]
     # nothing broader anywhere: the project policy holds only the log writer and Batch reporter roles for the account
     project_roles = {b["role"] for b in iam.policies.bindings(f"projects/{PROJECT}") if MEMBER in b["members"]}
@@ -185,7 +194,11 @@ def test_a_change_made_in_between_is_kept(cli, iam):
     assert rows(r)["vm-logging"] == ("created", f"granted roles/logging.logWriter on project {PROJECT}")
     assert len(iam.calls("POST", f"/v3/{project}:setIamPolicy$")) == 3  # the first was refused (ABORTED); then Batch's
     assert iam.policies.bindings(project) == [
-        OWNER, DEFAULT_EDITOR, colleague, {"role": "roles/logging.logWriter", "members": [MEMBER]}, BATCH_AGENT
+        OWNER,
+        DEFAULT_EDITOR,
+        colleague,
+        {"role": "roles/logging.logWriter", "members": [MEMBER]},
+        BATCH_AGENT,
     ]
 
 
@@ -221,7 +234,9 @@ def test_the_act_as_check_waits_for_a_new_account(cli, iam, monkeypatch):
     from tests.google_errors import google_error
 
     monkeypatch.setattr(grants, "PROPAGATION_STEP_S", 0.01)
-    iam.fail("POST", ":testIamPermissions$", (404, google_error(404, "NOT_FOUND", f"Unknown service account {SA}")), times=2)
+    iam.fail(
+        "POST", ":testIamPermissions$", (404, google_error(404, "NOT_FOUND", f"Unknown service account {SA}")), times=2
+    )
     r = cli("cloud", "setup", "--json")
     assert r.exit_code == 0, r.stderr
     assert rows(r)["vm-act-as"][0] == "ok"
@@ -277,7 +292,9 @@ def test_no_create_names_each_missing_grant(cli, iam, registry, monkeypatch):
         "reporting): do what each row says, then rerun `newsclf cloud setup`"
     )
     assert r.json["errors"] == [summary]
-    assert len(iam.policy_sets()) == writes and registry.policies.members(REPO, "roles/artifactregistry.reader") == set()
+    assert (
+        len(iam.policy_sets()) == writes and registry.policies.members(REPO, "roles/artifactregistry.reader") == set()
+    )
 
 
 def test_you_may_not_act_as_the_account(cli, iam):
@@ -294,7 +311,11 @@ def test_you_may_not_act_as_the_account(cli, iam):
 
 
 def test_no_permission_to_grant_names_both_fixes(cli, iam):
-    iam.fail("POST", "^/v3/.*:setIamPolicy$", permission_denied("resourcemanager.projects.setIamPolicy", f"projects/{PROJECT}"))
+    iam.fail(
+        "POST",
+        "^/v3/.*:setIamPolicy$",
+        permission_denied("resourcemanager.projects.setIamPolicy", f"projects/{PROJECT}"),
+    )
     r = cli("cloud", "setup", "--json")
     assert r.exit_code == 1
     assert rows(r)["vm-logging"] == (
@@ -324,7 +345,9 @@ def test_no_permission_to_create_the_account(cli, iam):
 
 
 def test_iam_api_disabled(cli, iam):
-    iam.fail("GET", "serviceAccounts/", service_disabled("iam.googleapis.com", "Identity and Access Management (IAM) API"))
+    iam.fail(
+        "GET", "serviceAccounts/", service_disabled("iam.googleapis.com", "Identity and Access Management (IAM) API")
+    )
     r = cli("cloud", "setup", "--json")
     assert rows(r)["vm-account"] == (
         "missing",
@@ -341,7 +364,8 @@ def test_unreachable_iam(cli, iam, monkeypatch):
     r = cli("cloud", "setup", "--json")
     assert r.exit_code == 1
     assert rows(r)["vm-account"] == (
-        "error", f"Cannot reach the IAM API at {endpoint}: check the network or NEWSCLF_IAM_API_ENDPOINT"
+        "error",
+        f"Cannot reach the IAM API at {endpoint}: check the network or NEWSCLF_IAM_API_ENDPOINT",
     )
 
 
@@ -411,12 +435,21 @@ def test_a_bad_account_id(cli, iam, monkeypatch):
 def test_the_stand_in_refuses_what_google_refuses(iam):
     import requests
 
-    bad_field = requests.post(f"{iam.url}/v1/projects/{PROJECT}/serviceAccounts", json={"accountId": "newsclf-vm", "displayName": "x"}, timeout=10)
+    bad_field = requests.post(
+        f"{iam.url}/v1/projects/{PROJECT}/serviceAccounts",
+        json={"accountId": "newsclf-vm", "displayName": "x"},
+        timeout=10,
+    )
     assert bad_field.status_code == 400 and 'Unknown name "displayName"' in bad_field.json()["error"]["message"]
-    bad_type = requests.post(f"{iam.url}/v3/projects/{PROJECT}:setIamPolicy", json={"policy": {"version": "three"}}, timeout=10)
+    bad_type = requests.post(
+        f"{iam.url}/v3/projects/{PROJECT}:setIamPolicy", json={"policy": {"version": "three"}}, timeout=10
+    )
     assert bad_type.status_code == 400 and "expected an integer" in bad_type.json()["error"]["message"]
     wrong_verb = requests.put(f"{iam.url}/v1/projects/{PROJECT}/secrets/wandb-key:setIamPolicy", json={}, timeout=10)
-    assert wrong_verb.status_code == 400 and "no secretmanager.v1 method answers PUT" in wrong_verb.json()["error"]["message"]
+    assert (
+        wrong_verb.status_code == 400
+        and "no secretmanager.v1 method answers PUT" in wrong_verb.json()["error"]["message"]
+    )
     assert iam.accounts == {} and iam.policies.sets == []
 
 
@@ -425,7 +458,11 @@ def test_config_show_lists_the_setting(cli, monkeypatch):
     r = cli("config", "show", "--json")
     assert r.exit_code == 0
     found = [s for s in r.json["data"]["settings"] if s["name"] == "vm_service_account"]
-    assert found == [{
-        "name": "vm_service_account", "variable": "NEWSCLF_VM_SERVICE_ACCOUNT",
-        "value": "trainer@my-project.iam.gserviceaccount.com", "source": "env NEWSCLF_VM_SERVICE_ACCOUNT",
-    }]
+    assert found == [
+        {
+            "name": "vm_service_account",
+            "variable": "NEWSCLF_VM_SERVICE_ACCOUNT",
+            "value": "trainer@my-project.iam.gserviceaccount.com",
+            "source": "env NEWSCLF_VM_SERVICE_ACCOUNT",
+        }
+    ]

@@ -95,7 +95,9 @@ def test_sweep_is_one_batch_job_with_one_task_per_trial(cli, standin, batch):
     [body] = batch.created_jobs()
     [create] = batch.calls("POST", r"/jobs$")
     assert create.path == "/v1/projects/test-project/locations/europe-west1/jobs"
-    assert create.query["jobId"] == data["job_id"] and data["job_id"].startswith(f"newsclf-{sid.removeprefix('sweep-')}-")
+    assert create.query["jobId"] == data["job_id"] and data["job_id"].startswith(
+        f"newsclf-{sid.removeprefix('sweep-')}-"
+    )
     [group] = body["taskGroups"]
     assert (group["taskCount"], group["parallelism"], group["taskCountPerNode"]) == ("3", "2", "1")
     spec = group["taskSpec"]
@@ -122,7 +124,10 @@ def test_sweep_is_one_batch_job_with_one_task_per_trial(cli, standin, batch):
     # the plan the tasks read, and the tasks as the stand-in ran them: two at once, one per trial
     doc = json.loads(standin.gcs.bucket(standin.gcs.test_bucket).blob(plan).download_as_bytes())
     assert doc["train_args"] == ["--epochs", "1"] and [t["params"] for t in doc["tasks"]] == [
-        {"lr": 0.1}, {"lr": 0.2}, {"lr": 0.5}]
+        {"lr": 0.1},
+        {"lr": 0.2},
+        {"lr": 0.5},
+    ]
     assert sorted((s.index, s.attempt) for s in batch.started) == [(0, 0), (1, 0), (2, 0)]
     assert {s.env["BATCH_TASK_COUNT"] for s in batch.started} == {"3"}
 

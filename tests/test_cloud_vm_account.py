@@ -186,11 +186,14 @@ def test_cloud_logs_names_the_likely_cause(cli, standin, ungranted_vm, monkeypat
 
 def test_a_preempted_vm_keeps_the_usual_message(cli, standin, monkeypatch):  # noqa: F811
     """No line of the VM names a cause: the message stays the generic one."""
+
     def boot(server, inst):
         run_id = inst.metadata()["newsclf-run-id"]
         with open(inst.serial, "a") as f:
             f.write(f"newsclf-vm[{run_id}]: pulling {IMAGE}\n")
-            f.write(f"newsclf-vm[{run_id}]: the VM is stopping; the run resumes from its checkpoints when the VM starts again\n")
+            f.write(
+                f"newsclf-vm[{run_id}]: the VM is stopping; the run resumes from its checkpoints when the VM starts again\n"
+            )
         server.shutdown(inst.zone, inst.name)
 
     standin.on_start = boot
@@ -212,8 +215,16 @@ def test_an_account_you_may_not_use_names_setup(cli, standin, monkeypatch):  # n
         f"service account '{SA}'.  User: 'me@example.com'.  Ask a project owner to grant you the "
         "iam.serviceAccountUser role on the service account"
     )
-    refused = {"error": {"code": 400, "message": message, "errors": [{"message": message, "domain": "global", "reason": "invalid"}]}}
-    with FaultyProxy(standin.url, [Fault("status", methods=("POST",), path="/instances", status=400, body=refused)]) as proxy:
+    refused = {
+        "error": {
+            "code": 400,
+            "message": message,
+            "errors": [{"message": message, "domain": "global", "reason": "invalid"}],
+        }
+    }
+    with FaultyProxy(
+        standin.url, [Fault("status", methods=("POST",), path="/instances", status=400, body=refused)]
+    ) as proxy:
         monkeypatch.setenv("NEWSCLF_COMPUTE_API_ENDPOINT", proxy.url)
         r = cli("cloud", "run", "--detach", *POLL)
     assert r.exit_code == 1

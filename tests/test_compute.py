@@ -13,7 +13,16 @@ import time
 import pytest
 
 from tests.compute_standin import (  # noqa: F401  (fixtures)
-    SCRIPT, VM, ZONE, FakeVM, insert_bodies, last_line, meta_items, serial_reads, standin, wait_until,
+    SCRIPT,
+    VM,
+    ZONE,
+    FakeVM,
+    insert_bodies,
+    last_line,
+    meta_items,
+    serial_reads,
+    standin,
+    wait_until,
 )
 
 PROJECT = "test-project"
@@ -32,7 +41,8 @@ def test_candidate_zones_and_gpu_parsing():
     assert candidate_zones("us-central1-a", "", offered) == ["us-central1-a", "us-central1-f"]
     assert candidate_zones("us-central1-b", "", offered) == ["us-central1-a", "us-central1-f"]
     assert candidate_zones("europe-west1-b", "europe-west4-a, europe-west1-b", offered) == [
-        "europe-west1-b", "europe-west4-a"
+        "europe-west1-b",
+        "europe-west4-a",
     ]
     assert parse_gpu("nvidia-tesla-t4:2") == ("nvidia-tesla-t4", 2)
     assert parse_gpu("nvidia-l4") == ("nvidia-l4", 1)
@@ -55,7 +65,9 @@ def test_capacity_reason_reads_http_errors_and_operations():
     quota = gexc.Forbidden("Quota 'GPUS' exceeded", errors=[{"reason": "quotaExceeded", "message": "x"}])
     denied = gexc.Forbidden("Required 'compute.instances.create' permission", errors=[{"reason": "forbidden"}])
     op = compute_v1.Operation(
-        error=compute_v1.Error(errors=[compute_v1.Errors(code="ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS", message="m")])
+        error=compute_v1.Error(
+            errors=[compute_v1.Errors(code="ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS", message="m")]
+        )
     )
     assert capacity_reason(quota) == "quotaExceeded"
     assert capacity_reason(denied) is None
@@ -105,7 +117,10 @@ def test_run_creates_vm_with_expected_body(cli, standin):
     assert body["scheduling"] == {"maxRunDuration": {"seconds": "21600"}, "instanceTerminationAction": "STOP"}
     assert "guestAccelerators" not in body
     assert body["serviceAccounts"] == [  # the account `cloud setup` makes (NEWSCLF_VM_SERVICE_ACCOUNT)
-        {"email": "newsclf-vm@test-project.iam.gserviceaccount.com", "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}
+        {
+            "email": "newsclf-vm@test-project.iam.gserviceaccount.com",
+            "scopes": ["https://www.googleapis.com/auth/cloud-platform"],
+        }
     ]
     [disk] = body["disks"]
     assert disk["boot"] is True and disk["autoDelete"] is True
@@ -132,8 +147,21 @@ def test_run_creates_vm_with_expected_body(cli, standin):
 
 def test_run_gpu_spot_body(cli, standin):
     r = cli(
-        "cloud", "run", "--detach", "--gpu", "nvidia-tesla-t4:1", "--spot", "--machine-type", "n1-standard-4",
-        "--max-hours", "2.5", "--disk-gb", "200", "--keep-vm", "--image", "my/image:1",
+        "cloud",
+        "run",
+        "--detach",
+        "--gpu",
+        "nvidia-tesla-t4:1",
+        "--spot",
+        "--machine-type",
+        "n1-standard-4",
+        "--max-hours",
+        "2.5",
+        "--disk-gb",
+        "200",
+        "--keep-vm",
+        "--image",
+        "my/image:1",
     )
     assert r.exit_code == 0, r.stderr
     [body] = insert_bodies(standin)
@@ -312,8 +340,12 @@ def test_ctrl_c_detaches_and_logs_follow_reattaches(cli, standin):
     # finished: the log comes from the bucket
     r = cli("--json", "cloud", "logs", run_id)
     assert r.exit_code == 0
-    assert r.json["data"] == {"run_id": run_id, "state": "succeeded", "source": "bucket",
-                              "lines": ["epoch 1 accuracy 0.91", "done"]}
+    assert r.json["data"] == {
+        "run_id": run_id,
+        "state": "succeeded",
+        "source": "bucket",
+        "lines": ["epoch 1 accuracy 0.91", "done"],
+    }
 
 
 def test_logs_of_unknown_run(cli, standin):
@@ -374,9 +406,18 @@ def test_status_lists_vms_with_costs_and_runs(cli, standin):
     r = cli("--json", "cloud", "status")
     assert r.exit_code == 0, r.stderr
     [row] = r.json["data"]["vms"]
-    assert {k: row[k] for k in ("name", "zone", "state", "machine_type", "gpus", "gpu_type", "spot", "run_id", "run_state")} == {
-        "name": VM, "zone": ZONE, "state": "RUNNING", "machine_type": "n1-standard-8", "gpus": 1,
-        "gpu_type": "nvidia-tesla-t4", "spot": True, "run_id": run_id, "run_state": "running",
+    assert {
+        k: row[k] for k in ("name", "zone", "state", "machine_type", "gpus", "gpu_type", "spot", "run_id", "run_state")
+    } == {
+        "name": VM,
+        "zone": ZONE,
+        "state": "RUNNING",
+        "machine_type": "n1-standard-8",
+        "gpus": 1,
+        "gpu_type": "nvidia-tesla-t4",
+        "spot": True,
+        "run_id": run_id,
+        "run_state": "running",
     }
     assert 0 < row["est_usd_per_hour"] < 0.73
     assert row["est_usd_so_far"] >= 0

@@ -8,7 +8,14 @@ import time
 import pytest
 
 from tests.compute_standin import (  # noqa: F401  (fixtures)
-    SCRIPT, VM, ZONE, FakeVM, insert_bodies, last_line, meta_items, standin,
+    SCRIPT,
+    VM,
+    ZONE,
+    FakeVM,
+    insert_bodies,
+    last_line,
+    meta_items,
+    standin,
 )
 
 PROJECT = "test-project"
@@ -130,7 +137,10 @@ def test_reuse_drops_attached_gpus_before_a_machine_type_that_takes_none(cli, st
     assert vm_verbs(standin) == ["setMachineResources", "setMachineType", "setMetadata", "setLabels", "start"]
     assert one_body(standin, "setMachineResources") == {}  # no accelerators
     assert meta_items(one_body(standin, "setMetadata"))["newsclf-gpus"] == "0"
-    assert "guestAccelerators" not in standin.instance(VM).resource or not standin.instance(VM).resource["guestAccelerators"]
+    assert (
+        "guestAccelerators" not in standin.instance(VM).resource
+        or not standin.instance(VM).resource["guestAccelerators"]
+    )
 
 
 def test_a_disk_cannot_shrink(cli, standin):

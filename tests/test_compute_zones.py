@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from tests.compute_standin import (  # noqa: F401  (fixtures)
-    SCRIPT, VM, ZONE, FakeVM, insert_bodies, last_line, meta_items, standin,
+    SCRIPT,
+    VM,
+    ZONE,
+    FakeVM,
+    insert_bodies,
+    last_line,
+    meta_items,
+    standin,
 )
 
 PROJECT = "test-project"
@@ -17,7 +24,9 @@ def test_zone_failover_on_operation_and_http_errors(cli, standin):
     assert r.exit_code == 0, r.stderr
     assert r.json["data"]["zone"] == "europe-west1-d"
     assert [c.path.split("/")[6] for c in standin.calls("POST", r"/instances$")] == [
-        "europe-west1-b", "europe-west1-c", "europe-west1-d"
+        "europe-west1-b",
+        "europe-west1-c",
+        "europe-west1-d",
     ]
     body = insert_bodies(standin)[-1]
     assert body["guestAccelerators"][0]["acceleratorType"] == (

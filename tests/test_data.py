@@ -49,8 +49,10 @@ def tiny_pair(tmp: Path, n: int = 6) -> tuple[Path, Path]:
     true = write_csv(
         tmp / "True.csv",
         ["title", "text", "subject", "date"],
-        [[f"Report {i}", f"WASHINGTON (Reuters) - Officials said item {i} was approved.", "politicsNews", "2017"]
-         for i in range(n)],  # fmt: skip
+        [
+            [f"Report {i}", f"WASHINGTON (Reuters) - Officials said item {i} was approved.", "politicsNews", "2017"]
+            for i in range(n)
+        ],  # fmt: skip
     )
     return fake, true
 

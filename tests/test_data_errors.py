@@ -17,7 +17,9 @@ def _bad_inputs(tmp: Path, isot_sample: Path) -> dict[str, tuple[list, str]]:
     (tmp / "empty.csv").write_bytes(b"")
     (tmp / "blank.csv").write_bytes(b"\n  \n")
     write_csv(tmp / "cols.csv", ["headline", "body", "subject", "date"], [["a", "b", "c", "d"]])
-    (tmp / "latin1.csv").write_bytes("title,text,subject,date\nok,fine,a,b\nbad,caf\u00e9 au lait,a,b\n".encode("latin-1"))
+    (tmp / "latin1.csv").write_bytes(
+        "title,text,subject,date\nok,fine,a,b\nbad,caf\u00e9 au lait,a,b\n".encode("latin-1")
+    )
     (tmp / "quote.csv").write_text('title,text,subject,date\nok,fine,a,b\nbad,"never closed,a,b\nx,y,a,b\n')
     (tmp / "wide.csv").write_text("title,text,subject,date\nok,fine,a,b\nok,too,many,fields,here\n")
     (tmp / "header.csv").write_text("title,text,subject,date\n")

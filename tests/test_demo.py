@@ -12,6 +12,7 @@ import pytest
 from newsclf.data import LABELS
 from tests.test_data import read_all, sample_rows, snapshot
 
+
 def test_demo_prepares_offline_in_seconds(cli, tmp_path):
     import time
 

@@ -14,17 +14,29 @@ def _instance(**over):
         "name": "newsclf-train",
         "machineType": "zones/europe-west1-b/machineTypes/n1-standard-8",
         "labels": {"newsclf": "1", "newsclf-run": "20261130-174500-ab12"},
-        "scheduling": {"maxRunDuration": {"seconds": "21600"}, "instanceTerminationAction": "STOP",
-                       "provisioningModel": "SPOT", "onHostMaintenance": "TERMINATE", "automaticRestart": False},
-        "guestAccelerators": [{"acceleratorType": "projects/my-project/zones/europe-west1-b/acceleratorTypes/nvidia-tesla-t4",
-                               "acceleratorCount": 1}],
+        "scheduling": {
+            "maxRunDuration": {"seconds": "21600"},
+            "instanceTerminationAction": "STOP",
+            "provisioningModel": "SPOT",
+            "onHostMaintenance": "TERMINATE",
+            "automaticRestart": False,
+        },
+        "guestAccelerators": [
+            {
+                "acceleratorType": "projects/my-project/zones/europe-west1-b/acceleratorTypes/nvidia-tesla-t4",
+                "acceleratorCount": 1,
+            }
+        ],
     }
     body.update(over)
     return body
 
 
 def test_routes_find_literal_paths_before_templates():
-    assert find_method("compute.v1", "GET", "/compute/v1/projects/p/aggregated/instances")["id"] == "compute.instances.aggregatedList"
+    assert (
+        find_method("compute.v1", "GET", "/compute/v1/projects/p/aggregated/instances")["id"]
+        == "compute.instances.aggregatedList"
+    )
     assert find_method("compute.v1", "POST", INSERT)["id"] == "compute.instances.insert"
     assert find_method("cloudbuild.v1", "POST", "/v1/projects/p/locations/europe-west1/builds")["id"] == (
         "cloudbuild.projects.locations.builds.create"
@@ -44,18 +56,36 @@ def test_valid_instance_passes():
         ({"labels": {"newsclf-run": "My.Run_2"}}, "invalid label value"),
         ({"labels": {"Run": "x"}}, "invalid label key"),
         ({"scheduling": {"maxRunDuration": {"seconds": "10"}, "instanceTerminationAction": "STOP"}}, "outside 30 s"),
-        ({"scheduling": {"maxRunDuration": {"seconds": str(121 * 86400)}, "instanceTerminationAction": "STOP"}}, "120 days"),
+        (
+            {"scheduling": {"maxRunDuration": {"seconds": str(121 * 86400)}, "instanceTerminationAction": "STOP"}},
+            "120 days",
+        ),
         ({"scheduling": {"provisioningModel": "CHEAP"}}, "invalid value 'CHEAP'"),
         ({"scheduling": {"onHostMaintenance": "MIGRATE"}}, "must be TERMINATE"),
         ({"canIpForward": "yes"}, "expected a boolean"),
         ({"guestAccelerators": [{"acceleratorCount": "one"}]}, "expected an integer"),
-        ({"guestAccelerators": [{"acceleratorType": "zones/europe-west1-b/acceleratorTypes/nvidia-tesla-t4",
-                                 "acceleratorCount": 1}]}, "guestAccelerators[0].acceleratorType"),
+        (
+            {
+                "guestAccelerators": [
+                    {"acceleratorType": "zones/europe-west1-b/acceleratorTypes/nvidia-tesla-t4", "acceleratorCount": 1}
+                ]
+            },
+            "guestAccelerators[0].acceleratorType",
+        ),
         ({"guestAccelerators": [{"acceleratorType": "nvidia-tesla-t4", "acceleratorCount": 1}]}, "documented form"),
-        ({"guestAccelerators": [{"acceleratorType": "projects/p/zones/z/acceleratorTypes/t", "acceleratorCount": 0}]},
-         "at least 1"),
+        (
+            {
+                "guestAccelerators": [
+                    {"acceleratorType": "projects/p/zones/z/acceleratorTypes/t", "acceleratorCount": 0}
+                ]
+            },
+            "at least 1",
+        ),
         ({"machineType": "n1-standard-8"}, "machineType: 'n1-standard-8' is not a URL"),
-        ({"disks": [{"boot": True, "initializeParams": {"diskSizeGb": "5", "diskType": "pd-balanced"}}]}, "at least 10 GB"),
+        (
+            {"disks": [{"boot": True, "initializeParams": {"diskSizeGb": "5", "diskType": "pd-balanced"}}]},
+            "at least 10 GB",
+        ),
         ({"disks": [{"boot": True, "initializeParams": {"diskType": "pd-balanced"}}]}, "diskType: 'pd-balanced'"),
         ({"metadata": {"items": [{"key": "a", "value": "x"}, {"key": "a", "value": "y"}]}}, "duplicate key 'a'"),
         ({"metadata": {"items": [{"key": "startup-script", "value": "x" * (256 * 1024 + 1)}]}}, "at most 262144"),
@@ -79,8 +109,11 @@ def test_query_enums_and_unknown_methods():
 
 def test_cloud_build_body():
     path = "/v1/projects/p/locations/europe-west1/builds"
-    good = {"steps": [{"name": "gcr.io/cloud-builders/docker", "args": ["build", "."]}],
-            "options": {"machineType": "E2_HIGHCPU_8", "diskSizeGb": "200"}, "timeout": "3600s"}
+    good = {
+        "steps": [{"name": "gcr.io/cloud-builders/docker", "args": ["build", "."]}],
+        "options": {"machineType": "E2_HIGHCPU_8", "diskSizeGb": "200"},
+        "timeout": "3600s",
+    }
     assert contract_errors("cloudbuild.v1", "POST", path, {}, good) == []
     bad = dict(good, options={"machineType": "E2_HUGE"}, timeout="1h")
     errors = contract_errors("cloudbuild.v1", "POST", path, {}, bad)
@@ -93,16 +126,26 @@ VM = "/compute/v1/projects/my-project/zones/europe-west1-b/instances/newsclf-tra
 @pytest.mark.parametrize(
     ("verb", "body", "needle"),
     [
-        ("setLabels", {"labels": {"newsclf-run": "My.Run_2"}, "labelFingerprint": "42WmSpB8rSM="}, "invalid label value"),
+        (
+            "setLabels",
+            {"labels": {"newsclf-run": "My.Run_2"}, "labelFingerprint": "42WmSpB8rSM="},
+            "invalid label value",
+        ),
         ("setLabels", {"labels": {"newsclf": "train"}}, "labelFingerprint: required"),
         ("setLabels", {"labels": {"newsclf": "train"}, "labelFingerprint": "not base64!"}, "is not base64"),
         ("setScheduling", {"maxRunDuration": {"seconds": "10"}, "instanceTerminationAction": "STOP"}, "outside 30 s"),
         ("setScheduling", {"maxRunDuration": {"seconds": "3600"}}, "required with maxRunDuration"),
         ("setMachineType", {"machineType": "n1-standard-8"}, "is not a URL"),
-        ("setMachineResources", {"guestAccelerators": [{"acceleratorType": "nvidia-tesla-t4", "acceleratorCount": 1}]},
-         "acceleratorType"),
-        ("setMetadata", {"fingerprint": "42WmSpB8rSM=", "items": [{"key": "k", "value": "v" * (256 * 1024 + 1)}]},
-         "at most 262144"),
+        (
+            "setMachineResources",
+            {"guestAccelerators": [{"acceleratorType": "nvidia-tesla-t4", "acceleratorCount": 1}]},
+            "acceleratorType",
+        ),
+        (
+            "setMetadata",
+            {"fingerprint": "42WmSpB8rSM=", "items": [{"key": "k", "value": "v" * (256 * 1024 + 1)}]},
+            "at most 262144",
+        ),
     ],
 )
 def test_instance_updates_are_checked(verb, body, needle):
@@ -113,8 +156,16 @@ def test_instance_updates_are_checked(verb, body, needle):
 def test_valid_instance_updates_pass():
     for verb, body in [
         ("setLabels", {"labels": {"newsclf-run": "my-run_2"}, "labelFingerprint": "42WmSpB8rSM="}),
-        ("setScheduling", {"maxRunDuration": {"seconds": "3600"}, "instanceTerminationAction": "STOP",
-                           "onHostMaintenance": "TERMINATE", "automaticRestart": False, "provisioningModel": "SPOT"}),
+        (
+            "setScheduling",
+            {
+                "maxRunDuration": {"seconds": "3600"},
+                "instanceTerminationAction": "STOP",
+                "onHostMaintenance": "TERMINATE",
+                "automaticRestart": False,
+                "provisioningModel": "SPOT",
+            },
+        ),
         ("setMachineType", {"machineType": "zones/europe-west1-b/machineTypes/n1-standard-4"}),
         ("setMachineResources", {"guestAccelerators": []}),
     ]:

@@ -76,7 +76,9 @@ def test_hadolint_reports_nothing(tmp_path):
     config.write_text("ignored: []\n")  # no repository or user config may hide a rule
     proc = subprocess.run(
         [hadolint(), "--config", str(config), "--format", "json", str(DOCKERFILE)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     findings = json.loads(proc.stdout or "[]")
     assert findings == [], "\n".join(f"{f['line']}: {f['code']} {f['level']}: {f['message']}" for f in findings)
@@ -186,7 +188,10 @@ def test_check_image_script_runs_offline(tmp_path):
     env["HF_HOME"] = str(tmp_path / "hf")
     proc = subprocess.run(
         [sys.executable, str(REPO / "docker" / "check_image.py")],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     problems = [line for line in proc.stderr.splitlines() if line.startswith("image check:")]
     assert proc.returncode == 1
@@ -203,33 +208,74 @@ def test_check_image_script_runs_offline(tmp_path):
 
 def test_dockerignore_keeps_data_secrets_and_caches_out(tmp_path):
     files = [
-        "Dockerfile", "pyproject.toml", "uv.lock", "README.md", "newsclf/__init__.py", "newsclf/cloud/startup.sh",
+        "Dockerfile",
+        "pyproject.toml",
+        "uv.lock",
+        "README.md",
+        "newsclf/__init__.py",
+        "newsclf/cloud/startup.sh",
         "docker/check_image.py",
         # everything below must stay out
-        ".env", ".env.local", ".env.example", "sub/.env", "key.pem", "newsclf/sa-credentials.json",
-        ".git/HEAD", ".git/objects/ab/cdef", ".gitignore",
-        ".venv/bin/python", ".venv/lib/python3.11/site-packages/torch/__init__.py", "venv/bin/python",
-        "newsclf/__pycache__/x.cpython-311.pyc", "newsclf/stray.pyc",
-        ".pytest_cache/v/cache", ".mypy_cache/x", ".ruff_cache/x", ".cache/huggingface/x",
-        "data/raw/Fake.csv", "data/processed/train.parquet", "models/20260101-000000-abc/model.safetensors",
-        "wandb/run-1/files/output.log", "outputs/x", "dist/newsclf-0.1.0.whl", "build/lib/x",
-        "newsclf.egg-info/PKG-INFO", "tests/test_x.py", "bench/bench_x.py", ".ci/run",
+        ".env",
+        ".env.local",
+        ".env.example",
+        "sub/.env",
+        "key.pem",
+        "newsclf/sa-credentials.json",
+        ".git/HEAD",
+        ".git/objects/ab/cdef",
+        ".gitignore",
+        ".venv/bin/python",
+        ".venv/lib/python3.11/site-packages/torch/__init__.py",
+        "venv/bin/python",
+        "newsclf/__pycache__/x.cpython-311.pyc",
+        "newsclf/stray.pyc",
+        ".pytest_cache/v/cache",
+        ".mypy_cache/x",
+        ".ruff_cache/x",
+        ".cache/huggingface/x",
+        "data/raw/Fake.csv",
+        "data/processed/train.parquet",
+        "models/20260101-000000-abc/model.safetensors",
+        "wandb/run-1/files/output.log",
+        "outputs/x",
+        "dist/newsclf-0.1.0.whl",
+        "build/lib/x",
+        "newsclf.egg-info/PKG-INFO",
+        "tests/test_x.py",
+        "bench/bench_x.py",
+        ".ci/run",
     ]
     for rel in files:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("x")
     os.symlink("20260101-000000-abc", tmp_path / "models" / "latest")
     shutil.copy(REPO / ".dockerignore", tmp_path / ".dockerignore")
-    assert source_files(tmp_path) == sorted([
-        ".dockerignore", "Dockerfile", "README.md", "docker/check_image.py", "newsclf/__init__.py",
-        "newsclf/cloud/startup.sh", "pyproject.toml", "uv.lock",
-    ])
+    assert source_files(tmp_path) == sorted(
+        [
+            ".dockerignore",
+            "Dockerfile",
+            "README.md",
+            "docker/check_image.py",
+            "newsclf/__init__.py",
+            "newsclf/cloud/startup.sh",
+            "pyproject.toml",
+            "uv.lock",
+        ]
+    )
 
 
 def test_repository_context_has_what_the_build_needs():
     files = source_files(REPO)
-    for needed in ("Dockerfile", "pyproject.toml", "uv.lock", "README.md", "newsclf/__init__.py",
-                   "newsclf/cli/__init__.py", "docker/check_image.py"):
+    for needed in (
+        "Dockerfile",
+        "pyproject.toml",
+        "uv.lock",
+        "README.md",
+        "newsclf/__init__.py",
+        "newsclf/cli/__init__.py",
+        "docker/check_image.py",
+    ):
         assert needed in files
     ignore = DockerIgnore.read(REPO / ".dockerignore")
     for rel in files:

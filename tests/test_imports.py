@@ -25,9 +25,18 @@ HEAVY = ("torch", "transformers", "datasets", "wandb", "numpy", "requests", "pyd
 @pytest.mark.parametrize(
     "args",
     [
-        ["--help"], ["--version"], ["data", "--help"], ["data", "push", "--help"], ["config", "--help"],
-        ["train", "--help"], ["evaluate", "--help"], ["predict", "--help"], ["models", "--help"],
-        ["models", "pull", "--help"], ["cloud", "build", "--help"], ["cloud", "setup", "--help"],
+        ["--help"],
+        ["--version"],
+        ["data", "--help"],
+        ["data", "push", "--help"],
+        ["config", "--help"],
+        ["train", "--help"],
+        ["evaluate", "--help"],
+        ["predict", "--help"],
+        ["models", "--help"],
+        ["models", "pull", "--help"],
+        ["cloud", "build", "--help"],
+        ["cloud", "setup", "--help"],
         ["cloud", "status", "--help"],
     ],
     ids=" ".join,
@@ -132,7 +141,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
             nxt = todo.pop(0)
             if nxt in on_path:
                 path = [n for n, _ in stack]
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in done:
                 stack.append((nxt, sorted(graph[nxt])))
                 on_path.add(nxt)
@@ -245,8 +254,7 @@ def test_every_third_party_import_is_a_declared_dependency():
             continue
         undeclared[module] = (dist, sorted(files))
     assert not undeclared, (
-        "imported but not in pyproject.toml's [project].dependencies (module: (distribution, importers)): "
-        f"{undeclared}"
+        f"imported but not in pyproject.toml's [project].dependencies (module: (distribution, importers)): {undeclared}"
     )
 
 

@@ -45,7 +45,9 @@ def installed(tmp_path_factory) -> Path:
                    check=True, capture_output=True, timeout=300)  # fmt: skip
     site = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     # a .pth line only appends its directory: the dev venv's editable newsclf (its own .pth) stays out
     Path(site, "zz_newsclf_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
@@ -74,7 +76,11 @@ def cloud(standin, fake_gcs, tmp_path, monkeypatch):  # noqa: F811
 
 def newsclf(venv: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(venv / "bin" / "newsclf"), *args], cwd=cwd, env=dict(os.environ), capture_output=True, text=True,
+        [str(venv / "bin" / "newsclf"), *args],
+        cwd=cwd,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
         timeout=300,
     )
 

@@ -73,7 +73,9 @@ def test_job_without_data_records_failure(cli, gcs, tiny_model, tmp_path):
     r = cli("job", "--run-id", RUN, "--workdir", tmp_path, *_train_flags(tiny_model))
     assert r.exit_code == 1
     lines = r.stderr.strip().splitlines()
-    assert lines[-1].startswith(f"Error: Run {RUN} failed: No dataset in gs://{gcs.test_bucket}/data/: run `newsclf data prepare")
+    assert lines[-1].startswith(
+        f"Error: Run {RUN} failed: No dataset in gs://{gcs.test_bucket}/data/: run `newsclf data prepare"
+    )
     status = _status(gcs)
     assert status["state"] == "failed" and status["exit_code"] == 1
     assert status["error"].startswith(f"No dataset in gs://{gcs.test_bucket}/data/")
@@ -226,7 +228,9 @@ def test_job_with_a_hub_model_downloads_it_in_an_offline_image(gcs, tiny_data, t
     finally:
         hub.close()
     assert proc.returncode == 1, proc.stderr
-    assert "Downloading newsclf-tests/tiny-bert from the Hugging Face Hub (HF_HUB_OFFLINE=0 for this job)" in proc.stderr
+    assert (
+        "Downloading newsclf-tests/tiny-bert from the Hugging Face Hub (HF_HUB_OFFLINE=0 for this job)" in proc.stderr
+    )
     assert any("newsclf-tests/tiny-bert" in path for path in hub.paths), proc.stderr
     status = _status(gcs)
     assert status["state"] == "failed" and "newsclf-tests/tiny-bert" in status["error"]

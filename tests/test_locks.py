@@ -28,7 +28,9 @@ def test_second_prepare_to_the_same_out_fails_naming_the_first(cli, paused, tmp_
         r = cli("data", "prepare", "--demo", "--out", str(out), *extra)
         assert r.exit_code == 1
         [line] = r.stderr.splitlines()
-        assert line.startswith(f"Error: Dataset folder {out} is being written by another process (pid {first.proc.pid} since ")
+        assert line.startswith(
+            f"Error: Dataset folder {out} is being written by another process (pid {first.proc.pid} since "
+        )
         assert line.endswith(
             f": newsclf --json data prepare --demo --out {out}): wait for it to finish (or stop it), "
             "or choose another --out DIR"
@@ -94,7 +96,9 @@ def test_lock_is_released_and_its_file_removed(tmp_path):
         with pytest.raises(locks.Busy) as e:  # another open file description: the same as another process
             with locks.hold(folder, what="Dataset folder d", fix="wait"):
                 pass
-        assert str(e.value).startswith(f"Dataset folder d is being written by another process (pid {os.getpid()} since ")
+        assert str(e.value).startswith(
+            f"Dataset folder d is being written by another process (pid {os.getpid()} since "
+        )
     assert not path.exists()
     with locks.hold(folder, what="Dataset folder d", fix="wait"):  # free again
         pass

@@ -16,9 +16,15 @@ SCRIPT = (Path(__file__).resolve().parents[1] / "newsclf" / "cloud" / "startup.s
 CASES = [
     (["--wandb-api-key", "s3cr3t", "--epochs", "2"], ["--wandb-api-key", "****", "--epochs", "2"]),
     (["--hf-token=hf_abc", "--lr", "1e-4"], ["--hf-token=****", "--lr", "1e-4"]),
-    (["--DB_PASSWORD", "pw", "--secret", "x", "--keep-checkpoints"], ["--DB_PASSWORD", "****", "--secret", "****", "--keep-checkpoints"]),
+    (
+        ["--DB_PASSWORD", "pw", "--secret", "x", "--keep-checkpoints"],
+        ["--DB_PASSWORD", "****", "--secret", "****", "--keep-checkpoints"],
+    ),
     (["--apikey", "k", "--key=", "--passwd", "p"], ["--apikey", "****", "--key=****", "--passwd", "****"]),
-    (["--tokenizer", "bert", "--monkey", "m", "--max-length", "64"], ["--tokenizer", "bert", "--monkey", "m", "--max-length", "64"]),
+    (
+        ["--tokenizer", "bert", "--monkey", "m", "--max-length", "64"],
+        ["--tokenizer", "bert", "--monkey", "m", "--max-length", "64"],
+    ),
 ]
 
 

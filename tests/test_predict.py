@@ -165,7 +165,9 @@ def test_bad_input_files_are_one_line(cli, tiny_run, tmp_path, content, name, er
 def test_missing_file(cli, tiny_run, tmp_path):
     r = cli("--json", "predict", "--model", str(tiny_run), "--file", str(tmp_path / "nope.txt"))
     assert r.exit_code == 1
-    assert r.json["errors"] == [f"{tmp_path / 'nope.txt'} not found: pass an existing .txt, .csv or .jsonl file to --file"]
+    assert r.json["errors"] == [
+        f"{tmp_path / 'nope.txt'} not found: pass an existing .txt, .csv or .jsonl file to --file"
+    ]
 
 
 def test_model_dir_without_safetensors(cli, tiny_run, tmp_path):

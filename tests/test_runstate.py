@@ -39,7 +39,10 @@ def test_a_python_written_status_follows_the_schema():
 @pytest.mark.parametrize(
     ("change", "problem"),
     [
-        ({"started_at": "2026-11-30T18:00:00+00:00"}, "started_at '2026-11-30T18:00:00+00:00' is not %Y-%m-%dT%H:%M:%SZ"),
+        (
+            {"started_at": "2026-11-30T18:00:00+00:00"},
+            "started_at '2026-11-30T18:00:00+00:00' is not %Y-%m-%dT%H:%M:%SZ",
+        ),
         ({"state": "done"}, "state 'done' is not running, succeeded, failed or interrupted"),
         ({"state": "pending"}, "state 'pending' is not running, succeeded, failed or interrupted"),
         ({"state": "failed", "error": None}, "a failed run needs an error"),

@@ -40,7 +40,6 @@ import pytest
 from tests.paused_cli import REPO, paused  # noqa: F401  (fixture)
 from tests.tiny_model import tiny_data, tiny_model  # noqa: F401  (fixtures)
 
-
 _started: list[subprocess.Popen] = []
 
 

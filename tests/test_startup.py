@@ -115,7 +115,9 @@ def test_missing_docker_and_toolkit_are_installed(cli, standin, sandbox):
     assert pull["argv"] == ["pull", "--quiet", FAKE] and run["argv"][8:10] == ["--gpus", "all"]
     serial = standin.instance(VM).serial.read_text()
     assert "docker is not installed on this VM image: installing docker.io" in serial
-    assert "the NVIDIA Container Toolkit is not installed on this VM image: installing nvidia-container-toolkit" in serial
+    assert (
+        "the NVIDIA Container Toolkit is not installed on this VM image: installing nvidia-container-toolkit" in serial
+    )
     assert calls(sandbox, "shutdown") == ["-h now"]
 
 
@@ -224,11 +226,24 @@ def test_startup_script_runs_the_job_and_powers_off(cli, standin, sandbox, monke
     }
     assert pull["argv"] == ["pull", "--quiet", image]
     assert run["image"] == image
-    assert run["argv"][:10] == ["run", "--rm", "--name", "newsclf-job", "--network", "host", "--ipc", "host", "--gpus", "all"]
+    assert run["argv"][:10] == [
+        "run",
+        "--rm",
+        "--name",
+        "newsclf-job",
+        "--network",
+        "host",
+        "--ipc",
+        "host",
+        "--gpus",
+        "all",
+    ]
     assert run["job_args"] == ["--bucket", standin.gcs.test_bucket, "--run-id", run_id, "--epochs", "1"]
     assert "WANDB_API_KEY=wandb-secret-from-sm" in run["env_file"]
-    assert all(token not in " ".join(c["argv"]) and "wandb-secret-from-sm" not in " ".join(c["argv"])
-               for c in sandbox.docker_calls())
+    assert all(
+        token not in " ".join(c["argv"]) and "wandb-secret-from-sm" not in " ".join(c["argv"])
+        for c in sandbox.docker_calls()
+    )
     serial = standin.instance(VM).serial.read_text()
     assert "wandb-secret-from-sm" not in serial and token not in serial
     assert f"newsclf-job[{run_id}]: fake job: done" in serial
@@ -264,7 +279,9 @@ def test_startup_script_refuses_a_driver_too_old_for_the_image(cli, standin, san
              "NEWSCLF_VM_IMAGE_FAMILY to a Deep Learning VM image family with driver 580 or newer")  # fmt: skip
     assert error in r.stderr
     status = json.loads(
-        standin.gcs.bucket(standin.gcs.test_bucket).blob(f"runs/{r.json['data']['run_id']}/status.json").download_as_bytes()
+        standin.gcs.bucket(standin.gcs.test_bucket)
+        .blob(f"runs/{r.json['data']['run_id']}/status.json")
+        .download_as_bytes()
     )
     assert status["state"] == "failed" and status["exit_code"] == 1 and status["error"] == error
     assert standin.instance(VM).status == "TERMINATED"  # nothing left billing
@@ -287,9 +304,7 @@ def test_startup_script_does_not_rerun_a_finished_run(cli, standin, sandbox):
     clients.operations.wait(project=PROJECT, zone=ZONE, operation=op.name)
     assert len(sandbox.procs) == 2
     sandbox.procs[-1].wait(timeout=30)
-    vm = wait_status(
-        clients, PROJECT, get_vm(clients, PROJECT, ZONE, VM), {"TERMINATED"}, poll_s=0.05, timeout_s=10
-    )
+    vm = wait_status(clients, PROJECT, get_vm(clients, PROJECT, ZONE, VM), {"TERMINATED"}, poll_s=0.05, timeout_s=10)
     assert vm.status == "TERMINATED"
     assert [c for c in sandbox.docker_calls() if c["argv"][0] == "run"] == runs_before
     out = sorted(sandbox.dir.glob("startup-*.out"))[-1].read_text()

@@ -102,8 +102,12 @@ def newsclf_subprocess(args: list[str], env_extra: dict[str, str], cwd: Path) ->
     env.update(env_extra)
     env["PYTHONPATH"] = str(REPO)
     return subprocess.Popen(
-        [sys.executable, "-m", "newsclf", *args], cwd=cwd, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "newsclf", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -115,8 +119,10 @@ def test_data_push_pull_roundtrip_skips_unchanged(cli, gcs, tmp_path, big_source
     small = small_tree(raw, 300)
     os.link(big_source, raw / "big.bin")
     processed_dataset(tmp_path / "data" / "processed")
-    expected_bytes = sum(len(v) for v in small.values()) + BIG + sum(
-        p.stat().st_size for p in (tmp_path / "data" / "processed").iterdir()
+    expected_bytes = (
+        sum(len(v) for v in small.values())
+        + BIG
+        + sum(p.stat().st_size for p in (tmp_path / "data" / "processed").iterdir())
     )
 
     r = cli("data", "push", "--json")
@@ -124,7 +130,10 @@ def test_data_push_pull_roundtrip_skips_unchanged(cli, gcs, tmp_path, big_source
     assert r.stderr == ""  # no progress bar without a terminal, nothing else on stderr
     d = r.json["data"]
     assert (d["files_transferred"], d["files_skipped"], d["bytes"]) == (305, 0, expected_bytes)
-    assert [t["destination"] for t in d["transfers"]] == [f"gs://{gcs.test_bucket}/data/raw/", f"gs://{gcs.test_bucket}/data/processed/"]
+    assert [t["destination"] for t in d["transfers"]] == [
+        f"gs://{gcs.test_bucket}/data/raw/",
+        f"gs://{gcs.test_bucket}/data/processed/",
+    ]
 
     blobs = {b.name: b for b in gcs.list_blobs(gcs.test_bucket)}
     assert len(blobs) == 305 and blobs["data/raw/big.bin"].size == BIG
@@ -156,7 +165,10 @@ def test_data_push_pull_roundtrip_skips_unchanged(cli, gcs, tmp_path, big_source
 
     human = cli("data", "pull", "--processed", "--dest", "copy")
     assert human.exit_code == 0
-    assert human.stdout == f"gs://{gcs.test_bucket}/data/processed/ -> copy/processed/: 0 transferred, 4 unchanged, 0 bytes in 0.0 s\n"
+    assert (
+        human.stdout
+        == f"gs://{gcs.test_bucket}/data/processed/ -> copy/processed/: 0 transferred, 4 unchanged, 0 bytes in 0.0 s\n"
+    )
 
 
 def test_push_only_what_exists_and_explicit_dirs(cli, gcs, tmp_path):
@@ -314,7 +326,9 @@ def test_cloud_run_waits_out_a_first_boot_without_status(cli, standin, proxy):
             while _status_reads(p, run_id) <= FOLLOW_MAX_FAILURES + 2 and time.monotonic() < deadline:
                 time.sleep(0.02)
             bucket.blob(f"runs/{run_id}/metrics.json").upload_from_string(json.dumps({"test": {"macro_f1": 0.9}}))
-            bucket.blob(f"runs/{run_id}/status.json").upload_from_string(json.dumps({"state": "succeeded", "exit_code": 0}))
+            bucket.blob(f"runs/{run_id}/status.json").upload_from_string(
+                json.dumps({"state": "succeeded", "exit_code": 0})
+            )
             server.shutdown(inst.zone, inst.name)
 
         threading.Thread(target=job, daemon=True).start()
@@ -374,7 +388,10 @@ def make_run(models: Path, run_id: str, *, f1: float, complete: bool = True, bas
     created = f"{run_id[:4]}-{run_id[4:6]}-{run_id[6:8]}T{run_id[9:11]}:{run_id[11:13]}:{run_id[13:15]}+00:00"
     (run / "run_config.json").write_text(json.dumps({"run_id": run_id, "created_at": created, "base_model": base}))
     if complete:
-        metrics = {"run_id": run_id, "test": {"accuracy": f1, "macro_f1": f1, "precision": f1, "recall": f1, "loss": 0.1}}
+        metrics = {
+            "run_id": run_id,
+            "test": {"accuracy": f1, "macro_f1": f1, "precision": f1, "recall": f1, "loss": 0.1},
+        }
         (run / "metrics.json").write_text(json.dumps(metrics))
     return run
 
@@ -396,14 +413,22 @@ def test_models_push_list_pull_latest(cli, gcs, tmp_path):
     )
     r = cli("models", "push", old.name, "--checkpoints", "--json")
     assert r.exit_code == 0, r.stderr
-    assert r.json["data"]["files_transferred"] == 7 and r.json["data"]["uri"] == f"gs://{gcs.test_bucket}/runs/{old.name}/"
+    assert (
+        r.json["data"]["files_transferred"] == 7 and r.json["data"]["uri"] == f"gs://{gcs.test_bucket}/runs/{old.name}/"
+    )
     r = cli("models", "push", "--json")  # latest
     assert r.exit_code == 0 and r.json["data"]["run_id"] == new.name and r.json["data"]["files_transferred"] == 6
     blobs = {b.name: b for b in gcs.list_blobs(gcs.test_bucket, prefix=f"runs/{new.name}/")}
     assert sorted(blobs) == [
         f"runs/{new.name}/{n}"
-        for n in ("metrics.json", "model/config.json", "model/model.safetensors", "model/tokenizer.json",
-                  "model/trainer_state.json", "run.json")
+        for n in (
+            "metrics.json",
+            "model/config.json",
+            "model/model.safetensors",
+            "model/tokenizer.json",
+            "model/trainer_state.json",
+            "run.json",
+        )
     ]
     assert max(blobs.values(), key=lambda b: b.generation).name.endswith("/metrics.json")  # written last
 
@@ -422,8 +447,11 @@ def test_models_push_list_pull_latest(cli, gcs, tmp_path):
     from newsclf.cloud.storage.client import storage_client
     from newsclf.cloud.storage.objects import write_json
 
-    write_json(storage_client().bucket(gcs.test_bucket), "runs/20260109-000000-dddddd/run.json",
-               {"run_id": "20260109-000000-dddddd", "created_at": "2026-01-09T00:00:00+00:00", "base_model": "x"})
+    write_json(
+        storage_client().bucket(gcs.test_bucket),
+        "runs/20260109-000000-dddddd/run.json",
+        {"run_id": "20260109-000000-dddddd", "created_at": "2026-01-09T00:00:00+00:00", "base_model": "x"},
+    )
 
     r = cli("models", "list", "--json")
     assert r.exit_code == 0, r.stderr

@@ -10,7 +10,10 @@ import pytest
 from tests.faulty_proxy import Fault, gcs_error
 from tests.test_storage import one_error_line, one_error_line_after_info, proxy  # noqa: F401  (fixture: proxy)
 
-@pytest.mark.parametrize("args", [["data", "pull"], ["data", "push", "--raw", "."], ["models", "list"], ["models", "pull"]])
+
+@pytest.mark.parametrize(
+    "args", [["data", "pull"], ["data", "push", "--raw", "."], ["models", "list"], ["models", "pull"]]
+)
 def test_no_bucket_configured(cli, args):
     r = cli(*args)
     assert r.exit_code == 1
@@ -49,7 +52,9 @@ def test_api_disabled(cli, gcs, proxy):
         "visiting https://console.developers.google.com/apis/api/storage-api.googleapis.com/overview?project="
         "123456789 then retry."
     )
-    p = proxy(Fault("status", methods=None, status=403, body=gcs_error(403, message, "accessNotConfigured", "usageLimits")))
+    p = proxy(
+        Fault("status", methods=None, status=403, body=gcs_error(403, message, "accessNotConfigured", "usageLimits"))
+    )
     r = cli("data", "pull")
     assert r.exit_code == 1
     assert one_error_line(r) == (
@@ -87,10 +92,19 @@ GOOD_FIELDS = {"client_email": "trainer@p.iam.gserviceaccount.com", "token_uri":
         ('{"type": "service_account", "private_key": "' + SECRET, "is not valid JSON (truncated, or not a key file)"),
         ("", "is empty"),
         (json.dumps([SECRET]), "is not a JSON object"),
-        (json.dumps({"type": SECRET}), 'has no known credential "type" (a service-account key has "type": "service_account")'),
+        (
+            json.dumps({"type": SECRET}),
+            'has no known credential "type" (a service-account key has "type": "service_account")',
+        ),
         (json.dumps({"type": "service_account", "private_key": SECRET}), "lacks client_email, token_uri"),
         (
-            json.dumps({"type": "service_account", "private_key": f"-----BEGIN PRIVATE KEY-----\n{SECRET}\n-----END PRIVATE KEY-----\n", **GOOD_FIELDS}),
+            json.dumps(
+                {
+                    "type": "service_account",
+                    "private_key": f"-----BEGIN PRIVATE KEY-----\n{SECRET}\n-----END PRIVATE KEY-----\n",
+                    **GOOD_FIELDS,
+                }
+            ),
             "cannot be loaded (its private key or another field is damaged)",
         ),
     ],
@@ -110,5 +124,3 @@ def test_malformed_key_file_is_named_never_quoted(cli, monkeypatch, tmp_path, co
         f"Error: GOOGLE_APPLICATION_CREDENTIALS points at {key}, which is not a usable key file: it {problem}; {KEY_FIX}"
     )
     assert SECRET not in r.stdout + r.stderr and "not-a-real-key" not in r.stdout + r.stderr
-
-

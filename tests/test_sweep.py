@@ -25,7 +25,9 @@ from newsclf.sweep import (
 )
 from tests.tiny_model import tiny_data, tiny_model  # noqa: F401 (fixtures)
 
-SWEEPABLE = "lr, batch_size, epochs, weight_decay, warmup_ratio, max_length, patience, seed, max_train_samples, base_model"
+SWEEPABLE = (
+    "lr, batch_size, epochs, weight_decay, warmup_ratio, max_length, patience, seed, max_train_samples, base_model"
+)
 KEEP = ("trial", "params", "run_id", "status", "objective", "rank", "best", "error", "best_validation", "test")
 
 
@@ -58,13 +60,19 @@ def test_grid_forms():
         ("lrr=1e-3", f"Unknown sweep parameter 'lrr': did you mean lr? (sweepable: {SWEEPABLE})"),
         ("batchsize=16", f"Unknown sweep parameter 'batchsize': did you mean batch_size? (sweepable: {SWEEPABLE})"),
         ("colour=1", f"Unknown sweep parameter 'colour': (sweepable: {SWEEPABLE})"),
-        ("cpu=1", "'cpu' cannot be swept (it sets the device, not a hyper-parameter): pass it as a flag; "
-                  f"sweepable: {SWEEPABLE}"),
-        ("batch_size=16,1e-3", "Bad sweep value batch_size='1e-3': batch_size takes int values (e.g. batch_size=16,32)"),
+        (
+            "cpu=1",
+            "'cpu' cannot be swept (it sets the device, not a hyper-parameter): pass it as a flag; "
+            f"sweepable: {SWEEPABLE}",
+        ),
+        (
+            "batch_size=16,1e-3",
+            "Bad sweep value batch_size='1e-3': batch_size takes int values (e.g. batch_size=16,32)",
+        ),
         ("lr=1e-3,abc", "Bad sweep value lr='abc': lr takes float values (e.g. lr=1e-5,2e-5)"),
         ("lr=1e-3,0.001", "Sweep parameter lr lists 0.001 twice: drop the duplicate"),
         ("lr=1e-3 lr=2e-3", "--sweep names lr twice: give all its values in one item"),
-        ("lr", 'Bad --sweep item \'lr\': write NAME=V1,V2,... (e.g. --sweep "lr=1e-5,2e-5 batch_size=16,32")'),
+        ("lr", "Bad --sweep item 'lr': write NAME=V1,V2,... (e.g. --sweep \"lr=1e-5,2e-5 batch_size=16,32\")"),
         ("lr=1e-3,", "Bad --sweep item 'lr=1e-3,': an empty value; separate values with commas, e.g. lr=1e-5,2e-5"),
         ("", 'The sweep is empty: give NAME=V1,V2 items, e.g. --sweep "lr=1e-5,2e-5 batch_size=16,32"'),
     ],
@@ -162,13 +170,18 @@ def test_local_sweep_table_summary_resume_and_exit_codes(cli, tiny_data, tiny_mo
     data = r.json["data"]
     sid = data["sweep_id"]
     assert data["counts"] == {"trials": 4, "pending": 0, "running": 0, "succeeded": 2, "failed": 2, "interrupted": 0}
-    assert data["metric"] == "macro_f1" and data["grid"] == {"lr": [3e-3, 1e-3], "base_model": [str(tiny_model), str(missing)]}
+    assert data["metric"] == "macro_f1" and data["grid"] == {
+        "lr": [3e-3, 1e-3],
+        "base_model": [str(tiny_model), str(missing)],
+    }
     rows = data["trials"]
     assert [(t["trial"], t["status"], t["rank"]) for t in rows[2:]] == [(2, "failed", None), (4, "failed", None)]
     assert {t["trial"] for t in rows[:2]} == {1, 3} and [t["rank"] for t in rows[:2]] == [1, 2]
     assert rows[0]["objective"] >= rows[1]["objective"] and rows[0]["best"] and data["best"] == rows[0]
     assert all(t["error"].startswith(f"Cannot load base model '{missing}'") for t in rows[2:])
-    assert len(r.json["warnings"]) == 2 and r.json["warnings"][0].startswith(f"Trial 2/4 (lr=0.003 base_model={missing}) failed: ")
+    assert len(r.json["warnings"]) == 2 and r.json["warnings"][0].startswith(
+        f"Trial 2/4 (lr=0.003 base_model={missing}) failed: "
+    )
 
     # each trial is a normal run with its sweep and values in run_config.json; latest is the best one
     for t in rows[:2]:
@@ -199,7 +212,10 @@ def test_local_sweep_table_summary_resume_and_exit_codes(cli, tiny_data, tiny_mo
     assert {rid: (Path("models") / rid / "model.safetensors").stat().st_mtime_ns for rid in weights} == weights
     human = cli(*args, "--resume")
     assert human.exit_code == 0, human.stderr
-    assert f"sweep {sid}: 4 trials (2 succeeded, 2 failed); objective: validation macro_f1, higher is better" in human.stdout
+    assert (
+        f"sweep {sid}: 4 trials (2 succeeded, 2 failed); objective: validation macro_f1, higher is better"
+        in human.stdout
+    )
     assert f"trial 2 failed: Cannot load base model '{missing}'" in human.stdout
     assert f"* best: trial {data['best']['trial']} (lr=" in human.stdout
     assert f"Sweep {sid}: 4 trials (2 already succeeded)" in human.stderr

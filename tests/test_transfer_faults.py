@@ -94,6 +94,8 @@ def bucket_tree(gcs, prefix: str = "data/raw/") -> dict[str, bytes]:
 
 def media_gets(p: FaultyProxy) -> list:
     return [s for s in p.requests("GET") if "alt=media" in s.target]
+
+
 def test_corruption_in_transit_is_detected(cli, gcs, proxy, tmp_path):
     raw = tmp_path / "data" / "raw"
     raw.mkdir(parents=True)
@@ -110,9 +112,7 @@ def test_corruption_in_transit_is_detected(cli, gcs, proxy, tmp_path):
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
-def test_interrupted_pull_leaves_no_complete_looking_file_and_rerun_resumes(
-    cli, gcs, proxy, tmp_path, big_source, how
-):
+def test_interrupted_pull_leaves_no_complete_looking_file_and_rerun_resumes(cli, gcs, proxy, tmp_path, big_source, how):
     raw = tmp_path / "data" / "raw"
     small = small_tree(raw, 20)
     os.link(big_source, raw / "big.bin")
@@ -155,7 +155,6 @@ def test_interrupted_pull_leaves_no_complete_looking_file_and_rerun_resumes(
     assert same_file(tmp_path / "copy" / "raw" / "big.bin", big_source)
     assert tree(tmp_path / "copy" / "raw").keys() - {"big.bin"} == small.keys()
     assert parts(tmp_path / "copy") == []
-
 
 
 def test_transient_faults_are_retried_and_nothing_is_lost(cli, gcs, proxy, tmp_path):
@@ -203,7 +202,6 @@ def test_lost_response_of_create_only_upload_is_not_a_conflict(cli, gcs, proxy, 
     assert f"runs/{run.name}/metrics.json" in names and f"runs/{run.name}/model/model.safetensors" in names
 
 
-
 def test_persistent_outage_gives_up_after_the_deadline(cli, gcs, proxy, monkeypatch):
     monkeypatch.setattr(retry, "RETRY_DEADLINE_S", 2.0)
     p = proxy(Fault("status", methods=None, status=503))
@@ -212,10 +210,10 @@ def test_persistent_outage_gives_up_after_the_deadline(cli, gcs, proxy, monkeypa
     assert r.exit_code == 1
     *retries, error = r.stderr.strip().splitlines()
     assert error.startswith("Error: Cloud Storage kept failing for 2 s of retries (last error: 503 GET ")
-    assert retries and all(x.startswith("Cloud Storage: 503 GET ") and x.endswith("; retrying (for up to 2 s)") for x in retries)
+    assert retries and all(
+        x.startswith("Cloud Storage: 503 GET ") and x.endswith("; retrying (for up to 2 s)") for x in retries
+    )
     assert len(p.requests()) >= 2 and time.monotonic() - started < 30
-
-
 
 
 # --- throttling and server errors ---------------------------------------------------------------
@@ -339,7 +337,9 @@ def test_corruption_on_the_upload_path_twice_leaves_no_object(cli, gcs, proxy, t
         "file's) and was deleted from the bucket; the local file is unchanged: check the network (a proxy "
         "rewriting uploads?) and re-run the push"
     )
-    assert info == [f"Cloud Storage: gs://{b}/data/processed/large.bin arrived corrupted and was deleted; sending it again"]
+    assert info == [
+        f"Cloud Storage: gs://{b}/data/processed/large.bin arrived corrupted and was deleted; sending it again"
+    ]
     assert len({s.target.split("upload_id=")[1] for s in p.requests("PUT") if s.fault}) == 2  # two sessions
     landed = bucket_tree(gcs, "data/processed/")
     assert sorted(landed) == ["test.parquet", "train.parquet", "validation.parquet"]  # no large.bin, no manifest
@@ -409,7 +409,9 @@ def test_401_with_a_failing_token_refresh_fails_cleanly(cli, gcs, proxy, tmp_pat
     assert [s.target for s in p.requests("POST")] == ["/token"]  # one refresh tried, nothing retried after it
     copy = tmp_path / "copy"
     got = {k: v for k, v in tree(copy).items() if not k.endswith(".newsclf-part")}
-    assert 0 < len(got) < len(tree(raw)) and got == {k: v for k, v in tree(raw).items() if k in got}  # those done: whole
+    assert 0 < len(got) < len(tree(raw)) and got == {
+        k: v for k, v in tree(raw).items() if k in got
+    }  # those done: whole
     assert parts(copy) == []  # the refused file had no byte to resume from: no empty part left behind
 
     # a 401 that fresh tokens do not cure (the account was disabled): refreshed twice, then the answer
@@ -439,7 +441,9 @@ def test_connection_refused_gives_up_naming_the_endpoint(cli, gcs, monkeypatch, 
         f"Error: Cloud Storage kept failing for 1 s of retries (last error: connection refused by 127.0.0.1:{port}): "
         "check your network or https://status.cloud.google.com and re-run; finished files are kept"
     )
-    assert retries and all(x == f"Cloud Storage: connection refused by 127.0.0.1:{port}; retrying (for up to 1 s)" for x in retries)
+    assert retries and all(
+        x == f"Cloud Storage: connection refused by 127.0.0.1:{port}; retrying (for up to 1 s)" for x in retries
+    )
     assert list(gcs.list_blobs(gcs.test_bucket)) == []
 
 

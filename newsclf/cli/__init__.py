@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import typer
 
@@ -81,7 +82,11 @@ def _register() -> None:
     app.add_typer(models_cli.app, name="models", cls=_Group)
     app.add_typer(config_cli.app, name="config", cls=_Group)
     # train options pass through to `newsclf train`'s own parser
-    app.command("job", rich_help_panel="Inside the training image", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(job_cli.job)
+    app.command(
+        "job",
+        rich_help_panel="Inside the training image",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )(job_cli.job)
 
 
 _register()
@@ -107,9 +112,9 @@ def _subcommands(group: typer.Typer) -> dict[str, typer.Typer | None]:
     for info in group.registered_commands:
         if info.callback is not None:
             out[info.name or info.callback.__name__.lower().replace("_", "-")] = None
-    for info in group.registered_groups:
-        if info.name:
-            out[info.name] = info.typer_instance
+    for group_info in group.registered_groups:
+        if group_info.name:
+            out[group_info.name] = group_info.typer_instance
     return out
 
 
@@ -135,7 +140,7 @@ def _command_name(args: list[str]) -> str:
 class _LazyMarkdown:
     """Stands in for rich.markdown.Markdown until typer renders markdown (newsclf never does)."""
 
-    def __new__(cls, *args: object, **kwargs: object) -> object:
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         from rich.markdown import Markdown
 
         return Markdown(*args, **kwargs)
@@ -145,7 +150,7 @@ class _LazyTraceback:
     """Stands in for rich.traceback.Traceback until typer renders a pretty traceback."""
 
     @classmethod
-    def from_exception(cls, *args: object, **kwargs: object) -> object:
+    def from_exception(cls, *args: Any, **kwargs: Any) -> Any:
         from rich.traceback import Traceback
 
         return Traceback.from_exception(*args, **kwargs)

@@ -99,7 +99,7 @@ def job_trial(client: Any, bucket: str, plan: str, workdir: Path) -> None:
 # -- newsclf cloud run --sweep ------------------------------------------------------------------------
 
 
-def cloud_base(train_args: list[str], grid: "Grid") -> tuple[Any, dict[str, Any]]:
+def cloud_base(train_args: list[str], grid: Grid) -> tuple[Any, dict[str, Any]]:
     """The train options a cloud sweep's trials share: (TrainOptions, for range checks) and the
     explicit flags (what identifies the sweep, independent of this machine's settings)."""
     from newsclf import sweep as sw
@@ -133,10 +133,14 @@ SINGLE_RUN_ONLY = {"resume": "--resume", "keep_vm": "--keep-vm", "force": "--for
 def check_cloud_flags(*, sweeping: bool, parallel: int | None, given: set[str] | None = None) -> None:
     if not sweeping:
         if parallel is not None:
-            raise typer.BadParameter("--parallel runs a sweep's trials on several VMs: use it with --sweep or --sweep-file")
+            raise typer.BadParameter(
+                "--parallel runs a sweep's trials on several VMs: use it with --sweep or --sweep-file"
+            )
         return
     if "resume" in (given or set()):
-        raise typer.BadParameter("--resume RUN_ID restarts one run; a sweep carries on when you run the same command again")
+        raise typer.BadParameter(
+            "--resume RUN_ID restarts one run; a sweep carries on when you run the same command again"
+        )
     bad = [flag for name, flag in SINGLE_RUN_ONLY.items() if name in (given or set())]
     if bad:
         raise typer.BadParameter(
@@ -168,10 +172,9 @@ def cloud_run(
     --parallel at once; followed here until it ends (detachable), then the table from the bucket."""
     from newsclf import sweep as sw
     from newsclf.cloud import batch
-    from newsclf.cloud.iam import vm_service_account
-
     from newsclf.cloud.compute.hardware import check_hardware
     from newsclf.cloud.compute.request import check_max_hours
+    from newsclf.cloud.iam import vm_service_account
 
     grid, metric = resolve_grid(spec, sweep_file, metric)
     options, explicit = cloud_base(list(train_args), grid)
@@ -309,13 +312,20 @@ def stop_sweep(sweep_id: str, *, yes: bool, poll_s: float, confirm: Callable[[st
     jobs = batch.list_jobs(client, project, settings.region, sweep_id=sweep_id)
     if not jobs:
         data = {"sweep_id": sweep_id, "jobs": []}
-        _output.emit(data, lambda c: c.print(
-            f"No Batch job of sweep {sweep_id} in {settings.region} (project {project}): nothing to stop", highlight=False))
+        _output.emit(
+            data,
+            lambda c: c.print(
+                f"No Batch job of sweep {sweep_id} in {settings.region} (project {project}): nothing to stop",
+                highlight=False,
+            ),
+        )
         return
     busy = [j for j in jobs if j.active]
     if busy and not yes:
         running = sum(j.counts.get("RUNNING", 0) + j.counts.get("ASSIGNED", 0) for j in busy)
-        confirm(f"Cancel Batch job {', '.join(j.job_id for j in busy)} of sweep {sweep_id}, stopping {running} running trials")
+        confirm(
+            f"Cancel Batch job {', '.join(j.job_id for j in busy)} of sweep {sweep_id}, stopping {running} running trials"
+        )
     results = []
     for job in jobs:
         if job.active:

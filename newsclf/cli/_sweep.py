@@ -7,8 +7,9 @@ Heavy imports stay inside functions (this module is imported by command bodies o
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -44,7 +45,7 @@ def _short_value(value: Any, width: int = 28) -> str:
     return text if len(text) <= width else "…" + text[-(width - 1) :]
 
 
-def resolve_grid(spec: str | None, sweep_file: Path | None, metric: str | None) -> tuple["Grid", str]:
+def resolve_grid(spec: str | None, sweep_file: Path | None, metric: str | None) -> tuple[Grid, str]:
     """The grid (from --sweep or --sweep-file) and the objective (--metric > the file's > macro_f1)."""
     from newsclf import sweep as sw
 
@@ -61,7 +62,7 @@ def resolve_grid(spec: str | None, sweep_file: Path | None, metric: str | None) 
 # -- tables ------------------------------------------------------------------------------------------
 
 
-def _cells(t: dict[str, Any] | "Trial", names: list[str], metric: str, *, live: bool, wide: bool) -> list[Any]:
+def _cells(t: dict[str, Any] | Trial, names: list[str], metric: str, *, live: bool, wide: bool) -> list[Any]:
     """One row: parameter values, status, the objective, [test macro-F1, time], run id."""
     from rich.text import Text
 
@@ -103,7 +104,7 @@ def _table(title: str, first: list[str], names: list[str], objective: str, *, wi
     )  # fmt: skip
 
 
-def live_table(sweep: "Sweep") -> Any:
+def live_table(sweep: Sweep) -> Any:
     names = list(sweep.grid.params)
     done = sum(1 for t in sweep.trials if t.status in ("succeeded", "failed"))
     wide = _output.stderr().width >= 110
@@ -168,13 +169,13 @@ def _params_line(params: dict[str, Any]) -> str:
 class SweepView:
     """A live table on stderr for a person at a terminal; otherwise one line per trial event."""
 
-    def __init__(self, sweep: "Sweep") -> None:
+    def __init__(self, sweep: Sweep) -> None:
         self.sweep = sweep
         self.live: Any = None
         self.lines = not (_output.state.quiet or _output.state.json)
         self.lock = threading.RLock()
 
-    def __enter__(self) -> "SweepView":
+    def __enter__(self) -> SweepView:
         if _output.show_progress():
             from rich.live import Live
 
@@ -197,7 +198,7 @@ class SweepView:
             elif self.lines:
                 _output.stderr().print(text, markup=False, highlight=False)
 
-    def changed(self, sweep: "Sweep", trial: "Trial") -> None:
+    def changed(self, sweep: Sweep, trial: Trial) -> None:
         """A trial started or ended."""
         from newsclf.sweep import label
 
@@ -216,7 +217,7 @@ class SweepView:
         if self.live is not None:
             self.live.refresh()
 
-    def callbacks(self, trial: "Trial") -> list[Any]:
+    def callbacks(self, trial: Trial) -> list[Any]:
         """TrainerCallbacks feeding the table (steps, best value so far) and per-epoch lines."""
         if not self.lines:
             return []
@@ -245,9 +246,7 @@ class SweepView:
         return [Progress()]
 
 
-def _finish(
-    doc: dict[str, Any], sweep: "Sweep", *, pull_hint: bool = False, extra: dict[str, Any] | None = None
-) -> None:
+def _finish(doc: dict[str, Any], sweep: Sweep, *, pull_hint: bool = False, extra: dict[str, Any] | None = None) -> None:
     """Emit the summary; exit 1 when every trial failed."""
     data = {**doc, **(extra or {})}
     render = render_summary(doc, pull_hint=pull_hint)
@@ -255,8 +254,7 @@ def _finish(
         first = min(sweep.trials, key=lambda t: t.trial)
         message = (
             f"All {len(sweep.trials)} trials of sweep {sweep.sweep_id} failed (trial {first.trial}: {first.error}): "
-            "fix the cause and run the same command again"
-            + (" with --resume" if not pull_hint else "")
+            "fix the cause and run the same command again" + (" with --resume" if not pull_hint else "")
         )
         _output.emit(data, render, exit_code=1, errors=[message])
         _output.emit_error(message, 1)
@@ -267,9 +265,7 @@ def _finish(
 # -- newsclf train --sweep ----------------------------------------------------------------------------
 
 
-def check_train_flags(
-    *, sweeping: bool, metric: str | None, resume: bool, run: str | None, num_processes: int
-) -> None:
+def check_train_flags(*, sweeping: bool, metric: str | None, resume: bool, run: str | None, num_processes: int) -> None:
     if not sweeping:
         if metric is not None and not (resume and run):
             raise typer.BadParameter("--metric picks a sweep's objective: use it with --sweep or --sweep-file")
@@ -353,15 +349,17 @@ def resume_sweep(
     _run_local(sweep, options)
 
 
-def _run_local(sweep: "Sweep", options: Any) -> None:
+def _run_local(sweep: Sweep, options: Any) -> None:
     from newsclf import sweep as sw
     from newsclf.cli._progress import quiet_libraries as _quiet_libraries
 
     todo = [t for t in sweep.trials if t.status != sw.SUCCEEDED]
     done = len(sweep.trials) - len(todo)
     kept = f" ({done} already succeeded)" if done else ""
-    model = "the swept base models" if "base_model" in sweep.grid.params else (
-        options.base_model or "the packaged all-MiniLM-L6-v2"
+    model = (
+        "the swept base models"
+        if "base_model" in sweep.grid.params
+        else (options.base_model or "the packaged all-MiniLM-L6-v2")
     )
     _output.info(
         f"Sweep {sweep.sweep_id}: {len(sweep.trials)} trials{kept} over {', '.join(sweep.grid.params)}; "

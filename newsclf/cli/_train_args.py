@@ -32,10 +32,14 @@ def train_options(args: list[str]) -> Any:
     defaults = {p.name: p.default for p in train_cmd.params}
     swept = [f"--{k.replace('_', '-')}" for k in SWEEP_FLAGS if params.get(k) is not None]
     if swept:
-        raise typer.BadParameter(f"{', '.join(swept)} after `--`: give the sweep to `newsclf cloud run` itself, before `--`")
+        raise typer.BadParameter(
+            f"{', '.join(swept)} after `--`: give the sweep to `newsclf cloud run` itself, before `--`"
+        )
     bad = [f"--{k.replace('_', '-')}" for k in NOT_IN_JOB if params.get(k) != defaults.get(k)]
     if bad:
-        raise typer.BadParameter(f"{', '.join(bad)} cannot be used in a job: the job takes data and run from the bucket")
+        raise typer.BadParameter(
+            f"{', '.join(bad)} cannot be used in a job: the job takes data and run from the bucket"
+        )
     names = {f.name for f in dataclasses.fields(TrainOptions)}
     overrides = {k: v for k, v in params.items() if k in names and v not in (None, False)}
     if params.get("model"):

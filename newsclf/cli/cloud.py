@@ -18,7 +18,9 @@ app = typer.Typer(help="Build the training image and train on a Compute Engine V
 @app.command("build")
 def build(
     source: Path | None = typer.Option(
-        None, "--source", help="A newsclf project directory to build (default: the installed newsclf itself).",
+        None,
+        "--source",
+        help="A newsclf project directory to build (default: the installed newsclf itself).",
         show_default=False,
     ),
     project: str | None = typer.Option(None, "--project", help="Google Cloud project (default: NEWSCLF_GCP_PROJECT)."),
@@ -85,7 +87,9 @@ def build(
     def render(console) -> None:
         console.print(f"Image   {result.image}", highlight=False)
         if result.version_image:
-            console.print(f"Tagged  {result.version_image} (newsclf {result.version}: what `cloud run` starts)", highlight=False)
+            console.print(
+                f"Tagged  {result.version_image} (newsclf {result.version}: what `cloud run` starts)", highlight=False
+            )
         console.print(f"Digest  {result.digest or 'unknown'}", highlight=False)
         console.print(f"Built in {_build_took(result.duration_s)} (Cloud Build {result.build_id})", highlight=False)
 
@@ -108,8 +112,8 @@ DETACH_HINT = "Re-attach: newsclf cloud logs {run} --follow · stop it: newsclf 
 def _compute(bucket: str | None = None, *, need_bucket: bool = True):  # -> (settings, project, clients, store)
     from newsclf.cloud.compute.clients import make_clients
     from newsclf.cloud.compute.store import RunStore
-    from newsclf.cloud.storage.client import require_bucket
     from newsclf.cloud.google.project import resolve_project
+    from newsclf.cloud.storage.client import require_bucket
     from newsclf.config import get_settings
 
     settings = get_settings()
@@ -300,18 +304,26 @@ def _check_training_image(settings, image: str, version: str | None) -> None:
 @app.command("run")
 def run(
     train_args: list[str] | None = typer.Argument(
-        None, metavar="-- TRAIN_OPTIONS", help="Options for `newsclf job` (as for `newsclf train`), after `--`.",
+        None,
+        metavar="-- TRAIN_OPTIONS",
+        help="Options for `newsclf job` (as for `newsclf train`), after `--`.",
         show_default=False,
     ),
-    machine_type: str | None = typer.Option(None, "--machine-type", help="Machine type (default: NEWSCLF_MACHINE_TYPE)."),
+    machine_type: str | None = typer.Option(
+        None, "--machine-type", help="Machine type (default: NEWSCLF_MACHINE_TYPE)."
+    ),
     gpu: str | None = typer.Option(None, "--gpu", metavar="TYPE:N", help="GPUs to attach, e.g. nvidia-tesla-t4:1."),
-    spot: bool | None = typer.Option(None, "--spot/--no-spot", help="Use a spot VM (cheaper, can be preempted).", show_default=False),
+    spot: bool | None = typer.Option(
+        None, "--spot/--no-spot", help="Use a spot VM (cheaper, can be preempted).", show_default=False
+    ),
     disk_gb: int | None = typer.Option(None, "--disk-gb", help="Boot disk size (default: NEWSCLF_DISK_GB)."),
     zone: str | None = typer.Option(None, "--zone", help="Zone to try first (default: NEWSCLF_ZONE)."),
     max_hours: float | None = typer.Option(
         None, "--max-hours", help="The VM stops itself after this long, whatever happens (default: NEWSCLF_MAX_HOURS)."
     ),
-    image: str | None = typer.Option(None, "--image", help="Training image (default: what `cloud build` pushed for this newsclf version)."),
+    image: str | None = typer.Option(
+        None, "--image", help="Training image (default: what `cloud build` pushed for this newsclf version)."
+    ),
     keep_vm: bool = typer.Option(False, "--keep-vm", help="Leave the VM running when the job ends."),
     detach: bool = typer.Option(False, "--detach", help="Start the run and return; follow it later with `cloud logs`."),
     force: bool = typer.Option(False, "--force", help="Stop the VM's current job to start this run."),
@@ -319,21 +331,28 @@ def run(
         None, "--resume", metavar="RUN_ID", help="Restart an interrupted run; it resumes from its checkpoints."
     ),
     wandb_key_in_metadata: bool = typer.Option(
-        False, "--wandb-key-in-metadata",
+        False,
+        "--wandb-key-in-metadata",
         help="Opt-in: hand your W&B key to the VM in instance metadata (readable by project members). "
         "Prefer NEWSCLF_WANDB_SECRET (a Secret Manager secret).",
     ),
     bucket: str | None = typer.Option(None, "--bucket", help="Bucket name or gs:// URL (default: NEWSCLF_BUCKET)."),
     poll_interval: float = typer.Option(5.0, "--poll-interval", min=0.05, help=POLL_HELP),
     sweep: str | None = typer.Option(
-        None, "--sweep", metavar="GRID", help='Run a sweep, e.g. "lr=1e-5,2e-5 batch_size=16,32" (as `newsclf train --sweep`).'
+        None,
+        "--sweep",
+        metavar="GRID",
+        help='Run a sweep, e.g. "lr=1e-5,2e-5 batch_size=16,32" (as `newsclf train --sweep`).',
     ),
     sweep_file: Path | None = typer.Option(None, "--sweep-file", help="The sweep's grid from a YAML file."),
     metric: str | None = typer.Option(
         None, "--metric", help="Sweep objective: macro_f1 (default), accuracy, precision, recall or loss (validation)."
     ),
     parallel: int | None = typer.Option(
-        None, "--parallel", min=1, metavar="N",
+        None,
+        "--parallel",
+        min=1,
+        metavar="N",
         help="Run up to N of the sweep's trials at once, each on its own Batch VM (default: 1).",
     ),
 ) -> None:
@@ -387,8 +406,7 @@ def run(
         settings = settings.model_copy(update={"image": image})
     if not store.has_dataset():
         raise InputError(
-            f"No dataset in gs://{store.bucket}/data/ for the VM to train on: "
-            "upload one with `newsclf data push` first"
+            f"No dataset in gs://{store.bucket}/data/ for the VM to train on: upload one with `newsclf data push` first"
         )
     if sweeping:  # a Cloud Batch job; single runs stay on their own Compute Engine VM
         from newsclf.cloud.cloudbuild.image import run_image
@@ -414,7 +432,11 @@ def run(
     explicit = frozenset(
         name
         for name, value in (
-            ("machine_type", machine_type), ("gpu", gpu), ("spot", spot), ("zone", zone), ("disk_gb", disk_gb)
+            ("machine_type", machine_type),
+            ("gpu", gpu),
+            ("spot", spot),
+            ("zone", zone),
+            ("disk_gb", disk_gb),
         )
         if value is not None
     )
@@ -514,13 +536,28 @@ def status(
             _sweep.render_jobs(console, sweep_jobs)
         if not rows:
             if not sweep_jobs:
-                console.print(f"No newsclf VMs in project {project}: start one with `newsclf cloud run`", highlight=False)
+                console.print(
+                    f"No newsclf VMs in project {project}: start one with `newsclf cloud run`", highlight=False
+                )
             return
         from rich.table import Table
 
         if not console.is_terminal:
             console.width = max(console.width, 200)  # a pipe gets whole cells, not "newsc…"
-        table = Table("VM", "zone", "state", "machine", "GPUs", "spot", "uptime", "est. $/h", "est. so far", "run", "run state", box=None)
+        table = Table(
+            "VM",
+            "zone",
+            "state",
+            "machine",
+            "GPUs",
+            "spot",
+            "uptime",
+            "est. $/h",
+            "est. so far",
+            "run",
+            "run state",
+            box=None,
+        )
         if sweeps:
             table.add_column("sweep")
         group = None
@@ -530,9 +567,17 @@ def status(
             group = r["sweep_id"]
             gpus = f"{r['gpus']} x {r['gpu_type']}" if r["gpu_type"] else (str(r["gpus"]) if r["gpus"] else "-")
             table.add_row(
-                r["name"], r["zone"], r["state"], r["machine_type"], gpus, "yes" if r["spot"] else "no",
-                _duration(r["uptime_s"]) if r["uptime_s"] else "-", _money(r["est_usd_per_hour"]),
-                _money(r["est_usd_so_far"]), r["run_id"] or "-", r["run_state"] or "-",
+                r["name"],
+                r["zone"],
+                r["state"],
+                r["machine_type"],
+                gpus,
+                "yes" if r["spot"] else "no",
+                _duration(r["uptime_s"]) if r["uptime_s"] else "-",
+                _money(r["est_usd_per_hour"]),
+                _money(r["est_usd_so_far"]),
+                r["run_id"] or "-",
+                r["run_state"] or "-",
                 *([r["sweep_id"] or "-"] if sweeps else []),
             )
         console.print(table)
@@ -574,10 +619,7 @@ def logs(
         )
     state = run_state(store, run_id)
     extra: dict = {}  # a stopped VM's last lines and their likely cause
-    live = (
-        vm is not None and vm.run_id == run_id and vm.status in ACTIVE_STATES
-        and state not in FINAL_RUN_STATES
-    )
+    live = vm is not None and vm.run_id == run_id and vm.status in ACTIVE_STATES and state not in FINAL_RUN_STATES
     if live and follow:
         lines: list[str] = []
         outcome = _follow_run(clients, project, vm, run_id, store, poll_s=poll_interval, to_stdout=True, lines=lines)
@@ -586,7 +628,7 @@ def logs(
             return
         _finish_run(outcome, lines=lines, vm_lines=_explain_stop(outcome, settings, project, clients, vm))
         return
-    if live:
+    if live and vm is not None:
         lines = serial_snapshot(clients, project, vm, run_id)
         source = "serial"
         _output.info(f"Run {run_id} is still running on VM {vm.name}: add --follow to keep watching")
@@ -594,8 +636,7 @@ def logs(
         lines = run_log(store, run_id)
         source = "bucket"
         stopped = (
-            vm is not None and vm.run_id == run_id and vm.status not in ACTIVE_STATES
-            and state not in FINAL_RUN_STATES
+            vm is not None and vm.run_id == run_id and vm.status not in ACTIVE_STATES and state not in FINAL_RUN_STATES
         )
         if stopped and vm is not None:  # without a final status: what the VM said last may be all there is
             vm_lines, cause = _vm_tail(settings, project, clients, vm, run_id)
@@ -627,7 +668,9 @@ def stop(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     poll_interval: float = typer.Option(2.0, "--poll-interval", min=0.05, help="Seconds between polls of the VM."),
     sweep: str | None = typer.Option(
-        None, "--sweep", metavar="SWEEP_ID",
+        None,
+        "--sweep",
+        metavar="SWEEP_ID",
         help="Cancel this sweep's Batch job (its running trials stop, its VMs go) and wait until it is gone.",
     ),
 ) -> None:
@@ -659,7 +702,9 @@ def stop(
     vm = find_vm(clients, project, settings.vm_name)
     if vm is None:
         data = {"vm": settings.vm_name, "zone": None, "before": None, "after": None, "deleted": False}
-        _output.emit(data, lambda c: c.print(f"No VM {settings.vm_name} in project {project}: nothing to stop", highlight=False))
+        _output.emit(
+            data, lambda c: c.print(f"No VM {settings.vm_name} in project {project}: nothing to stop", highlight=False)
+        )
         return
     if vm.status in DOWN_STATES and not delete:
         data = {"vm": vm.name, "zone": vm.zone, "before": vm.status, "after": vm.status, "deleted": False}
@@ -672,7 +717,13 @@ def stop(
             what += f", interrupting run {vm.run_id}"
         _confirm(what)
     result = stop_vm(clients, project, vm, delete=delete, poll_s=poll_interval)
-    data = {"vm": result.name, "zone": result.zone, "before": result.before, "after": result.after, "deleted": result.deleted}
+    data = {
+        "vm": result.name,
+        "zone": result.zone,
+        "before": result.before,
+        "after": result.after,
+        "deleted": result.deleted,
+    }
 
     def render(console) -> None:
         if result.deleted:
@@ -695,7 +746,8 @@ def setup(
     project: str | None = typer.Option(None, "--project", help="Google Cloud project (default: NEWSCLF_GCP_PROJECT)."),
     bucket: str | None = typer.Option(None, "--bucket", help="Bucket name or gs:// URL (default: NEWSCLF_BUCKET)."),
     create: bool = typer.Option(
-        True, "--create/--no-create",
+        True,
+        "--create/--no-create",
         help="Create the bucket, the repository and the VMs' service account and grants when missing (--no-create: only check).",
     ),
 ) -> None:
@@ -738,9 +790,7 @@ def setup(
                 f"[{style}]{s.status:<8}[/{style}] {escape(s.title):<{width}}  {escape(s.detail)}", highlight=False
             )
         if message is None:
-            console.print(
-                "Ready: newsclf data push, then newsclf cloud build, then newsclf cloud run", highlight=False
-            )
+            console.print("Ready: newsclf data push, then newsclf cloud build, then newsclf cloud run", highlight=False)
 
     _output.emit(report.to_dict(), render, exit_code=1 if message else 0, errors=[message] if message else None)
     if message:

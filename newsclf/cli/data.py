@@ -125,7 +125,9 @@ def _bucket_opt():
 
 @app.command("push")
 def push(
-    raw: Path | None = typer.Option(None, "--raw", help="Raw data directory (default: DATA_DIR/raw).", show_default=False),
+    raw: Path | None = typer.Option(
+        None, "--raw", help="Raw data directory (default: DATA_DIR/raw).", show_default=False
+    ),
     processed: Path | None = typer.Option(
         None, "--processed", help="Prepared dataset directory (default: DATA_DIR/processed).", show_default=False
     ),
@@ -170,7 +172,9 @@ def push(
             prefix = layout.data_prefix(kind)  # type: ignore[arg-type]
             last = (MANIFEST,) if kind == "processed" else ()
             r = upload_dir(client, name, local, prefix, last=last, progress=make(f"push {kind}"))
-            transfers.append({"kind": kind, "source": str(local), "destination": layout.uri(name, prefix), **r.to_dict()})
+            transfers.append(
+                {"kind": kind, "source": str(local), "destination": layout.uri(name, prefix), **r.to_dict()}
+            )
     data = _transfer_summary(name, transfers)
 
     def render(console) -> None:
@@ -224,7 +228,9 @@ def pull(
             r = download_prefix(
                 client, name, prefix, local, last=last, listing=listings[kind], progress=make(f"pull {kind}")
             )
-            transfers.append({"kind": kind, "source": layout.uri(name, prefix), "destination": str(local), **r.to_dict()})
+            transfers.append(
+                {"kind": kind, "source": layout.uri(name, prefix), "destination": str(local), **r.to_dict()}
+            )
     data = _transfer_summary(name, transfers)
 
     def render(console) -> None:
@@ -236,4 +242,9 @@ def pull(
 
 def _transfer_summary(bucket: str, transfers: list[dict]) -> dict:
     totals = {k: sum(t[k] for t in transfers) for k in ("files_transferred", "files_skipped", "bytes")}
-    return {"bucket": bucket, "transfers": transfers, **totals, "seconds": round(sum(t["seconds"] for t in transfers), 3)}
+    return {
+        "bucket": bucket,
+        "transfers": transfers,
+        **totals,
+        "seconds": round(sum(t["seconds"] for t in transfers), 3),
+    }

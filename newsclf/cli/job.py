@@ -17,6 +17,7 @@ from newsclf.cli._train_args import train_options as _train_options
 from newsclf.cli._transfer import bucket_option
 from newsclf.errors import NewsclfError
 
+
 def _gpu_count(options: Any) -> int:
     from newsclf.train import use_cuda
 
@@ -63,10 +64,15 @@ def _launcher(n: int, bucket: str, run_id: str, workdir: Path, train_args: list[
 def job(
     ctx: typer.Context,
     bucket: Optional[str] = bucket_option(),
-    run_id: Optional[str] = typer.Option(None, "--run-id", help="The run to execute, resume or skip: runs/<RUN_ID>/ in the bucket."),
+    run_id: Optional[str] = typer.Option(
+        None, "--run-id", help="The run to execute, resume or skip: runs/<RUN_ID>/ in the bucket."
+    ),
     workdir: Path = typer.Option(Path("."), "--workdir", help="Local scratch directory for data and checkpoints."),
     sweep_plan: Optional[str] = typer.Option(
-        None, "--sweep-plan", metavar="OBJECT", hidden=True,
+        None,
+        "--sweep-plan",
+        metavar="OBJECT",
+        hidden=True,
         help="A cloud sweep's task: the trial at BATCH_TASK_INDEX of this plan in the bucket (set by `cloud run --sweep`).",
     ),
 ) -> None:
@@ -86,7 +92,9 @@ def job(
 
     if sweep_plan is not None:  # a task of a cloud sweep's Batch job: the plan names run and options
         if run_id is not None or ctx.args:
-            raise typer.BadParameter("the sweep plan names the run and its options: drop --run-id and the train options")
+            raise typer.BadParameter(
+                "the sweep plan names the run and its options: drop --run-id and the train options"
+            )
         from newsclf.cli import _cloud_sweep as _sweep
 
         _, name, client = connect(bucket)
@@ -121,7 +129,9 @@ def job(
             for cb in callbacks:
                 cb.close()
         return
-    _output.info(f"Job {run_id}: gs://{name}/runs/{run_id}/ (training {options.base_model or 'the packaged all-MiniLM-L6-v2'})")
+    _output.info(
+        f"Job {run_id}: gs://{name}/runs/{run_id}/ (training {options.base_model or 'the packaged all-MiniLM-L6-v2'})"
+    )
     launch = _launcher(processes, name, run_id, workdir.resolve(), list(ctx.args)) if processes > 1 else None
     try:
         result = run_job(client, name, run_id, options, workdir, callbacks=callbacks, launch=launch)

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import typer
 
 from newsclf.cli import _output
+
 # cli/_sweep.py imports _progress_callback and _quiet_libraries from here (until the Batch sweep rework)
 from newsclf.cli._progress import fmt as _fmt
 from newsclf.cli._progress import progress_callback as _progress_callback
@@ -25,8 +26,10 @@ RUN_FLAGS = ("data", "demo", "model", "epochs", "batch_size", "lr", "weight_deca
              "max_length", "patience", "seed", "max_train_samples", "keep_checkpoints", "attention_dropout")  # fmt: skip
 
 
-INFERENCE_PRECISION_HELP = ("Number format of the weights (default: NEWSCLF_PRECISION or auto = TF32 on Ampere+ GPUs, fp16 "
-                            "on older ones, bf16 on CPUs with AMX, else fp32; fp32 scores do not depend on batching).")
+INFERENCE_PRECISION_HELP = (
+    "Number format of the weights (default: NEWSCLF_PRECISION or auto = TF32 on Ampere+ GPUs, fp16 "
+    "on older ones, bf16 on CPUs with AMX, else fp32; fp32 scores do not depend on batching)."
+)
 
 
 def _rank() -> int:
@@ -137,32 +140,84 @@ def _launch(options: Any, run_id: str, resume_dir: Path | None, n: int) -> None:
 
 
 def train(
-    data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset directory (default: DATA_DIR/processed)."),
-    demo: bool = typer.Option(False, "--demo", help="Prepare the built-in demo corpus and train on it quickly (offline)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Base model: a local directory or Hub id (default: the packaged all-MiniLM-L6-v2)."),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="Prepared dataset directory (default: DATA_DIR/processed)."
+    ),
+    demo: bool = typer.Option(
+        False, "--demo", help="Prepare the built-in demo corpus and train on it quickly (offline)."
+    ),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Base model: a local directory or Hub id (default: the packaged all-MiniLM-L6-v2)."
+    ),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Maximum epochs (default: NEWSCLF_EPOCHS or 3)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Examples per step and process (default: 16)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: 5e-5)."),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay (default: 0.01)."),
-    warmup_ratio: Optional[float] = typer.Option(None, "--warmup-ratio", help="Fraction of steps warming up the lr (default: 0.1)."),
+    warmup_ratio: Optional[float] = typer.Option(
+        None, "--warmup-ratio", help="Fraction of steps warming up the lr (default: 0.1)."
+    ),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Tokens kept per article (default: 128)."),
-    attention_dropout: Optional[float] = typer.Option(None, "--attention-dropout", help="Dropout on attention probabilities (default: 0, 1.2-1.3x faster steps on CPUs than MiniLM's own 0.1 at the same F1)."),
-    patience: Optional[int] = typer.Option(None, "--patience", help="Epochs without macro-F1 gain before stopping (default: 2)."),
+    attention_dropout: Optional[float] = typer.Option(
+        None,
+        "--attention-dropout",
+        help="Dropout on attention probabilities (default: 0, 1.2-1.3x faster steps on CPUs than MiniLM's own 0.1 at the same F1).",
+    ),
+    patience: Optional[int] = typer.Option(
+        None, "--patience", help="Epochs without macro-F1 gain before stopping (default: 2)."
+    ),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default: 42)."),
-    max_train_samples: Optional[int] = typer.Option(None, "--max-train-samples", help="Train on a random subset of this many rows (quick runs)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run: RUN, or the newest unfinished one."),
-    run: Optional[str] = typer.Argument(None, metavar="RUN", help="With --resume: the run id or directory to continue."),
-    wandb: bool = typer.Option(False, "--wandb", help="Report to Weights & Biases (on by default when WANDB_API_KEY is set)."),
-    wandb_offline: bool = typer.Option(False, "--wandb-offline", help="Write a local W&B run (sync it later with `wandb sync`)."),
-    num_processes: int = typer.Option(1, "--num-processes", min=1, max=1024, help="Data-parallel processes (torch distributed: gloo on CPU, NCCL on GPUs)."),
-    keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep checkpoints/ after the run finishes."),
+    max_train_samples: Optional[int] = typer.Option(
+        None, "--max-train-samples", help="Train on a random subset of this many rows (quick runs)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an interrupted run: RUN, or the newest unfinished one."
+    ),
+    run: Optional[str] = typer.Argument(
+        None, metavar="RUN", help="With --resume: the run id or directory to continue."
+    ),
+    wandb: bool = typer.Option(
+        False, "--wandb", help="Report to Weights & Biases (on by default when WANDB_API_KEY is set)."
+    ),
+    wandb_offline: bool = typer.Option(
+        False, "--wandb-offline", help="Write a local W&B run (sync it later with `wandb sync`)."
+    ),
+    num_processes: int = typer.Option(
+        1,
+        "--num-processes",
+        min=1,
+        max=1024,
+        help="Data-parallel processes (torch distributed: gloo on CPU, NCCL on GPUs).",
+    ),
+    keep_checkpoints: bool = typer.Option(
+        False, "--keep-checkpoints", help="Keep checkpoints/ after the run finishes."
+    ),
     cpu: bool = typer.Option(False, "--cpu", help="Train on the CPU even when a GPU is present."),
-    precision: Optional[str] = typer.Option(None, "--precision", metavar="auto|bf16|fp16|tf32|fp32", help="Number format (default: NEWSCLF_PRECISION or auto = TF32 on Ampere+ GPUs, fp16 on older ones, bf16 on CPUs with AMX, else fp32)."),
+    precision: Optional[str] = typer.Option(
+        None,
+        "--precision",
+        metavar="auto|bf16|fp16|tf32|fp32",
+        help="Number format (default: NEWSCLF_PRECISION or auto = TF32 on Ampere+ GPUs, fp16 on older ones, bf16 on CPUs with AMX, else fp32).",
+    ),
     run_id: Optional[str] = typer.Option(None, "--run-id", hidden=True, help="Run id (set by --num-processes)."),
-    sweep: Optional[str] = typer.Option(None, "--sweep", metavar="GRID", help='Sweep a grid: "lr=1e-5,2e-5 batch_size=16,32" runs one trial (a normal run) per combination and prints one table.'),
-    sweep_file: Optional[Path] = typer.Option(None, "--sweep-file", help="The grid from a YAML file: NAME: [values], or a W&B grid sweep (parameters: NAME: {values: [...]})."),
-    metric: Optional[str] = typer.Option(None, "--metric", help="Sweep objective, a validation metric of each trial's kept epoch: macro_f1 (default), accuracy, precision, recall, or loss (lower is better)."),
-    sweep_id: Optional[str] = typer.Option(None, "--sweep-id", hidden=True, help="Sweep id (default: a hash of the grid and the other options)."),
+    sweep: Optional[str] = typer.Option(
+        None,
+        "--sweep",
+        metavar="GRID",
+        help='Sweep a grid: "lr=1e-5,2e-5 batch_size=16,32" runs one trial (a normal run) per combination and prints one table.',
+    ),
+    sweep_file: Optional[Path] = typer.Option(
+        None,
+        "--sweep-file",
+        help="The grid from a YAML file: NAME: [values], or a W&B grid sweep (parameters: NAME: {values: [...]}).",
+    ),
+    metric: Optional[str] = typer.Option(
+        None,
+        "--metric",
+        help="Sweep objective, a validation metric of each trial's kept epoch: macro_f1 (default), accuracy, precision, recall, or loss (lower is better).",
+    ),
+    sweep_id: Optional[str] = typer.Option(
+        None, "--sweep-id", hidden=True, help="Sweep id (default: a hash of the grid and the other options)."
+    ),
 ) -> None:
     """Fine-tune the classifier on a prepared dataset; save it to models/<run-id>/ (and models/latest).
 
@@ -317,7 +372,9 @@ def _train_here(options: Any, run_dir: Path, resume_dir: Path | None) -> None:
     _quiet_libraries()
     resolve_precision(options.precision, use_cuda(options))  # a precision this machine lacks fails before the run
     callbacks = [] if (_output.state.quiet or _output.state.json) else [_progress_callback()]
-    _output.info(f"Run {run_dir.name}: training {options.base_model or 'the packaged all-MiniLM-L6-v2'} on {options.data_dir}")
+    _output.info(
+        f"Run {run_dir.name}: training {options.base_model or 'the packaged all-MiniLM-L6-v2'} on {options.data_dir}"
+    )
     try:
         result = run_training(options, run_dir=run_dir, resume_from=resume_dir, callbacks=callbacks)
     except KeyboardInterrupt:
@@ -350,11 +407,17 @@ def _check_batch_size(batch_size: int) -> None:
 
 def evaluate(
     model: str = typer.Option("latest", "--model", "-m", help="Run id, run directory, or `latest`."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset dir or CSV (text,label) (default: the run's dataset)."),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="Prepared dataset dir or CSV (text,label) (default: the run's dataset)."
+    ),
     split: str = typer.Option("test", "--split", help="Split of a prepared dataset: train, validation or test."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per forward pass."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: confusion matrix, plus loss/F1 curves per epoch."),
-    precision: Optional[str] = typer.Option(None, "--precision", metavar="auto|bf16|fp16|tf32|fp32", help=INFERENCE_PRECISION_HELP),
+    plot: Optional[Path] = typer.Option(
+        None, "--plot", help="Write a PNG: confusion matrix, plus loss/F1 curves per epoch."
+    ),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", metavar="auto|bf16|fp16|tf32|fp32", help=INFERENCE_PRECISION_HELP
+    ),
 ) -> None:
     """Score a trained model: accuracy, macro-F1, per-class precision/recall/F1, confusion matrix.
 
@@ -411,11 +474,17 @@ def evaluate(
 
 
 def predict(
-    texts: Optional[list[str]] = typer.Argument(None, metavar="TEXT", help="Texts to classify; `-` reads stdin, one text per line."),
-    file: Optional[str] = typer.Option(None, "--file", "-f", help="A .txt (one per line), .csv (text column) or .jsonl file; `-` for stdin."),
+    texts: Optional[list[str]] = typer.Argument(
+        None, metavar="TEXT", help="Texts to classify; `-` reads stdin, one text per line."
+    ),
+    file: Optional[str] = typer.Option(
+        None, "--file", "-f", help="A .txt (one per line), .csv (text column) or .jsonl file; `-` for stdin."
+    ),
     model: str = typer.Option("latest", "--model", "-m", help="Run id, run directory, or `latest`."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per forward pass."),
-    precision: Optional[str] = typer.Option(None, "--precision", metavar="auto|bf16|fp16|tf32|fp32", help=INFERENCE_PRECISION_HELP),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", metavar="auto|bf16|fp16|tf32|fp32", help=INFERENCE_PRECISION_HELP
+    ),
 ) -> None:
     """Classify texts as fake or real with a trained model.
 

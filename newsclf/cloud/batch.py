@@ -355,7 +355,7 @@ def list_jobs(client: Any, project: str, region: str, *, sweep_id: str | None = 
                 out.append(SweepJob.from_proto(job))
     except gexc.NotFound:
         return []
-    out.sort(key=lambda j: (j.created_at or datetime.min.replace(tzinfo=UTC)), reverse=True)
+    out.sort(key=lambda j: j.created_at or datetime.min.replace(tzinfo=UTC), reverse=True)
     return out
 
 

@@ -35,7 +35,7 @@ class Fleet:
         return {"project": self.project, "vms": self.vms, "sweeps": self.sweeps, "costs": COSTS_NOTE}
 
 
-def vm_costs(vm: "VM") -> dict[str, Any]:
+def vm_costs(vm: VM) -> dict[str, Any]:
     """A VM's cost fields: running, its machine, GPUs and disk bill; stopped, only its boot disk does,
     but that until the VM is deleted, so a stopped VM is never shown as free."""
     uptime = vm.uptime_s()
@@ -50,7 +50,7 @@ def vm_costs(vm: "VM") -> dict[str, Any]:
     }
 
 
-def _store_for(clients: "Clients", store: "RunStore | None", vm: "VM") -> "RunStore | None":
+def _store_for(clients: Clients, store: RunStore | None, vm: VM) -> RunStore | None:
     """Where the VM's run keeps its status: the VM's own bucket (its metadata), else `store`'s."""
     from newsclf.cloud.compute.store import RunStore
 
@@ -59,7 +59,7 @@ def _store_for(clients: "Clients", store: "RunStore | None", vm: "VM") -> "RunSt
     return RunStore(clients.storage_client(), vm.bucket) if vm.bucket else None
 
 
-def fleet_status(clients: "Clients", project: str, store: "RunStore | None", zone: str | None = None) -> Fleet:
+def fleet_status(clients: Clients, project: str, store: RunStore | None, zone: str | None = None) -> Fleet:
     """newsclf's VMs in `project` (or one zone), each with its run's state from the bucket."""
     from newsclf.cloud.compute.store import run_state
     from newsclf.cloud.compute.vm import list_vms
@@ -98,7 +98,7 @@ def fleet_status(clients: "Clients", project: str, store: "RunStore | None", zon
     return Fleet(project, rows, sweeps, warnings)
 
 
-def is_busy(clients: "Clients", store: "RunStore | None", vm: "VM") -> bool:
+def is_busy(clients: Clients, store: RunStore | None, vm: VM) -> bool:
     """Whether stopping `vm` would interrupt a run: it is up with a run whose status.json is not final.
     A status that cannot be read counts as busy (assume the worst, and ask)."""
     from newsclf.cloud.compute.store import run_state
@@ -111,7 +111,7 @@ def is_busy(clients: "Clients", store: "RunStore | None", vm: "VM") -> bool:
         return True
 
 
-def train_args_of(clients: "Clients", project: str, vm_name: str, run_id: str) -> list[str]:
+def train_args_of(clients: Clients, project: str, vm_name: str, run_id: str) -> list[str]:
     """The train options run `run_id` was started with, from its VM's metadata (`cloud run --resume`
     without options); empty when the VM is gone or has moved on to another run."""
     from newsclf.cloud.compute.labels import META_TRAIN_ARGS

@@ -27,7 +27,9 @@ SECRET_ROLE = "roles/secretmanager.secretAccessor"  # read the W&B key
 LOGGING_ROLE = "roles/logging.logWriter"  # the VM's agents write its logs
 BATCH_AGENT_ROLE = "roles/batch.agentReporter"  # a sweep's Batch VMs report their tasks' state to Batch
 _ACCOUNT_ID = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")  # IAM: 6-30 characters
-_EMAIL = re.compile(r"(?P<id>[a-z][a-z0-9-]{4,28}[a-z0-9])@(?P<project>[a-z][a-z0-9-]{4,28}[a-z0-9])\.iam\.gserviceaccount\.com")
+_EMAIL = re.compile(
+    r"(?P<id>[a-z][a-z0-9-]{4,28}[a-z0-9])@(?P<project>[a-z][a-z0-9-]{4,28}[a-z0-9])\.iam\.gserviceaccount\.com"
+)
 
 
 def vm_service_account(settings: Settings, project: str) -> str:
@@ -116,7 +118,9 @@ class IamClient:
 # --- what a VM's last lines say ------------------------------------------------------------------
 
 _PULL = re.compile(r"could not pull|pull access denied|manifest unknown|denied: ", re.IGNORECASE)
-_BUCKET = re.compile(r"could not (write|upload|read) .*(status\.json|the log|gs://|runs/)|could not upload the log", re.IGNORECASE)
+_BUCKET = re.compile(
+    r"could not (write|upload|read) .*(status\.json|the log|gs://|runs/)|could not upload the log", re.IGNORECASE
+)
 _DENIED = re.compile(r"permission denied|\b403\b|forbidden|access denied|does not have .*permission", re.IGNORECASE)
 
 

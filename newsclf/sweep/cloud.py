@@ -235,7 +235,9 @@ def read_task(client: Any, bucket: str, plan: str, index: int) -> PlannedTask:
     params = {k: grid.params[k][grid.params[k].index(v)] if v in grid.params.get(k, []) else v
               for k, v in entry["params"].items()}  # fmt: skip
     trial = Trial(int(entry.get("trial") or index + 1), params, run_id=run_id)
-    return PlannedTask(str(doc.get("sweep_id")), trial, [str(a) for a in doc.get("train_args") or []], index, len(tasks))
+    return PlannedTask(
+        str(doc.get("sweep_id")), trial, [str(a) for a in doc.get("train_args") or []], index, len(tasks)
+    )
 
 
 def upload_task_log(client: Any, bucket: str, run_id: str, path: Path) -> str:
@@ -368,7 +370,9 @@ def follow_cloud_sweep(
             if isinstance(value, (int, float)):
                 t.live_best = value if t.live_best is None else better(t.live_best, value)
             if progress.get("max_steps"):
-                t.progress = f"epoch {progress.get('epoch') or 0:g} · step {progress.get('step')}/{progress['max_steps']}"
+                t.progress = (
+                    f"epoch {progress.get('epoch') or 0:g} · step {progress.get('step')}/{progress['max_steps']}"
+                )
             attempt = int(status.get("attempt") or 0)
             waiting = info is not None and info.state == "PENDING" and t.status != RUNNING
             if state == RUNNING and waiting:

@@ -214,7 +214,7 @@ def load_sweep_file(path: Path) -> tuple[Grid, str | None]:
 
     Returns the grid and the file's metric (None when it names none).
     """
-    import yaml  # type: ignore[import-untyped]
+    import yaml
 
     path = Path(path)
     try:

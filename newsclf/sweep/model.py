@@ -14,8 +14,13 @@ from newsclf.sweep.grid import DEFAULT_METRIC, METRICS, Grid
 SUMMARY_VERSION = 1
 
 # one set of run states for runs, jobs and trials (newsclf.runstate)
-PENDING, RUNNING, SUCCEEDED, FAILED, INTERRUPTED = (RunState.PENDING, RunState.RUNNING, RunState.SUCCEEDED,
-                                                    RunState.FAILED, RunState.INTERRUPTED)
+PENDING, RUNNING, SUCCEEDED, FAILED, INTERRUPTED = (
+    RunState.PENDING,
+    RunState.RUNNING,
+    RunState.SUCCEEDED,
+    RunState.FAILED,
+    RunState.INTERRUPTED,
+)
 STATUSES = (PENDING, RUNNING, SUCCEEDED, FAILED, INTERRUPTED)
 
 

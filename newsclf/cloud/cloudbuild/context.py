@@ -59,8 +59,12 @@ def installed_context(dest: Path, package: Path | None = None) -> BuildContext:
             shutil.copy2(src, dest / name)
     # the package minus its copy of the build files (they are at the root now) and any bytecode
     shutil.copytree(
-        package, dest / "newsclf", symlinks=True,
-        ignore=lambda d, names: [n for n in names if n == "__pycache__" or (Path(d) == package and n == BUILD_FILES_DIR)],
+        package,
+        dest / "newsclf",
+        symlinks=True,
+        ignore=lambda d, names: [
+            n for n in names if n == "__pycache__" or (Path(d) == package and n == BUILD_FILES_DIR)
+        ],
     )
     return BuildContext(dest, f"the installed newsclf {version} ({package})")
 

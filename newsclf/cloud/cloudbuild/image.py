@@ -88,7 +88,9 @@ def check_image(settings: Settings, image: str, *, version: str | None = None, c
             f"The training image in {repo} is for newsclf {built}, and this is newsclf {version}: build the "
             f"image for this version with `newsclf cloud build` (it pushes {image})"
         )
-    raise CloudError(f"No training image for newsclf {version} in {repo} ({image}): build it with `newsclf cloud build`")
+    raise CloudError(
+        f"No training image for newsclf {version} in {repo} ({image}): build it with `newsclf cloud build`"
+    )
 
 
 def _latest_version(client: Any, package: str) -> str | None:
@@ -112,8 +114,13 @@ def _latest_version(client: Any, package: str) -> str | None:
 
 def _registry_error(e: BaseException, settings: Settings, project: str, image: str) -> BaseException:
     answer = api_failure(
-        e, ARTIFACTREGISTRY, project=project, what=f"read the image {image}", role="roles/artifactregistry.reader",
-        member="user:YOU@example.com", endpoint=settings.artifactregistry_api_endpoint,
+        e,
+        ARTIFACTREGISTRY,
+        project=project,
+        what=f"read the image {image}",
+        role="roles/artifactregistry.reader",
+        member="user:YOU@example.com",
+        endpoint=settings.artifactregistry_api_endpoint,
     )
     return CloudError(answer[1]) if answer is not None else e
 

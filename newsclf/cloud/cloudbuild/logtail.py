@@ -46,6 +46,13 @@ def transient(e: BaseException) -> bool:
 
     return isinstance(
         e,
-        (gexc.ServiceUnavailable, gexc.InternalServerError, gexc.TooManyRequests, gexc.DeadlineExceeded,
-         gexc.RetryError, requests.exceptions.ConnectionError, requests.exceptions.Timeout),
+        (
+            gexc.ServiceUnavailable,
+            gexc.InternalServerError,
+            gexc.TooManyRequests,
+            gexc.DeadlineExceeded,
+            gexc.RetryError,
+            requests.exceptions.ConnectionError,
+            requests.exceptions.Timeout,
+        ),
     )

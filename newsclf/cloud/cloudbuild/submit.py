@@ -142,20 +142,17 @@ def build_request(*, bucket: str, object_name: str, image: str, tag: str, versio
     tags = [tag, *([version_tag(version)] if version else []), "latest"]
     tagged = [f"{image}:{t}" for t in tags]
     return cloudbuild_v1.Build(
-        source=cloudbuild_v1.Source(
-            storage_source=cloudbuild_v1.StorageSource(bucket=bucket, object_=object_name)
-        ),
+        source=cloudbuild_v1.Source(storage_source=cloudbuild_v1.StorageSource(bucket=bucket, object_=object_name)),
         steps=[
-            cloudbuild_v1.BuildStep(
-                name=DOCKER_BUILDER, args=["build", *[a for t in tagged for a in ("-t", t)], "."]
-            )
+            cloudbuild_v1.BuildStep(name=DOCKER_BUILDER, args=["build", *[a for t in tagged for a in ("-t", t)], "."])
         ],
         images=tagged,
         tags=BUILD_TAGS,
         logs_bucket=f"gs://{bucket}/{LOGS_PREFIX}",
         timeout=duration_pb2.Duration(seconds=BUILD_TIMEOUT_S),
         options=cloudbuild_v1.BuildOptions(
-            machine_type=BUILD_MACHINE, disk_size_gb=BUILD_DISK_GB  # proto-plus takes an enum's name
+            machine_type=BUILD_MACHINE,
+            disk_size_gb=BUILD_DISK_GB,  # proto-plus takes an enum's name
         ),
     )
 
@@ -270,12 +267,16 @@ def submit_build(
         version = project_version(context.root)
         log.info(
             "Packed %d files (%s) of %s, sha256 %s",
-            len(packed.files), decimal(packed.size), context.label, packed.sha256[:12],
+            len(packed.files),
+            decimal(packed.size),
+            context.label,
+            packed.sha256[:12],
         )
         if version is None:
             log.warning(
                 "No newsclf version in %s/newsclf/__init__.py: the image gets no version tag, so "
-                "`newsclf cloud run` will not find it (pass --image)", context.root,
+                "`newsclf cloud run` will not find it (pass --image)",
+                context.root,
             )
         if packed.size > BIG_SOURCE_BYTES:
             log.warning(

@@ -150,7 +150,8 @@ def offering_zones(clients: Clients, project: str, machine_type: str, gpu: tuple
                     request={"project": project, "filter": f'name = "{kind}"'}
                 )
                 for a in scoped.accelerator_types
-                if a.name == kind and a.maximum_cards_per_instance >= count
+                if a.name == kind
+                and a.maximum_cards_per_instance >= count
                 and a.deprecated.state not in ("OBSOLETE", "DELETED")
             }
     return zones

@@ -133,7 +133,9 @@ def _plan_reshape(clients: Clients, project: str, vm: VM, req: RunRequest) -> _R
         plan.scheduling = sched
         old = vm.scheduling.max_run_duration.seconds if vm.scheduling is not None else 0
         if old != run_seconds(req.max_hours):
-            plan.changes.append(f"run limit {old / 3600:g} -> {req.max_hours:g} h" if old else f"run limit {req.max_hours:g} h")
+            plan.changes.append(
+                f"run limit {old / 3600:g} -> {req.max_hours:g} h" if old else f"run limit {req.max_hours:g} h"
+            )
     return plan
 
 
@@ -190,7 +192,9 @@ def _reshape(clients: Clients, project: str, vm: VM, plan: _Reshape) -> None:
             wait_operation(clients, project, vm.zone, op)
 
 
-def start_run(clients: Clients, project: str, req: RunRequest, *, store: RunStore | None, poll_s: float = 2.0) -> Started:
+def start_run(
+    clients: Clients, project: str, req: RunRequest, *, store: RunStore | None, poll_s: float = 2.0
+) -> Started:
     """Create the VM for the run, or give the stopped VM the new run (and the hardware, disk and run
     limit it asks for) and start it."""
     vm = find_vm(clients, project, req.vm_name)
@@ -220,9 +224,7 @@ def start_run(clients: Clients, project: str, req: RunRequest, *, store: RunStor
             return _create(clients, project, req)
         vm = found
     if vm.status == "SUSPENDED":
-        raise CloudError(
-            f"VM {vm.name} is suspended: delete it with `newsclf cloud stop --delete` and rerun"
-        )
+        raise CloudError(f"VM {vm.name} is suspended: delete it with `newsclf cloud stop --delete` and rerun")
     return _restart(clients, project, vm, req, plan)
 
 
@@ -238,9 +240,7 @@ def _restart(clients: Clients, project: str, vm: VM, req: RunRequest, plan: _Res
             project=project,
             zone=vm.zone,
             instance=vm.name,
-            metadata_resource=compute_v1.Metadata(
-                fingerprint=vm.metadata_fingerprint, items=metadata_items(items)
-            ),
+            metadata_resource=compute_v1.Metadata(fingerprint=vm.metadata_fingerprint, items=metadata_items(items)),
         )
         wait_operation(clients, project, vm.zone, op)
         labels = {**{k: v for k, v in vm.labels.items() if k != SWEEP_LABEL}, **run_labels(req)}
@@ -279,7 +279,9 @@ def _create(clients: Clients, project: str, req: RunRequest) -> Started:
         try:
             with translated("create the VM", project):
                 op = clients.instances.insert_unary(
-                    project=project, zone=zone, instance_resource=instance_resource(req, zone, source_image, project=project),
+                    project=project,
+                    zone=zone,
+                    instance_resource=instance_resource(req, zone, source_image, project=project),
                 )
                 wait_operation(clients, project, zone, op)
         except OperationFailed as e:
@@ -330,8 +332,13 @@ def _zones_to_try(clients: Clients, project: str, req: RunRequest) -> list[str]:
             f"{', '.join(elsewhere[:8])}{more}; pick one with --zone (or NEWSCLF_ZONE)"
         )
     if skipped:
-        log.warning("%s %s not offer %s; trying %s", ", ".join(skipped), "do" if len(skipped) > 1 else "does",
-                    what, ", ".join(zones))
+        log.warning(
+            "%s %s not offer %s; trying %s",
+            ", ".join(skipped),
+            "do" if len(skipped) > 1 else "does",
+            what,
+            ", ".join(zones),
+        )
     return zones
 
 

@@ -132,15 +132,11 @@ def list_vms(clients: Clients, project: str, zone: str | None = None) -> list[VM
     label_filter = f"labels.{LABEL}:*"
     with translated("list VMs", project):
         if zone:
-            instances = list(
-                clients.instances.list(request={"project": project, "zone": zone, "filter": label_filter})
-            )
+            instances = list(clients.instances.list(request={"project": project, "zone": zone, "filter": label_filter}))
         else:
             instances = [
                 inst
-                for _, scoped in clients.instances.aggregated_list(
-                    request={"project": project, "filter": label_filter}
-                )
+                for _, scoped in clients.instances.aggregated_list(request={"project": project, "filter": label_filter})
                 for inst in scoped.instances
             ]
     vms = [VM.from_instance(i) for i in instances if LABEL in i.labels]

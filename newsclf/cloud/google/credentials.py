@@ -16,10 +16,16 @@ from newsclf.errors import CloudError
 
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
-_KEY_TYPES = frozenset({
-    "service_account", "authorized_user", "external_account", "external_account_authorized_user",
-    "impersonated_service_account", "gdch_service_account",
-})  # what google.auth.load_credentials_from_file accepts
+_KEY_TYPES = frozenset(
+    {
+        "service_account",
+        "authorized_user",
+        "external_account",
+        "external_account_authorized_user",
+        "impersonated_service_account",
+        "gdch_service_account",
+    }
+)  # what google.auth.load_credentials_from_file accepts
 _KEY_FIX = (
     "download a new key (`gcloud iam service-accounts keys create KEY.json --iam-account=ACCOUNT`) "
     "or unset it and run `gcloud auth application-default login`"
@@ -51,7 +57,9 @@ def key_file_problem(path: Path) -> str | None:
     if info.get("type") not in _KEY_TYPES:
         return 'has no known credential "type" (a service-account key has "type": "service_account")'
     if info["type"] == "service_account":
-        missing = [f for f in ("client_email", "private_key", "token_uri") if not isinstance(info.get(f), str) or not info[f]]
+        missing = [
+            f for f in ("client_email", "private_key", "token_uri") if not isinstance(info.get(f), str) or not info[f]
+        ]
         if missing:
             return f"lacks {', '.join(missing)}"
         from google.auth.exceptions import GoogleAuthError

@@ -142,7 +142,10 @@ def api_failure(
                 f"Billing is disabled for project {project}: link a billing account at "
                 f"https://console.cloud.google.com/billing/linkedaccount?project={project}"
             )
-        return "missing", f"No permission to {what} in project {project}: grant {role} ({grant_command(project, role, member)})"
+        return (
+            "missing",
+            f"No permission to {what} in project {project}: grant {role} ({grant_command(project, role, member)})",
+        )
     if unreachable(e):
         return "error", unreachable_message(service, endpoint)
     return None

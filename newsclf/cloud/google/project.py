@@ -17,7 +17,11 @@ def missing_project_message(*, flag: bool, adc: bool) -> str:
         ways.append("pass --project")
     if adc:
         ways.append("run `gcloud config set project PROJECT`")
-    said = ways[0] if len(ways) == 1 else (" or ".join(ways) if len(ways) == 2 else f"{', '.join(ways[:-1])}, or {ways[-1]}")
+    said = (
+        ways[0]
+        if len(ways) == 1
+        else (" or ".join(ways) if len(ways) == 2 else f"{', '.join(ways[:-1])}, or {ways[-1]}")
+    )
     return f"No Google Cloud project set: {said}"
 
 

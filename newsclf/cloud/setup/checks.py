@@ -103,7 +103,10 @@ def check_bucket(ctx: Context) -> tuple[str, str]:
             client.get_bucket(name, retry=retry, timeout=CALL_TIMEOUT_S)
             return OK, f"gs://{name} exists"
         except gexc.GoogleAPICallError:
-            return ERROR, f"The bucket name {name} is taken (bucket names are global): set NEWSCLF_BUCKET to another name"
+            return (
+                ERROR,
+                f"The bucket name {name} is taken (bucket names are global): set NEWSCLF_BUCKET to another name",
+            )
     except gexc.Forbidden as e:
         if reasons(e) & {"accessNotConfigured", "SERVICE_DISABLED", "accountDisabled", "userProjectAccountProblem"}:
             return MISSING, str(translate(e, name))
@@ -113,7 +116,10 @@ def check_bucket(ctx: Context) -> tuple[str, str]:
             f"({grant_command(ctx.project or 'PROJECT', role, member_of(ctx.credentials))}) or have an admin create it"
         )
     except gexc.BadRequest as e:
-        return ERROR, f"Cloud Storage refused to create gs://{name} in {region} ({short(e)}): check NEWSCLF_BUCKET and NEWSCLF_REGION"
+        return (
+            ERROR,
+            f"Cloud Storage refused to create gs://{name} in {region} ({short(e)}): check NEWSCLF_BUCKET and NEWSCLF_REGION",
+        )
     except Exception as e:
         err = translate(e, name, "upload")
         return ERROR, str(err) if err is not None else short(e)
@@ -176,8 +182,12 @@ def check_repository(ctx: Context) -> tuple[str, str]:
         f"--project={repo_project}`"
     )
     failure: Callable[[BaseException, str], tuple[str, str] | None] = lambda e, what: api_failure(  # noqa: E731
-        e, ARTIFACTREGISTRY, project=repo_project,
-        what=what, role="roles/artifactregistry.admin", member=member_of(ctx.credentials),
+        e,
+        ARTIFACTREGISTRY,
+        project=repo_project,
+        what=what,
+        role="roles/artifactregistry.admin",
+        member=member_of(ctx.credentials),
         endpoint=settings.artifactregistry_api_endpoint,
     )
     try:
@@ -256,8 +266,12 @@ def check_cloudbuild_api(ctx: Context) -> tuple[str, str]:
         return ERROR, f"Project {project} not found by Cloud Build: check NEWSCLF_GCP_PROJECT or --project"
     except Exception as e:
         answer = api_failure(
-            e, CLOUDBUILD, project=project,
-            what="use Cloud Build", role="roles/cloudbuild.builds.editor", member=member_of(ctx.credentials),
+            e,
+            CLOUDBUILD,
+            project=project,
+            what="use Cloud Build",
+            role="roles/cloudbuild.builds.editor",
+            member=member_of(ctx.credentials),
             endpoint=settings.cloudbuild_api_endpoint,
         )
         if answer is None:
@@ -283,8 +297,12 @@ def check_compute_api(ctx: Context) -> tuple[str, str]:
         )
     except Exception as e:
         answer = api_failure(
-            e, COMPUTE, project=project,
-            what="use Compute Engine", role="roles/compute.instanceAdmin.v1", member=member_of(ctx.credentials),
+            e,
+            COMPUTE,
+            project=project,
+            what="use Compute Engine",
+            role="roles/compute.instanceAdmin.v1",
+            member=member_of(ctx.credentials),
             endpoint=settings.compute_api_endpoint,
         )
         if answer is None:
@@ -306,8 +324,13 @@ def check_batch_api(ctx: Context) -> tuple[str, str]:
         ctx.clients.batch.list_jobs(request={"parent": parent, "page_size": 1}, timeout=CALL_TIMEOUT_S)
     except Exception as e:
         answer = api_failure(
-            e, BATCH, project=project, what="run sweeps on Cloud Batch", role="roles/batch.jobsEditor",
-            member=member_of(ctx.credentials), endpoint=settings.batch_api_endpoint,
+            e,
+            BATCH,
+            project=project,
+            what="run sweeps on Cloud Batch",
+            role="roles/batch.jobsEditor",
+            member=member_of(ctx.credentials),
+            endpoint=settings.batch_api_endpoint,
         )
         if answer is None:
             raise

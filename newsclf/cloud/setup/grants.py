@@ -41,8 +41,13 @@ POLICY_ATTEMPTS = 3  # read-modify-write rounds when someone else changed the po
 def _iam_failure(ctx: Context, e: BaseException, what: str, role: str) -> tuple[str, str] | None:
     settings = ctx.settings
     return api_failure(
-        e, IAM, project=ctx.project or "", what=what, role=role,
-        member=member_of(ctx.credentials), endpoint=settings.iam_api_endpoint,
+        e,
+        IAM,
+        project=ctx.project or "",
+        what=what,
+        role=role,
+        member=member_of(ctx.credentials),
+        endpoint=settings.iam_api_endpoint,
     )
 
 
@@ -63,9 +68,7 @@ def check_vm_account(ctx: Context) -> tuple[str, str]:
             "newsclf neither checks nor grants"
         )
     aid = iam.account_id(email, project)
-    create_cmd = (
-        f"`gcloud iam service-accounts create {aid} --project={project} --display-name=\"newsclf training VMs\"`"
-    )
+    create_cmd = f'`gcloud iam service-accounts create {aid} --project={project} --display-name="newsclf training VMs"`'
     try:
         if ctx.clients.iam is None:
             ctx.clients.iam = iam.IamClient(ctx.settings, ctx.credentials, timeout=CALL_TIMEOUT_S)
@@ -127,7 +130,9 @@ def _storage_binding(role: str, who: str) -> tuple[Callable[[Any], bool], Callab
     """has/add for a google.api_core.iam.Policy (Cloud Storage's bucket policy)."""
 
     def has(policy: Any) -> bool:
-        return any(b["role"] == role and who in b.get("members", ()) and not b.get("condition") for b in policy.bindings)
+        return any(
+            b["role"] == role and who in b.get("members", ()) and not b.get("condition") for b in policy.bindings
+        )
 
     def add(policy: Any) -> None:
         for b in policy.bindings:
@@ -145,12 +150,20 @@ def _not_propagated(e: BaseException) -> bool:
     from google.api_core import exceptions as gexc
 
     text = short(e).lower()
-    return isinstance(e, gexc.BadRequest) and any(m in text for m in ("does not exist", "not found", "invalid argument"))
+    return isinstance(e, gexc.BadRequest) and any(
+        m in text for m in ("does not exist", "not found", "invalid argument")
+    )
 
 
 def _ensure_binding(
-    ctx: Context, *, get: Callable[[], Any], put: Callable[[Any], Any],
-    binding: tuple[Callable[[Any], bool], Callable[[Any], None]], role: str, where: str, grant_cmd: str,
+    ctx: Context,
+    *,
+    get: Callable[[], Any],
+    put: Callable[[Any], Any],
+    binding: tuple[Callable[[Any], bool], Callable[[Any], None]],
+    role: str,
+    where: str,
+    grant_cmd: str,
 ) -> tuple[str, str]:
     """Grant `role` to the VMs' account in a resource's IAM policy: read, add, write back with the etag
     read (so a concurrent change is refused, not overwritten; then read again), every other binding kept."""
@@ -171,7 +184,10 @@ def _ensure_binding(
         except (gexc.Conflict, gexc.PreconditionFailed):  # the etag is stale: someone changed the policy
             attempts += 1
             if attempts >= POLICY_ATTEMPTS:
-                return ERROR, f"The IAM policy of {where} kept changing while granting {role}: rerun `newsclf cloud setup`"
+                return (
+                    ERROR,
+                    f"The IAM policy of {where} kept changing while granting {role}: rerun `newsclf cloud setup`",
+                )
             continue
         except gexc.BadRequest as e:
             if not (ctx.account_created and _not_propagated(e)) or waited >= PROPAGATION_S:
@@ -215,8 +231,10 @@ def check_vm_bucket(ctx: Context) -> tuple[str, str]:
             ctx,
             get=lambda: bucket.get_iam_policy(requested_policy_version=3, retry=retry, timeout=CALL_TIMEOUT_S),
             put=lambda policy: bucket.set_iam_policy(policy, timeout=CALL_TIMEOUT_S),
-            binding=_storage_binding(iam.BUCKET_ROLE, iam.member(account)), role=iam.BUCKET_ROLE,
-            where=f"gs://{name}", grant_cmd=grant_cmd,
+            binding=_storage_binding(iam.BUCKET_ROLE, iam.member(account)),
+            role=iam.BUCKET_ROLE,
+            where=f"gs://{name}",
+            grant_cmd=grant_cmd,
         )
     except (gexc.NotFound, gexc.MethodNotImplemented) as e:
         emulator = os.environ.get("STORAGE_EMULATOR_HOST")
@@ -256,15 +274,23 @@ def check_vm_repository(ctx: Context) -> tuple[str, str]:
             get=lambda: client.get_iam_policy(
                 request={"resource": name, "options": {"requested_policy_version": 3}}, timeout=CALL_TIMEOUT_S
             ),
-            put=lambda policy: client.set_iam_policy(request={"resource": name, "policy": policy}, timeout=CALL_TIMEOUT_S),
-            binding=_proto_binding(iam.REPOSITORY_ROLE, iam.member(account)), role=iam.REPOSITORY_ROLE,
-            where=f"repository {repo} ({location})", grant_cmd=grant_cmd,
+            put=lambda policy: client.set_iam_policy(
+                request={"resource": name, "policy": policy}, timeout=CALL_TIMEOUT_S
+            ),
+            binding=_proto_binding(iam.REPOSITORY_ROLE, iam.member(account)),
+            role=iam.REPOSITORY_ROLE,
+            where=f"repository {repo} ({location})",
+            grant_cmd=grant_cmd,
         )
     except Exception as e:
         answer = api_failure(
-            e, ARTIFACTREGISTRY, project=project,
-            what=f"change who may read repository {repo}", role="roles/artifactregistry.admin",
-            member=member_of(ctx.credentials), endpoint=ctx.settings.artifactregistry_api_endpoint,
+            e,
+            ARTIFACTREGISTRY,
+            project=project,
+            what=f"change who may read repository {repo}",
+            role="roles/artifactregistry.admin",
+            member=member_of(ctx.credentials),
+            endpoint=ctx.settings.artifactregistry_api_endpoint,
         )
         return _grant_failure(e, answer, grant_cmd)
 
@@ -300,9 +326,13 @@ def check_vm_secret(ctx: Context) -> tuple[str, str]:
             get=lambda: client.get_iam_policy(
                 request={"resource": name, "options": {"requested_policy_version": 3}}, timeout=CALL_TIMEOUT_S
             ),
-            put=lambda policy: client.set_iam_policy(request={"resource": name, "policy": policy}, timeout=CALL_TIMEOUT_S),
-            binding=_proto_binding(iam.SECRET_ROLE, iam.member(account)), role=iam.SECRET_ROLE,
-            where=f"secret {secret}", grant_cmd=grant_cmd,
+            put=lambda policy: client.set_iam_policy(
+                request={"resource": name, "policy": policy}, timeout=CALL_TIMEOUT_S
+            ),
+            binding=_proto_binding(iam.SECRET_ROLE, iam.member(account)),
+            role=iam.SECRET_ROLE,
+            where=f"secret {secret}",
+            grant_cmd=grant_cmd,
         )
     except gexc.NotFound:
         return MISSING, (
@@ -312,9 +342,13 @@ def check_vm_secret(ctx: Context) -> tuple[str, str]:
         )
     except Exception as e:
         answer = api_failure(
-            e, SECRETMANAGER, project=project,
-            what=f"change who may read secret {secret}", role="roles/secretmanager.admin",
-            member=member_of(ctx.credentials), endpoint=settings.secretmanager_api_endpoint,
+            e,
+            SECRETMANAGER,
+            project=project,
+            what=f"change who may read secret {secret}",
+            role="roles/secretmanager.admin",
+            member=member_of(ctx.credentials),
+            endpoint=settings.secretmanager_api_endpoint,
         )
         return _grant_failure(e, answer, grant_cmd)
 
@@ -347,15 +381,23 @@ def _project_grant(ctx: Context, role: str) -> tuple[str, str]:
             get=lambda: client.get_iam_policy(
                 request={"resource": resource, "options": {"requested_policy_version": 3}}, timeout=CALL_TIMEOUT_S
             ),
-            put=lambda policy: client.set_iam_policy(request={"resource": resource, "policy": policy}, timeout=CALL_TIMEOUT_S),
-            binding=_proto_binding(role, iam.member(account)), role=role,
-            where=f"project {project}", grant_cmd=grant_cmd,
+            put=lambda policy: client.set_iam_policy(
+                request={"resource": resource, "policy": policy}, timeout=CALL_TIMEOUT_S
+            ),
+            binding=_proto_binding(role, iam.member(account)),
+            role=role,
+            where=f"project {project}",
+            grant_cmd=grant_cmd,
         )
     except Exception as e:
         answer = api_failure(
-            e, RESOURCEMANAGER, project=project,
-            what="change the project's IAM policy", role="roles/resourcemanager.projectIamAdmin",
-            member=member_of(ctx.credentials), endpoint=settings.resourcemanager_api_endpoint,
+            e,
+            RESOURCEMANAGER,
+            project=project,
+            what="change the project's IAM policy",
+            role="roles/resourcemanager.projectIamAdmin",
+            member=member_of(ctx.credentials),
+            endpoint=settings.resourcemanager_api_endpoint,
         )
         return _grant_failure(e, answer, grant_cmd)
 

@@ -66,7 +66,9 @@ class SetupReport:
         if len(failed) == 1:
             return f"{failed[0].title}: {failed[0].detail}"
         names = ", ".join(s.title for s in failed)
-        return f"{len(failed)} setup steps need fixing ({names}): do what each row says, then rerun `newsclf cloud setup`"
+        return (
+            f"{len(failed)} setup steps need fixing ({names}): do what each row says, then rerun `newsclf cloud setup`"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

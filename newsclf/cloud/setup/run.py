@@ -43,7 +43,11 @@ def run_setup(settings: Settings, *, create: bool = True, clients: SetupClients 
     no_project = None if project_ok else "project"
     bucket = run("bucket", checks.check_bucket, no_project)
     report.bucket = ctx.bucket
-    run("bucket-access", checks.check_bucket_access, no_project or (None if bucket.status in (OK, CREATED) else "bucket"))
+    run(
+        "bucket-access",
+        checks.check_bucket_access,
+        no_project or (None if bucket.status in (OK, CREATED) else "bucket"),
+    )
     repository = run("repository", checks.check_repository, no_project)
     run("cloudbuild-api", checks.check_cloudbuild_api, no_project)
     run("compute-api", checks.check_compute_api, no_project)
@@ -54,7 +58,11 @@ def run_setup(settings: Settings, *, create: bool = True, clients: SetupClients 
     if repository.status == SKIPPED and not no_project:  # the image is not in Artifact Registry
         report.steps.append(Step("vm-repository", SKIPPED, "the image is not in Artifact Registry: nothing to grant"))
     else:
-        run("vm-repository", grants.check_vm_repository, no_account or (None if repository.status in (OK, CREATED) else "Artifact Registry repository"))
+        run(
+            "vm-repository",
+            grants.check_vm_repository,
+            no_account or (None if repository.status in (OK, CREATED) else "Artifact Registry repository"),
+        )
     run("vm-secret", grants.check_vm_secret, no_account)
     run("vm-logging", grants.check_vm_logging, no_account)
     run("vm-batch", grants.check_vm_batch, no_account)

@@ -207,7 +207,4 @@ def download_prefix(
             log.warning("Skipping %s: its name is not a safe local path", layout.uri(b.name, name))
             continue
         pairs.append((obj, dest))
-    return download_objects(
-        client, b, pairs, last={prefix + n for n in last}, progress=progress, workers=workers
-    )
-
+    return download_objects(client, b, pairs, last={prefix + n for n in last}, progress=progress, workers=workers)

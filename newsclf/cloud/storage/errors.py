@@ -116,7 +116,9 @@ def _bucket_exists(bucket: Bucket) -> bool | None:
     from google.auth.exceptions import GoogleAuthError
 
     try:
-        found = bucket.client.list_blobs(bucket, max_results=1, retry=retry.retry_policy(), timeout=retry.REQUEST_TIMEOUT_S)
+        found = bucket.client.list_blobs(
+            bucket, max_results=1, retry=retry.retry_policy(), timeout=retry.REQUEST_TIMEOUT_S
+        )
         next(iter(found), None)
     except api.NotFound:
         return False
@@ -126,9 +128,7 @@ def _bucket_exists(bucket: Bucket) -> bool | None:
     return True
 
 
-def translate(
-    exc: BaseException, bucket: str | Bucket, op: str = "list", name: str | None = None
-) -> CloudError | None:
+def translate(exc: BaseException, bucket: str | Bucket, op: str = "list", name: str | None = None) -> CloudError | None:
     """A one-line CloudError naming the fix for a Google client exception, or None if it is not ours to explain.
 
     A 404 is read from the request that got it: on the bucket, its listing or an upload into it, the
@@ -173,7 +173,9 @@ def translate(
             "finished files are kept"
         )
     if isinstance(exc, api.BadRequest):
-        return CloudError(f"Cloud Storage rejected the request for {layout.uri(bucket, name or '')} ({short(exc, 160, request=True)})")
+        return CloudError(
+            f"Cloud Storage rejected the request for {layout.uri(bucket, name or '')} ({short(exc, 160, request=True)})"
+        )
     return None
 
 
@@ -188,4 +190,3 @@ def errors(bucket: str | Bucket, op: str, name: str | None = None) -> Iterator[N
         if err is None or err is e:
             raise
         raise err from e
-

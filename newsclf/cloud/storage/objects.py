@@ -26,7 +26,9 @@ def read_json(bucket: Bucket, name: str) -> Any | None:
     blob = bucket.blob(name)
     try:
         with errors(bucket, "read", name):  # a Bucket: a 404 is checked against a missing bucket
-            data = blob.download_as_bytes(checksum="crc32c", retry=retry.retry_policy(), timeout=retry.REQUEST_TIMEOUT_S)
+            data = blob.download_as_bytes(
+                checksum="crc32c", retry=retry.retry_policy(), timeout=retry.REQUEST_TIMEOUT_S
+            )
     except ObjectNotFound:
         return None
     try:
@@ -66,4 +68,3 @@ def write_json(bucket: Bucket, name: str, data: Any, *, if_generation_match: int
                 "was deleted from the bucket: re-run the command"
             )
     return remote_object(blob)
-

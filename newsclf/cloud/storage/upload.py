@@ -163,7 +163,9 @@ def delete_if_not(bucket: Bucket, name: str, crc: str, generation: int | None = 
             if current is None or current.crc32c == crc:
                 return
             generation = current.generation
-        bucket.blob(name).delete(if_generation_match=generation, retry=retry.retry_policy(), timeout=retry.REQUEST_TIMEOUT_S)
+        bucket.blob(name).delete(
+            if_generation_match=generation, retry=retry.retry_policy(), timeout=retry.REQUEST_TIMEOUT_S
+        )
     except (NotFound, PreconditionFailed):
         pass  # gone already, or someone else wrote it meanwhile: theirs to keep
 
@@ -222,9 +224,7 @@ def upload_files(
 
     def job(item: tuple[Path, str, int, str | None, int]) -> int:
         path, name, size, crc, generation = item
-        upload_file(
-            client, b, path, name, if_generation_match=generation, crc32c=crc, progress=progress, cancel=cancel
-        )
+        upload_file(client, b, path, name, if_generation_match=generation, crc32c=crc, progress=progress, cancel=cancel)
         return size
 
     first = [p for p in plan if p[1] not in last]
@@ -278,7 +278,12 @@ def upload_dir(
         raise InputError(f"{local_dir}/ is not a directory: pass an existing one")
     files = [(path, prefix + rel) for path, rel in local_files(local_dir, exclude)]
     return upload_files(
-        client, bucket, files, create_only=create_only, last={prefix + n for n in last},
-        progress=progress, workers=workers, prefix=prefix,
+        client,
+        bucket,
+        files,
+        create_only=create_only,
+        last={prefix + n for n in last},
+        progress=progress,
+        workers=workers,
+        prefix=prefix,
     )
-
