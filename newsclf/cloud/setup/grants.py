@@ -155,6 +155,19 @@ def _not_propagated(e: BaseException) -> bool:
     )
 
 
+def _proto_policy_io(client: Any, resource: str) -> dict[str, Callable[..., Any]]:
+    """get/put for _ensure_binding through a generated client's get_iam_policy / set_iam_policy (Artifact
+    Registry, Secret Manager, Resource Manager share that shape; version 3 keeps conditional bindings)."""
+    return {
+        "get": lambda: client.get_iam_policy(
+            request={"resource": resource, "options": {"requested_policy_version": 3}}, timeout=CALL_TIMEOUT_S
+        ),
+        "put": lambda policy: client.set_iam_policy(
+            request={"resource": resource, "policy": policy}, timeout=CALL_TIMEOUT_S
+        ),
+    }
+
+
 def _ensure_binding(
     ctx: Context,
     *,
@@ -271,12 +284,7 @@ def check_vm_repository(ctx: Context) -> tuple[str, str]:
     try:
         return _ensure_binding(
             ctx,
-            get=lambda: client.get_iam_policy(
-                request={"resource": name, "options": {"requested_policy_version": 3}}, timeout=CALL_TIMEOUT_S
-            ),
-            put=lambda policy: client.set_iam_policy(
-                request={"resource": name, "policy": policy}, timeout=CALL_TIMEOUT_S
-            ),
+            **_proto_policy_io(client, name),
             binding=_proto_binding(iam.REPOSITORY_ROLE, iam.member(account)),
             role=iam.REPOSITORY_ROLE,
             where=f"repository {repo} ({location})",
@@ -323,12 +331,7 @@ def check_vm_secret(ctx: Context) -> tuple[str, str]:
         client = ctx.clients.secrets
         return _ensure_binding(
             ctx,
-            get=lambda: client.get_iam_policy(
-                request={"resource": name, "options": {"requested_policy_version": 3}}, timeout=CALL_TIMEOUT_S
-            ),
-            put=lambda policy: client.set_iam_policy(
-                request={"resource": name, "policy": policy}, timeout=CALL_TIMEOUT_S
-            ),
+            **_proto_policy_io(client, name),
             binding=_proto_binding(iam.SECRET_ROLE, iam.member(account)),
             role=iam.SECRET_ROLE,
             where=f"secret {secret}",
@@ -378,12 +381,7 @@ def _project_grant(ctx: Context, role: str) -> tuple[str, str]:
         client = ctx.clients.projects
         return _ensure_binding(
             ctx,
-            get=lambda: client.get_iam_policy(
-                request={"resource": resource, "options": {"requested_policy_version": 3}}, timeout=CALL_TIMEOUT_S
-            ),
-            put=lambda policy: client.set_iam_policy(
-                request={"resource": resource, "policy": policy}, timeout=CALL_TIMEOUT_S
-            ),
+            **_proto_policy_io(client, resource),
             binding=_proto_binding(role, iam.member(account)),
             role=role,
             where=f"project {project}",
