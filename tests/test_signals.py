@@ -170,10 +170,10 @@ def test_sigterm_to_the_launcher_stops_every_training_process(tiny_data, tiny_mo
 @pytest.mark.slow
 def test_sigterm_in_a_job_uploads_a_checkpoint_and_the_retry_resumes_from_it(cli, gcs, paused, tiny_data, tiny_model,
                                                                               tmp_path):  # fmt: skip
-    from newsclf.cloud import storage
+    from newsclf.cloud.storage.upload import upload_dir
 
     run = "20261130-120000-PREEMPTED"
-    storage.upload_dir(gcs, gcs.test_bucket, tiny_data, "data/processed/")
+    upload_dir(gcs, gcs.test_bucket, tiny_data, "data/processed/")
     flags = ["--model", str(tiny_model), "--epochs", "6", "--batch-size", "8", "--lr", "3e-3", "--max-length", "64",
              "--warmup-ratio", "0", "--patience", "9"]  # fmt: skip
     job = paused("step:14", "job", "--run-id", run, "--workdir", str(tmp_path / "vm1"), *flags)
