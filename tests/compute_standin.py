@@ -1048,6 +1048,9 @@ def standin(gcs, tmp_path, monkeypatch):
     server.registry.add_image(f"europe-west1-docker.pkg.dev/test-project/newsclf/newsclf-train:{__version__}")
     monkeypatch.setenv("NEWSCLF_ARTIFACTREGISTRY_API_ENDPOINT", server.registry.url)
     yield server
+    fake = getattr(server.on_start, "__self__", None)
+    if isinstance(fake, FakeVM):  # let its job threads finish while the bucket is still there
+        fake.finish()
     server.close()
     server.registry.close()
     assert not server.violations, "requests Google would reject:\n" + "\n".join(
@@ -1090,6 +1093,13 @@ class FakeVM:
         t.daemon = True
         t.start()
         self.threads.append(t)
+
+    def finish(self, timeout: float = 10.0) -> None:
+        """Release a held job and wait for every job thread (a test's teardown, before the emulator goes)."""
+        if self.hold is not None:
+            self.hold.set()
+        for t in self.threads:
+            t.join(timeout)
 
     def _put(self, bucket, name, doc):
         self.gcs.bucket(bucket).blob(name).upload_from_string(json.dumps(doc), content_type="application/json")
