@@ -15,13 +15,12 @@ from newsclf.cloud.google.errors import (
     BATCH,
     CLOUDBUILD,
     COMPUTE,
-    api_failure,
     grant_command,
     reasons,
     short,
 )
 from newsclf.cloud.google.project import missing_project_message
-from newsclf.cloud.setup.context import CALL_TIMEOUT_S, Context, member_of, storage_of
+from newsclf.cloud.setup.context import CALL_TIMEOUT_S, Context, api_answer, member_of, storage_of
 from newsclf.cloud.setup.report import CREATED, ERROR, MISSING, OK, SKIPPED
 from newsclf.errors import CloudError
 
@@ -181,13 +180,13 @@ def check_repository(ctx: Context) -> tuple[str, str]:
         f"`gcloud artifacts repositories create {repo} --repository-format=docker --location={location} "
         f"--project={repo_project}`"
     )
-    failure: Callable[[BaseException, str], tuple[str, str] | None] = lambda e, what: api_failure(  # noqa: E731
+    failure: Callable[[BaseException, str], tuple[str, str] | None] = lambda e, what: api_answer(  # noqa: E731
+        ctx,
         e,
         ARTIFACTREGISTRY,
         project=repo_project,
         what=what,
         role="roles/artifactregistry.admin",
-        member=member_of(ctx.credentials),
         endpoint=settings.artifactregistry_api_endpoint,
     )
     try:
@@ -265,13 +264,13 @@ def check_cloudbuild_api(ctx: Context) -> tuple[str, str]:
     except gexc.NotFound:
         return ERROR, f"Project {project} not found by Cloud Build: check NEWSCLF_GCP_PROJECT or --project"
     except Exception as e:
-        answer = api_failure(
+        answer = api_answer(
+            ctx,
             e,
             CLOUDBUILD,
             project=project,
             what="use Cloud Build",
             role="roles/cloudbuild.builds.editor",
-            member=member_of(ctx.credentials),
             endpoint=settings.cloudbuild_api_endpoint,
         )
         if answer is None:
@@ -296,13 +295,13 @@ def check_compute_api(ctx: Context) -> tuple[str, str]:
             f"({settings.region}-b, for example; `gcloud compute zones list` shows them)"
         )
     except Exception as e:
-        answer = api_failure(
+        answer = api_answer(
+            ctx,
             e,
             COMPUTE,
             project=project,
             what="use Compute Engine",
             role="roles/compute.instanceAdmin.v1",
-            member=member_of(ctx.credentials),
             endpoint=settings.compute_api_endpoint,
         )
         if answer is None:
@@ -323,13 +322,13 @@ def check_batch_api(ctx: Context) -> tuple[str, str]:
         parent = f"projects/{project}/locations/{settings.region}"
         ctx.clients.batch.list_jobs(request={"parent": parent, "page_size": 1}, timeout=CALL_TIMEOUT_S)
     except Exception as e:
-        answer = api_failure(
+        answer = api_answer(
+            ctx,
             e,
             BATCH,
             project=project,
             what="run sweeps on Cloud Batch",
             role="roles/batch.jobsEditor",
-            member=member_of(ctx.credentials),
             endpoint=settings.batch_api_endpoint,
         )
         if answer is None:

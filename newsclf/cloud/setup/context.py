@@ -71,3 +71,27 @@ def storage_of(ctx: Context) -> Any:
 
         ctx.clients.storage = storage_client(ctx.settings.model_copy(update={"gcp_project": ctx.project}))
     return ctx.clients.storage
+
+
+def api_answer(
+    ctx: Context,
+    e: BaseException,
+    service: Any,
+    *,
+    what: str,
+    role: str,
+    endpoint: str | None,
+    project: str | None = None,
+) -> tuple[str, str] | None:
+    """api_failure() for a setup step: the caller is who `ctx`'s credentials are; the project is ctx's unless given."""
+    from newsclf.cloud.google.errors import api_failure
+
+    return api_failure(
+        e,
+        service,
+        project=(ctx.project or "") if project is None else project,
+        what=what,
+        role=role,
+        member=member_of(ctx.credentials),
+        endpoint=endpoint,
+    )

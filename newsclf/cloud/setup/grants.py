@@ -14,7 +14,6 @@ from newsclf.cloud.google.errors import (
     IAM,
     RESOURCEMANAGER,
     SECRETMANAGER,
-    api_failure,
     grant_command,
     reasons,
     short,
@@ -22,6 +21,7 @@ from newsclf.cloud.google.errors import (
 from newsclf.cloud.setup.context import (
     CALL_TIMEOUT_S,
     Context,
+    api_answer,
     member_of,
     projects_client,
     secrets_client,
@@ -39,16 +39,7 @@ POLICY_ATTEMPTS = 3  # read-modify-write rounds when someone else changed the po
 
 
 def _iam_failure(ctx: Context, e: BaseException, what: str, role: str) -> tuple[str, str] | None:
-    settings = ctx.settings
-    return api_failure(
-        e,
-        IAM,
-        project=ctx.project or "",
-        what=what,
-        role=role,
-        member=member_of(ctx.credentials),
-        endpoint=settings.iam_api_endpoint,
-    )
+    return api_answer(ctx, e, IAM, what=what, role=role, endpoint=ctx.settings.iam_api_endpoint)
 
 
 def check_vm_account(ctx: Context) -> tuple[str, str]:
@@ -291,13 +282,13 @@ def check_vm_repository(ctx: Context) -> tuple[str, str]:
             grant_cmd=grant_cmd,
         )
     except Exception as e:
-        answer = api_failure(
+        answer = api_answer(
+            ctx,
             e,
             ARTIFACTREGISTRY,
             project=project,
             what=f"change who may read repository {repo}",
             role="roles/artifactregistry.admin",
-            member=member_of(ctx.credentials),
             endpoint=ctx.settings.artifactregistry_api_endpoint,
         )
         return _grant_failure(e, answer, grant_cmd)
@@ -344,13 +335,13 @@ def check_vm_secret(ctx: Context) -> tuple[str, str]:
             "NEWSCLF_WANDB_SECRET"
         )
     except Exception as e:
-        answer = api_failure(
+        answer = api_answer(
+            ctx,
             e,
             SECRETMANAGER,
             project=project,
             what=f"change who may read secret {secret}",
             role="roles/secretmanager.admin",
-            member=member_of(ctx.credentials),
             endpoint=settings.secretmanager_api_endpoint,
         )
         return _grant_failure(e, answer, grant_cmd)
@@ -388,13 +379,13 @@ def _project_grant(ctx: Context, role: str) -> tuple[str, str]:
             grant_cmd=grant_cmd,
         )
     except Exception as e:
-        answer = api_failure(
+        answer = api_answer(
+            ctx,
             e,
             RESOURCEMANAGER,
             project=project,
             what="change the project's IAM policy",
             role="roles/resourcemanager.projectIamAdmin",
-            member=member_of(ctx.credentials),
             endpoint=settings.resourcemanager_api_endpoint,
         )
         return _grant_failure(e, answer, grant_cmd)
